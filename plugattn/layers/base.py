@@ -1,0 +1,110 @@
+"""The three plug levels of plugattn's attention modules.
+
+Every module in :mod:`plugattn.layers` belongs to exactly one level, and a backbone plugs it in at that level:
+
+* **gate** (:class:`GateAttention`): ``module(channels, **kw)(x) -> x * gate(x)``. The module sees one tensor and
+  returns a tensor of the same shape (SE, ECA, CBAM, CA, ELA). Backbones put it on the residual-branch output,
+  before the residual addition.
+* **block** (:class:`BlockAttention`): bridge attention (BAv1, BAv2). The block pools the output of every conv it
+  runs and hands the pooled inner features plus its last conv output ``x`` to the module, which returns
+  ``x * gate(inner, x)``, again before the residual addition.
+* **stage** (:class:`StageAttention`): dense-and-implicit attention (DIA). One unit is shared by every block of a
+  stage and carries a recurrent state from block to block; the stage resets the state to zero when it starts.
+
+All three expose their gate values without applying them (``gate``), so analysis code can read what a module
+computes without hooking into its internals.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ['BlockAttention', 'GateAttention', 'StageAttention', 'check_train_batch']
+
+AttnState = tuple[Tensor, Tensor]
+
+
+def check_train_batch(module: nn.Module, batch_size: int) -> None:
+    """Raise if a module with BatchNorm1d on pooled vectors would train on a single sample.
+
+    BatchNorm1d computes per-channel statistics over the batch; with one sample PyTorch fails deep inside the
+    norm with an unhelpful message, so the attention modules that contain one check first (specs D10).
+    """
+    if module.training and batch_size == 1:
+        raise ValueError(
+            f'{type(module).__name__} contains BatchNorm1d over pooled vectors and cannot train at batch size 1: '
+            'use a batch size of at least 2 per device in train mode, or call model.eval() for inference.'
+        )
+
+
+class GateAttention(nn.Module):
+    """Base class of the *gate* level: ``forward(x) = x * gate(x)``.
+
+    Subclasses take the number of channels as their first positional argument and implement :meth:`gate`, which
+    returns the multiplicative gate broadcastable to ``x`` (``(B, C, 1, 1)`` for channel gates, ``(B, C, H, W)``
+    or ``(B, 1, H, W)`` for the spatial ones).
+    """
+
+    channels: int
+
+    def gate(self, x: Tensor) -> Tensor:
+        """Gate values for ``x``, not yet applied."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gate(x)
+
+
+class BlockAttention(nn.Module):
+    """Base class of the *block* level (bridge attention).
+
+    ``forward(inner, x)`` receives ``inner``, the global-average-pooled outputs of the block's earlier convs as
+    ``(B, C_i)`` tensors in the order the block computes them, and ``x``, the block's last conv output
+    ``(B, C, H, W)`` (pre-addition). The module pools ``x`` itself, so the bridged features are
+    ``inner + [GAP(x)]``, the current feature last, and returns ``x * gate``.
+    """
+
+    channels: int
+    inner_channels: tuple[int, ...]
+
+    def gate(self, inner: list[Tensor], x: Tensor) -> Tensor:
+        """Channel gate ``(B, C, 1, 1)`` for the block, not yet applied."""
+        raise NotImplementedError
+
+    def forward(self, inner: list[Tensor], x: Tensor) -> Tensor:
+        return x * self.gate(inner, x)
+
+
+class StageAttention(nn.Module):
+    """Base class of the *stage* level (DIA): one unit shared by all blocks of a stage.
+
+    ``forward(x, state)`` gates a block's residual-branch output ``x`` and returns ``(x * gate, new_state)``.
+    ``state`` is ``None`` at the first block of a stage; the stage passes the returned state to its next block and
+    never across stages.
+    """
+
+    channels: int
+
+    def gate(self, x: Tensor, state: AttnState | None) -> tuple[Tensor, AttnState]:
+        """Gate ``(B, C, 1, 1)`` and the next state, the gate not yet applied."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, state: AttnState | None = None) -> tuple[Tensor, AttnState]:
+        a, state = self.gate(x, state)
+        return x * a, state
+
+
+def pooled(x: Tensor) -> Tensor:
+    """Global average pool ``(B, C, H, W) -> (B, C)`` written as a mean (export-safe)."""
+    return x.mean((2, 3))
+
+
+def as_channel_gate(a: Tensor) -> Tensor:
+    """``(B, C) -> (B, C, 1, 1)``."""
+    return a.reshape(a.shape[0], a.shape[1], 1, 1)
+
+
+def zeros_state(x: Tensor, channels: int) -> AttnState:
+    """A zero ``(h, c)`` state on ``x``'s device and dtype."""
+    h = x.new_zeros((x.shape[0], channels))
+    return h, torch.zeros_like(h)

@@ -1,0 +1,143 @@
+"""Bridge attention (BA-Net): channel attention computed from the outputs of every conv in a block.
+
+BAv1 paper: "BA-Net: Bridge Attention for Deep Convolutional Neural Networks", Zhao, Chen, Liu, Shen, Li, ECCV 2022,
+arXiv:2112.04150. Official code: https://github.com/zhaoy376/Bridge-Attention (``models/BA_module.py``).
+
+BAv2 paper: "BA-Net: Bridge Attention in Deep Neural Networks", Zhang, Zou, Zhao, et al., arXiv:2410.07860.
+Official code: https://github.com/ZOUrz/BA-Net-Bridge-Attention-in-Deep-Neural-Networks
+(``models/ba_resnet_v2_1.py``, the released BAv2, specs §15.2).
+
+Both are *block-level* modules (:class:`~plugattn.layers.base.BlockAttention`): the block pools the outputs of its
+inner convs (post-ReLU) and passes them with its last conv output (BN output, before the residual addition); the
+gate multiplies only that last output.
+
+Differences from the reference:
+    * BAv1 keeps one ``fusions`` list (current feature last) instead of ``pre_fusions`` + ``cur_fusion``, as the BAv2
+      repository's re-implementation ``ba_resnet_v1.py``; the maths and parameter count are identical and the
+      official-checkpoint loader maps the keys.
+    * The reduced width is ``max(1, C // reduction)``; the references use ``C // reduction`` (identical for C >= 16).
+    * BatchNorm1d on pooled vectors cannot train at batch 1: both modules raise a clear ``ValueError`` in train mode
+      at batch 1 instead of failing inside the norm (specs D10).
+    * BAv2's selection operator is pluggable (specs D8): ``selection='linear'`` is the released code (a Linear(n->1)
+      with bias over the layer axis); ``selection='softmax'`` is **ours**, not from the paper or code: the same
+      parameters, with the layer weights softmax-normalised so they sum to one.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import BlockAttention, as_channel_gate, check_train_batch, pooled
+from .registry import register_attn
+
+__all__ = ['BridgeAttentionV1', 'BridgeAttentionV2']
+
+
+class _BridgeAttention(BlockAttention):
+    """Shared argument handling of the two bridge-attention versions."""
+
+    def __init__(self, channels: int, inner_channels: Sequence[int], reduction: int) -> None:
+        super().__init__()
+        if not inner_channels:
+            raise ValueError('bridge attention needs the channels of the inner conv outputs (inner_channels)')
+        self.channels = channels
+        self.inner_channels = tuple(int(c) for c in inner_channels)
+        self.hidden = max(1, channels // reduction)
+
+    def bridged(self, inner: list[Tensor], x: Tensor) -> list[Tensor]:
+        """Validate the inputs and return every pooled feature, current one last."""
+        if len(inner) != len(self.inner_channels):
+            raise ValueError(
+                f'{type(self).__name__} was built for {len(self.inner_channels)} inner features '
+                f'{self.inner_channels}, got {len(inner)}'
+            )
+        check_train_batch(self, x.shape[0])
+        return [*inner, pooled(x)]
+
+
+@register_attn('bav1')
+class BridgeAttentionV1(_BridgeAttention):
+    """BAv1: ``a = sigmoid(W_g relu(sum_i BN_i(W_i s_i)))`` over the pooled bridged features ``s_i``.
+
+    Parameters: ``m * sum(C_i) + 2 * n * m + m * C`` with ``m = C // r`` (bottleneck p=64: 10,336).
+
+    Args:
+        channels: channels C of the gated (last) conv output.
+        inner_channels: channels of the inner conv outputs, in block order (e.g. ``(p, p)`` for a bottleneck).
+        reduction: r of the hidden width ``m = max(1, C // r)``.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            *,
+            inner_channels: Sequence[int],
+            reduction: int = 16,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__(channels, inner_channels, reduction)
+        dd = {'device': device, 'dtype': dtype}
+        m = self.hidden
+        self.fusions = nn.ModuleList(
+            nn.Sequential(nn.Linear(c, m, bias=False, **dd), nn.BatchNorm1d(m, **dd))
+            for c in (*self.inner_channels, channels)
+        )
+        self.generation = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(m, channels, bias=False, **dd), nn.Sigmoid())
+
+    def gate(self, inner: list[Tensor], x: Tensor) -> Tensor:
+        feats = self.bridged(inner, x)
+        z = torch.stack([fusion(s) for fusion, s in zip(self.fusions, feats)]).sum(0)
+        return as_channel_gate(self.generation(z))
+
+
+@register_attn('bav2')
+class BridgeAttentionV2(_BridgeAttention):
+    """BAv2: per-feature bias-free FC, adaptive selection over the layer axis, one BN1d, ReLU, FC, sigmoid.
+
+    ``z = sum_i w_i W_i s_i + b`` (``selection='linear'``, the released code) and
+    ``a = sigmoid(W_g relu(BN(z)))``. Parameters: ``m * sum(C_i) + (n + 1) + 2m + m * C`` (bottleneck p=64: 10,276).
+
+    Args:
+        channels: channels C of the gated (last) conv output.
+        inner_channels: channels of the inner conv outputs, in block order.
+        reduction: r of the hidden width ``m = max(1, C // r)``.
+        selection: ``'linear'`` (released code) or ``'softmax'`` (ours: softmax-normalised layer weights).
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            *,
+            inner_channels: Sequence[int],
+            reduction: int = 16,
+            selection: str = 'linear',
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__(channels, inner_channels, reduction)
+        if selection not in ('linear', 'softmax'):
+            raise ValueError(f"BAv2 selection must be 'linear' or 'softmax', got {selection!r}")
+        dd = {'device': device, 'dtype': dtype}
+        m = self.hidden
+        n = len(self.inner_channels) + 1
+        self.selection = selection
+        # Key names follow ba_resnet_v2_1.py: fusions.{i}.0, proj, generation.{0 (BN1d), 2 (Linear)}.
+        self.fusions = nn.ModuleList(
+            nn.Sequential(nn.Linear(c, m, bias=False, **dd)) for c in (*self.inner_channels, channels)
+        )
+        self.proj = nn.Linear(n, 1, **dd)
+        self.generation = nn.Sequential(
+            nn.BatchNorm1d(m, **dd), nn.ReLU(inplace=True), nn.Linear(m, channels, bias=False, **dd), nn.Sigmoid(),
+        )
+
+    def gate(self, inner: list[Tensor], x: Tensor) -> Tensor:
+        feats = self.bridged(inner, x)
+        v = torch.stack([fusion(s) for fusion, s in zip(self.fusions, feats)], dim=-1)  # (B, m, n)
+        if self.selection == 'linear':
+            z = self.proj(v).squeeze(-1)
+        else:
+            z = (v * self.proj.weight.softmax(-1)).sum(-1) + self.proj.bias
+        return as_channel_gate(self.generation(z))
