@@ -9,8 +9,9 @@ coordinate attention (CA), with SE, ECA and CBAM as baselines, in ResNet-family 
     ['bav2_preresnet164', 'bav2_resnet101', 'bav2_resnet110']
 """
 from .layers import create_attn, get_attn, list_attn, register_attn
-from .models import create_model, list_models
-from .models import load_official as load_official
+from .models import create_model, list_models, load_official
 from .version import __version__
 
-__all__ = ['__version__', 'create_attn', 'create_model', 'get_attn', 'list_attn', 'list_models', 'register_attn']
+__all__ = [
+    '__version__', 'create_attn', 'create_model', 'get_attn', 'list_attn', 'list_models', 'load_official', 'register_attn',
+]

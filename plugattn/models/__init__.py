@@ -1,13 +1,13 @@
 """Backbones with plug-in attention, one family per file, built by name with :func:`create_model`."""
-from . import preact_resnet, resnet  # noqa: F401  (registers the models)
+from . import mobilenetv2, preact_resnet, regnet, resnet  # noqa: F401  (registers the models)
 from ._base import AttnNet, AttnStage, FeatureInfo
 from ._registry import ModelEntry, create_model, get_model_entry, list_models, register_model
+from ._timm import install_timm_hook
 from .mobilenetv2 import MobileNetV2
 from .official import load_official
 from .preact_resnet import PreActResNet
 from .regnet import RegNet
 from .resnet import ResNet
-from ._timm import install_timm_hook
 
 install_timm_hook()
 

@@ -115,6 +115,8 @@ class AttnNet(nn.Module):
     num_features: int
     in_chans: int
     out_indices: tuple[int, ...] | None = None
+    first_conv_key: str = 'conv1'  # state_dict prefixes of the first conv and the classifier (timm's cfg keys)
+    classifier_key: str = 'fc'
 
     def forward_stem(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -124,6 +126,8 @@ class AttnNet(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Reject inputs of the wrong rank or channel count with the numbers in the message."""
+        if torch.jit.is_tracing():  # shapes are symbolic-by-example while tracing; the check would only warn
+            return
         if x.ndim != 4:
             raise ValueError(
                 f'{type(self).__name__} expects a 4-D (batch, channels, height, width) input, '

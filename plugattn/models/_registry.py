@@ -189,7 +189,8 @@ def create_model(
     model.model_name = entry.name
     model.default_cfg = model.pretrained_cfg = dict(
         entry.cfg, architecture=entry.name, num_classes=model.num_classes,
-        input_size=(model.in_chans, *entry.cfg['input_size'][1:]), first_conv='conv1', classifier='fc',
+        input_size=(model.in_chans, *entry.cfg['input_size'][1:]),
+        first_conv=model.first_conv_key, classifier=model.classifier_key,
     )
     if features_only:
         model.set_features_only(None if out_indices is None else tuple(out_indices))
