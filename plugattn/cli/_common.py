@@ -1,0 +1,125 @@
+"""Shared command-line machinery: the argument parser class, help formatting and one-line user errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+__all__ = [
+    'PROG',
+    'ArgumentParser',
+    'CliError',
+    'HelpFormatter',
+    'add_debug',
+    'format_error',
+    'non_negative_int',
+    'positive_int',
+    'stdout_is_tty',
+]
+
+PROG = 'plugattn'
+
+
+class CliError(Exception):
+    """A command-line usage problem; printed as one ``plugattn: error: ...`` line, exit code 2.
+
+    Args:
+        problem: What is wrong.
+        fix: What to do about it.
+    """
+
+    def __init__(self, problem: str, fix: str) -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f'{problem}; {fix}')
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the hand-wrapped descriptions and epilogs."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=120)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ''
+        if '(default' in text or action.default in (None, argparse.SUPPRESS) or action.default is False:
+            return text
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            return text
+        return text + ' (default: %(default)s)'
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with usage errors raised as :class:`CliError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the usage problem as a one-line :class:`CliError`."""
+        name = self.prog.removeprefix(PROG).strip()
+        help_cmd = f'{PROG} {name} --help' if name else f'{PROG} --help'
+        raise CliError(message, f'see "{help_cmd}"')
+
+
+def format_error(err: BaseException, command: str | None = None) -> str:
+    """One line ``<problem>; <fix>`` for an exception raised by plugattn code."""
+    from ..data import DataError
+    from ..engine import EngineError
+
+    if isinstance(err, KeyError):
+        text = f'missing key {err.args[0]!r}' if err.args else 'missing key'
+    else:
+        text = str(err) or type(err).__name__
+    text = ' '.join(text.split())
+    if isinstance(err, (CliError, EngineError)):
+        return text
+    if isinstance(err, DataError):
+        # The data layer writes '<problem>: <fix>'; show it in the CLI's '<problem>; <fix>' form.
+        if '; ' in text:
+            return text
+        head, sep, tail = text.rpartition(': ')
+        if sep and head and tail:
+            return f'{head}; {tail}'
+        return f'{text}; check --data and --data-dir (see "{PROG} train --help")'
+    if isinstance(err, FileNotFoundError) and err.filename:
+        text = f'{err.strerror or "file not found"}: {err.filename}'
+    elif isinstance(err, OSError) and err.filename:
+        text = f'{err.strerror or type(err).__name__}: {err.filename}'
+    if '; ' in text:
+        return text
+    where = f'{PROG} {command} --help' if command else f'{PROG} --help'
+    return f'{text}; check the arguments (see "{where}") or rerun with --debug for the traceback'
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'invalid int value: {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'invalid int value: {text!r}') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be >= 0, got {value}')
+    return value
+
+
+def add_debug(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    """``--debug``: show tracebacks of errors (accepted before or after the subcommand)."""
+    parser.add_argument('--debug', action='store_true', default=default,
+                        help='show the full traceback of errors (default: one-line messages)')
+
+
+def stdout_is_tty() -> bool:
+    """Whether standard output is a terminal."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,71 @@
+"""``plugattn cam``: Grad-CAM (and related) heatmaps of a model, overlaid on images."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ._common import ArgumentParser, HelpFormatter, add_debug, non_negative_int, positive_int
+
+NAME = 'cam'
+HELP = 'class-activation maps (Grad-CAM, Grad-CAM++, Score-CAM, ...) overlaid on images, as PNGs'
+
+
+def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
+    """Add the ``cam`` parser."""
+    from ..analysis.gradcam import CAM_METHODS
+
+    parser = subparsers.add_parser(
+        NAME,
+        help=HELP,
+        description=(
+            f'{HELP}.\n\n'
+            "Needs the grad-cam package (pip install 'plugattn[viz]'). Writes OUTPUT/<image stem>_<method>.png at\n"
+            'the original image size. The default target layer is the last block of the last stage (the stage\n'
+            'itself for DIA). Images are resized to the model input and normalised with the training data\n'
+            'statistics of a checkpoint, else with the ImageNet mean/std. A model built by name has random weights:\n'
+            'its map is meaningless and only shows the output format.'
+        ),
+        epilog='examples:\n'
+               '  plugattn cam --checkpoint runs/fashion-mnist-bav2_resnet20-... --image shoe.png\n'
+               '  plugattn cam --model bav2_resnet50 --image cat.jpg dog.jpg --method gradcam++ --class 281',
+        formatter_class=HelpFormatter,
+    )
+    add_debug(parser)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument('--model', metavar='NAME', help='model name (random weights)')
+    src.add_argument('--checkpoint', metavar='PATH', help='run directory or .safetensors file')
+    parser.add_argument('--which', choices=('best', 'last'), default='best', help='checkpoint of a run directory')
+    parser.add_argument('--image', nargs='+', required=True, metavar='PATH', help='image file(s) (required)')
+    parser.add_argument('--method', choices=list(CAM_METHODS), default='gradcam', help='CAM method')
+    parser.add_argument('--target-layer', default=None, metavar='NAME',
+                        help='qualified module name, e.g. layer4.1 or layer4.1.conv2 (default: last block)')
+    parser.add_argument('--class', dest='class_idx', type=non_negative_int, default=None, metavar='IDX',
+                        help='class to explain (default: the predicted class)')
+    parser.add_argument('--img-size', type=positive_int, default=None, metavar='N',
+                        help='model input size (default: the training size of a checkpoint, else default_cfg)')
+    parser.add_argument('--output', default='cam', metavar='DIR', help='output folder')
+    parser.add_argument('--json', action='store_true', help='print one JSON object instead of text')
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``plugattn cam``."""
+    from ..analysis import load_model, run_cam
+    from ..analysis._common import require
+
+    require('pytorch_grad_cam', 'plugattn cam')
+    model, meta = load_model(args.model, args.checkpoint, which=args.which)
+    results = run_cam(model, args.image, method=args.method, target_layer=args.target_layer,
+                      class_idx=args.class_idx, output=args.output, meta=meta, img_size=args.img_size)
+    if args.json:
+        print(json.dumps(dict(model=model.model_name, checkpoint=meta.get('checkpoint'),
+                              results=[r.to_dict() for r in results])))
+        return 0
+    source = meta.get('checkpoint') or f'{model.model_name} (random weights: the map is meaningless)'
+    print(f'model {source}, {results[0].method} on {results[0].target_layer}')
+    for r in results:
+        name = f' ({r.pred_name})' if r.pred_name else ''
+        explained = '' if r.target_class == r.pred_class else f', map of class {r.target_class}'
+        print(f'{r.image}: predicted class {r.pred_class}{name} (p = {r.pred_prob:.3f}){explained} -> {r.output}')
+    return 0

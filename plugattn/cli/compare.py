@@ -1,0 +1,77 @@
+"""``plugattn compare``: train several models with one recipe and several seeds, and tabulate the results."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ._common import ArgumentParser, HelpFormatter, add_debug, positive_int, stdout_is_tty
+
+NAME = 'compare'
+HELP = 'train several models x seeds with one recipe; write a mean +- std table (Markdown, CSV) and a bar chart'
+
+
+def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
+    """Add the ``compare`` parser."""
+    parser = subparsers.add_parser(
+        NAME,
+        help=HELP,
+        description=(
+            f'{HELP}.\n\n'
+            'Runs go to OUTPUT/<model>/seed<k> (seeds 0..N-1), trained one after the other with the engine of\n'
+            '"plugattn train". Running the same command again skips finished runs, resumes interrupted ones and\n'
+            'rewrites OUTPUT/results.md, results.csv, results.json and results.png (top-1 after the last epoch,\n'
+            'mean +- std over seeds; params; MACs; training and inference throughput).'
+        ),
+        epilog='examples:\n'
+               '  plugattn compare --models resnet20 se_resnet20 bav2_resnet20 dia_resnet20 --data fashion-mnist \\\n'
+               '      --seeds 3 --output runs/cmp-fmnist\n'
+               '  plugattn compare --models resnet20 eca_resnet20 --data digits --seeds 2 --epochs 5 '
+               '--set optim.lr=0.05',
+        formatter_class=HelpFormatter,
+    )
+    add_debug(parser)
+    parser.add_argument('--models', nargs='+', required=True, metavar='NAME', help='model names (required)')
+    parser.add_argument('--data', required=True, metavar='NAME', help='data set (required)')
+    parser.add_argument('--seeds', type=positive_int, default=1, metavar='N', help='seeds 0..N-1 per model')
+    parser.add_argument('--recipe', default=None, metavar='NAME|FILE', help='recipe (default: the engine default)')
+    parser.add_argument('--epochs', type=positive_int, default=None, metavar='N',
+                        help='epochs per run (default: the recipe\'s)')
+    parser.add_argument('--batch-size', type=positive_int, default=None, metavar='N',
+                        help='training batch size (default: the recipe\'s)')
+    parser.add_argument('--data-dir', default=None, metavar='DIR', help='folder searched first for the data files')
+    parser.add_argument('--device', default=None, metavar='DEV', help='auto, cpu, cuda, cuda:N (default: recipe)')
+    parser.add_argument('--threads', type=positive_int, default=None, metavar='N', help='torch CPU threads')
+    parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                        help='override a config key for every run, as in plugattn train (repeatable)')
+    parser.add_argument('--output', default='compare', metavar='DIR', help='output folder')
+    parser.add_argument('--no-bench', action='store_true', help='skip the inference-throughput measurement')
+    parser.add_argument('--bench-batch', type=positive_int, default=64, metavar='N',
+                        help='batch size of the inference-throughput measurement')
+    parser.add_argument('--no-progress', action='store_true', help='no tqdm bars during training')
+    parser.add_argument('--json', action='store_true', help='print the result rows as one JSON object at the end')
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``plugattn compare``."""
+    import sys
+
+    from ..analysis.compare import compare, format_markdown
+    from ..engine.config import parse_set
+
+    def echo(line: str) -> None:  # with --json, stdout carries only the JSON object
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    result = compare(
+        args.models, args.data, args.seeds, recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
+        output=args.output, data_dir=args.data_dir, device=args.device, threads=args.threads,
+        overrides=[parse_set(s) for s in args.overrides], bench=not args.no_bench, bench_batch=args.bench_batch,
+        progress=False if args.no_progress else stdout_is_tty() and not args.json, echo=echo,
+    )
+    if args.json:
+        print(json.dumps(dict(rows=result.rows, runs=result.runs, trained=result.trained, files=result.files)))
+        return 0
+    print(format_markdown(result, args.data).split('\n', 2)[2].rstrip())
+    print(f'trained or resumed {result.trained} run(s); files: {", ".join(result.files.values())}')
+    return 0

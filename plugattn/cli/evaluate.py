@@ -1,0 +1,65 @@
+"""``plugattn eval``: evaluate a checkpoint on a test split."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ._common import ArgumentParser, HelpFormatter, add_debug, positive_int, stdout_is_tty
+
+NAME = 'eval'
+HELP = 'evaluate a checkpoint (run directory or .safetensors file): top-1, top-5, loss'
+
+
+def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
+    """Add the ``eval`` parser."""
+    parser = subparsers.add_parser(
+        NAME,
+        help=HELP,
+        description=f'{HELP}.\n\nThe model is rebuilt from the checkpoint metadata (name, classes, channels); the '
+                    'dataset, image size and batch size default\nto those of the training run.',
+        formatter_class=HelpFormatter,
+    )
+    add_debug(parser)
+    parser.add_argument('--checkpoint', required=True, metavar='PATH',
+                        help='run directory (uses --which) or .safetensors file (required)')
+    parser.add_argument('--which', choices=('best', 'last'), default='best',
+                        help='checkpoint of a run directory')
+    parser.add_argument('--model', default=None, metavar='NAME',
+                        help='expected model; an error if the checkpoint holds another (default: from the checkpoint)')
+    parser.add_argument('--data', default=None, metavar='NAME', help='dataset (default: the training dataset)')
+    parser.add_argument('--data-dir', default=None, metavar='DIR', help='dataset folder (default: the training one)')
+    parser.add_argument('--batch-size', type=positive_int, default=None, metavar='N',
+                        help='evaluation batch size (default: the training run\'s evaluation batch size)')
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    parser.add_argument('--threads', type=positive_int, default=None, metavar='N',
+                        help='torch CPU threads (default: torch default)')
+    parser.add_argument('--amp', action='store_true', help='bfloat16 (CPU) / float16 (CUDA) autocast')
+    parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
+    parser.add_argument('--json', action='store_true', help='print one JSON object instead of text')
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``plugattn eval``."""
+    from ..engine import evaluate_checkpoint
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = evaluate_checkpoint(
+        args.checkpoint, which=args.which, model=args.model, data=args.data, data_dir=args.data_dir,
+        batch_size=args.batch_size, device=args.device, amp=args.amp, channels_last=args.channels_last,
+        progress=stdout_is_tty() and not args.json,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f'checkpoint  {result["checkpoint"]} ({result["weights"]} weights, epoch {result["epoch"]})')
+    print(f'model       {result["model"]}')
+    print(f'data        {result["data"]} test split ({result["samples"]} samples)')
+    print(f'top-1       {result["top1"]:.2f} %')
+    print(f'top-5       {result["top5"]:.2f} %')
+    print(f'loss        {result["test_loss"]:.4f}')
+    return 0

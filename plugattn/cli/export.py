@@ -1,0 +1,105 @@
+"""``plugattn export``: write a model as ONNX or TorchScript and check the exported graph against PyTorch."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._common import ArgumentParser, CliError, HelpFormatter, add_debug, positive_int
+
+NAME = 'export'
+HELP = 'export a model (by name, or a trained checkpoint) to ONNX or TorchScript, checked against PyTorch'
+
+
+def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
+    """Add the ``export`` parser."""
+    parser = subparsers.add_parser(
+        NAME,
+        help=HELP,
+        description=(
+            f'{HELP}.\n\n'
+            'ONNX uses torch.onnx.export (--exporter dynamo: the torch.export-based exporter, needs onnx, onnxruntime\n'
+            'and onnxscript; legacy: the deprecated TorchScript-based one, needs onnx and onnxruntime) and is checked\n'
+            'with onnxruntime. TorchScript uses torch.jit.trace (the models cannot be scripted); a trace freezes\n'
+            'Python branches, so it is always checked at two input sizes. With --dynamic the ONNX batch, height and\n'
+            'width are symbolic and the check runs at the export size and at a larger non-square size.'
+        ),
+        epilog='examples:\n'
+               '  plugattn export --model bav2_resnet50 --format onnx --dynamic\n'
+               '  plugattn export --checkpoint runs/fashion-mnist --format torchscript --output model.pt',
+        formatter_class=HelpFormatter,
+    )
+    add_debug(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--model', metavar='NAME', help='registered model, randomly initialised (plugattn list-models)')
+    source.add_argument('--checkpoint', metavar='RUN',
+                        help='run directory (uses --which) or .safetensors file written by plugattn train')
+    parser.add_argument('--format', required=True, choices=('onnx', 'torchscript'), help='output format (required)')
+    parser.add_argument('--dynamic', action='store_true',
+                        help='ONNX: symbolic batch, height and width (TorchScript traces are checked at two sizes '
+                             'either way)')
+    parser.add_argument('--output', metavar='FILE', default=None,
+                        help='output file (default: MODEL.onnx or MODEL.pt in the current folder)')
+    parser.add_argument('--which', choices=('best', 'last'), default='best', help='checkpoint of a run directory')
+    parser.add_argument('--num-classes', type=positive_int, default=None, metavar='N',
+                        help="with --model: classifier outputs (default: the model's)")
+    parser.add_argument('--img-size', type=positive_int, default=None, metavar='N',
+                        help="input height = width (default: the training run's, else the model's default)")
+    parser.add_argument('--batch-size', type=positive_int, default=None, metavar='N',
+                        help='batch of the example input (default: 2; a static ONNX export may use 1)')
+    parser.add_argument('--exporter', choices=('dynamo', 'legacy'), default='dynamo', help='ONNX exporter')
+    parser.add_argument('--opset', type=positive_int, default=None, metavar='N',
+                        help='ONNX opset (default: the exporter\'s)')
+    parser.add_argument('--no-verify', action='store_true', help='skip the comparison with PyTorch')
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _from_checkpoint(path: str, which: str):
+    """Model, name and training image size of a plugattn checkpoint (run directory or .safetensors file)."""
+    from ..engine.checkpoint import check_state_dict_fits, read_weights
+    from ..engine.evaluation import resolve_checkpoint
+    from ..engine.trainer import build_model
+
+    file = resolve_checkpoint(path, which)
+    state, meta = read_weights(file)
+    name = meta['model']
+    kwargs = dict(meta.get('model_kwargs') or {})
+    num_classes, in_chans = kwargs.pop('num_classes', None), kwargs.pop('in_chans', None)
+    if num_classes is None or in_chans is None:
+        raise CliError(f'checkpoint {file} does not record its number of classes and input channels',
+                       'export it with --model NAME --num-classes N after loading the weights yourself')
+    model = build_model(name, num_classes, in_chans, kwargs)
+    check_state_dict_fits(model, state, str(file), name, name)
+    model.load_state_dict(state)
+    return model, name, (meta.get('data') or {}).get('image_size')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``plugattn export``."""
+    from ..export import export_model
+    from ..models import create_model
+
+    if args.checkpoint is not None:
+        if args.num_classes is not None:
+            raise CliError('--num-classes applies to --model only', 'the checkpoint fixes the number of classes')
+        model, name, img_size = _from_checkpoint(args.checkpoint, args.which)
+    else:
+        kwargs = {} if args.num_classes is None else {'num_classes': args.num_classes}
+        model, name, img_size = create_model(args.model, **kwargs), args.model, None
+    _, height, width = model.default_cfg['input_size']
+    size = args.img_size or img_size
+    input_size = (model.in_chans, size or height, size or width)
+    output = Path(args.output or f'{name}.{"onnx" if args.format == "onnx" else "pt"}')
+    result = export_model(
+        model, output, fmt=args.format, input_size=input_size, dynamic=args.dynamic, batch_size=args.batch_size,
+        exporter=args.exporter, opset=args.opset, verify=not args.no_verify,
+    )
+    shapes = 'dynamic batch/height/width' if args.format == 'onnx' and args.dynamic else \
+        'shape-generic trace' if args.format == 'torchscript' else f'static input {result.input_shape}'
+    size_mb = result.path.stat().st_size / 2**20
+    print(f'wrote  {result.path} ({name}, {args.format} via {result.method}, {shapes}, {size_mb:.1f} MiB)')
+    for shape, err in result.checks:
+        print(f'check  input {shape}: max |{args.format} - PyTorch| = {err:.2e}')
+    if not result.checks:
+        print('check  skipped (--no-verify)')
+    return 0

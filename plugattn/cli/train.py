@@ -1,0 +1,173 @@
+"""``plugattn train``: train a model from a recipe, with overrides, resume and torchrun support."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ._common import PROG, ArgumentParser, HelpFormatter, add_debug, positive_int, stdout_is_tty
+
+NAME = 'train'
+HELP = 'train a model from a recipe (no arguments: BAv2-ResNet-20 on Fashion-MNIST, ~5 min on a CPU)'
+
+# flag -> (config key, argparse options)
+_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    '--model': ('model.name', {'metavar': 'NAME', 'help': 'model name (plugattn list-models)'}),
+    '--data': ('data.name', {'metavar': 'NAME', 'help': 'dataset: fashion-mnist, digits, cifar10, cifar100, '
+                                                        'imagefolder'}),
+    '--data-dir': ('data.data_dir', {'metavar': 'DIR', 'help': 'folder searched first for the dataset files '
+                                                               '(the root of an imagefolder dataset)'}),
+    '--epochs': ('train.epochs', {'type': int, 'metavar': 'N', 'help': 'number of epochs'}),
+    '--batch-size': ('train.batch_size', {'type': int, 'metavar': 'N',
+                                          'help': 'batch size PER PROCESS; under torchrun the global batch is '
+                                                  'processes x N'}),
+    '--lr': ('optim.lr', {'type': float, 'metavar': 'LR', 'help': 'base learning rate (not scaled with the batch)'}),
+    '--seed': ('train.seed', {'type': int, 'metavar': 'N', 'help': 'random seed'}),
+    '--output': ('output.dir', {'metavar': 'DIR', 'help': 'parent folder of the run directory'}),
+    '--name': ('output.name', {'metavar': 'NAME', 'help': 'run directory name; null gives <data>-<model>-<time>'}),
+    '--workers': ('data.num_workers', {'type': int, 'metavar': 'N', 'help': 'data-loader worker processes '
+                                                                           '(imagefolder only)'}),
+    '--device': ('train.device', {'metavar': 'DEV', 'help': "auto (cuda if available, else cpu), cpu, cuda, "
+                                                            "cuda:N"}),
+    '--threads': ('train.threads', {'type': int, 'metavar': 'N', 'help': 'torch CPU threads'}),
+    '--init-checkpoint': ('model.init_checkpoint', {'metavar': 'FILE', 'help': 'start from these weights '
+                                                                               '(.safetensors of the same model)'}),
+    '--amp': ('train.amp', {'action': argparse.BooleanOptionalAction,
+                            'help': 'mixed precision: bfloat16 on CPU, float16 + GradScaler on CUDA'}),
+    '--compile': ('train.compile', {'action': argparse.BooleanOptionalAction, 'help': 'torch.compile the model'}),
+    '--channels-last': ('train.channels_last', {'action': argparse.BooleanOptionalAction,
+                                                'help': 'channels_last memory format'}),
+    '--sync-bn': ('train.sync_bn', {'action': argparse.BooleanOptionalAction,
+                                    'help': 'synchronise BatchNorm over processes (torchrun; SyncBatchNorm on CUDA, '
+                                            'an all-reduce BatchNorm on CPU/gloo)'}),
+}
+
+
+def _recipe_defaults() -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    from ..engine.config import DEFAULT_RECIPE, list_recipes, load_recipe, resolve_config
+
+    try:
+        cfg = resolve_config(DEFAULT_RECIPE)
+    except Exception:  # never let a broken recipe file break --help
+        cfg = {}
+    recipes = []
+    for name in list_recipes():
+        try:
+            desc = ' '.join(str(load_recipe(name).get('description', '')).split())
+            desc = desc if len(desc) <= 96 else desc[:96].rsplit(' ', 1)[0] + ' ...'
+        except Exception:
+            desc = '(unreadable)'
+        recipes.append((name, desc))
+    return cfg, recipes
+
+
+def _lookup(cfg: dict[str, Any], key: str) -> Any:
+    node: Any = cfg
+    for part in key.split('.'):
+        if not isinstance(node, dict) or part not in node:
+            return '?'
+        node = node[part]
+    return node
+
+
+def _epilog(cfg: dict[str, Any], recipes: list[tuple[str, str]]) -> str:
+    from ..engine.config import DEFAULT_RECIPE, iter_fields
+
+    lines = ['recipes (--recipe NAME, or a path to a YAML file):']
+    for name, desc in recipes:
+        mark = ' (default)' if name == DEFAULT_RECIPE else ''
+        lines.append(f'  {name}{mark}: {desc}')
+    lines += ['', f'config keys for --set KEY=VALUE (values parsed as YAML; defaults of the {DEFAULT_RECIPE} recipe):']
+    for key, field in iter_fields():
+        if key in ('version', 'name', 'description'):
+            continue
+        value = _lookup(cfg, key) if cfg else field.default
+        shown = 'null' if value is None else str(value).lower() if isinstance(value, bool) else value
+        choices = f' [{"|".join(field.choices)}]' if field.choices else ''
+        lines.append(f'  {key} = {shown}  ({field.kind}{", nullable" if field.nullable else ""}{choices}): '
+                     f'{field.help}')
+    lines += [
+        '',
+        'examples:',
+        f'  {PROG} train                                  # the default quick run',
+        f'  {PROG} train --model se_resnet20 --epochs 5 --set optim.weight_decay=1e-4',
+        f'  {PROG} train --recipe dia-cifar --data-dir ~/data',
+        f'  {PROG} train --resume runs/fashion-mnist-bav2_resnet20-20250101-120000 --epochs 4',
+        '  torchrun --standalone --nproc_per_node=4 -m plugattn train --recipe bav2-imagenet-300ep \\',
+        '      --data-dir /data/imagenet --batch-size 256          # 256 per process = 1024 global',
+    ]
+    return '\n'.join(lines)
+
+
+def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
+    """Add the ``train`` parser."""
+    cfg, recipes = _recipe_defaults()
+    parser = subparsers.add_parser(
+        NAME,
+        help=HELP,
+        description=f'{HELP}.\n\nA recipe gives every setting; options below override it. The resolved config is '
+                    'saved as config.yaml in the run directory,\nnext to last/best.safetensors, last_state.pt, '
+                    'summary.csv, metrics.jsonl, curves.png and TensorBoard logs.\n'
+                    'Under torchrun each process trains on its shard of every batch (DDP); rank 0 writes the outputs.',
+        formatter_class=HelpFormatter,
+        epilog=_epilog(cfg, recipes),
+    )
+    add_debug(parser)
+    parser.add_argument('--recipe', default=None, metavar='NAME|FILE',
+                        help='recipe name or YAML file (default: fashion-mnist)')
+    for flag, (key, opts) in _FLAGS.items():
+        default_shown = _lookup(cfg, key) if cfg else '?'
+        shown = 'null' if default_shown is None else default_shown
+        parser.add_argument(flag, dest=key.replace('.', '__'), default=None,
+                            **{**opts, 'help': f'{opts["help"]} (default: from the recipe; fashion-mnist: {shown})'})
+    parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                        help='override any config key, e.g. --set optim.weight_decay=1e-4 --set '
+                             'schedule.milestones=[60,120] (repeatable; keys listed below)')
+    parser.add_argument('--resume', metavar='RUN_DIR', default=None,
+                        help='continue a run directory from its last checkpoint (bit-exact on the same machine); only '
+                             '--epochs, --data-dir, --workers, --device, --threads, --compile, output options and '
+                             'matching --set keys may change')
+    parser.add_argument('--stop-after', type=positive_int, metavar='N', default=None,
+                        help='stop after N epochs in total (e.g. to fit a job time limit); continue with --resume')
+    parser.add_argument('--print-config', action='store_true',
+                        help='print the resolved config as YAML and exit without training')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='plain progress lines instead of a tqdm bar even on a terminal')
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    from ..engine.config import parse_set
+
+    out = []
+    for _flag, (key, _opts) in _FLAGS.items():
+        value = getattr(args, key.replace('.', '__'))
+        if value is not None:
+            out.append((key, value))
+    out += [parse_set(item) for item in args.overrides]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``plugattn train``."""
+    from ..engine import dump_config, format_summary, load_resume_config, resolve_config, train
+    from ..engine.errors import EngineError
+
+    overrides = _overrides(args)
+    if args.resume is not None:
+        if args.recipe is not None:
+            raise EngineError('--recipe cannot be combined with --resume (the run keeps its own config)',
+                              'drop --recipe')
+        cfg = load_resume_config(args.resume, overrides)
+    else:
+        cfg = resolve_config(args.recipe, overrides)
+    if args.print_config:
+        sys.stdout.write(dump_config(cfg))
+        return 0
+    progress = False if args.no_progress else stdout_is_tty()
+    result = train(cfg, resume_dir=args.resume, stop_after=args.stop_after, progress=progress,
+                   t_start=getattr(args, 't_start', None))
+    if result.is_main:
+        print(format_summary(result, cfg), flush=True)
+    return 0

@@ -1,0 +1,354 @@
+"""Run directories and checkpoints, written atomically.
+
+A run directory holds:
+
+* ``run.json``: marks the folder as a plugattn run (status, recipe, model, completed epochs);
+* ``config.yaml``: the resolved config;
+* ``last.safetensors`` / ``best.safetensors``: model weights with JSON metadata in the safetensors header (model
+  name and kwargs, recipe, epoch, metrics, plugattn version, a SHA-256 of the tensor data);
+* ``last_state.pt``: everything else needed to resume bit for bit (model weights again, optimizer, schedule,
+  GradScaler, EMA weights, RNG states, epoch, step, metric history), read with ``torch.load(weights_only=True)``.
+
+``last_state.pt`` is self-contained, so resuming never depends on two files having been replaced together. Every
+write goes to a temporary file in the same folder, is flushed and fsync'ed, then ``os.replace``'d over the target
+and the folder is fsync'ed: a crash or kill during a save leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..version import __version__
+from .errors import EngineError
+
+__all__ = [
+    'RUN_FILE',
+    'atomic_write',
+    'atomic_write_bytes',
+    'capture_rng_state',
+    'is_run_dir',
+    'load_model_weights',
+    'load_state',
+    'read_run_info',
+    'read_weights',
+    'restore_rng_state',
+    'save_state',
+    'save_weights',
+    'write_run_info',
+]
+
+RUN_FILE = 'run.json'
+RUN_FORMAT = 'plugattn-run'
+WEIGHTS_FORMAT = 'plugattn-weights'
+STATE_FORMAT = 'plugattn-state'
+META_KEY = 'plugattn'
+
+
+# --------------------------------------------------------------------------------------------- atomic writes
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # e.g. platforms without directory file descriptors
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file atomically: temp file in the same folder, flush + fsync, ``os.replace``, fsync the folder.
+
+    Args:
+        path: Target file.
+        write: Called with the open binary temp file; if it raises, the temp file is removed and ``path`` is left
+            as it was.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """:func:`atomic_write` of a byte string."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write` of UTF-8 text."""
+    atomic_write_bytes(path, text.encode('utf-8'))
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete temp files a killed save left behind (``.NAME.*.tmp``)."""
+    for tmp in Path(folder).glob('.*.tmp'):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+# --------------------------------------------------------------------------------------------- run.json
+
+
+def write_run_info(run_dir: str | Path, info: Mapping[str, Any]) -> None:
+    """Write ``run.json`` atomically (the format tag and plugattn version are added)."""
+    data = {'format': RUN_FORMAT, 'plugattn_version': __version__, **info}
+    atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps(data, indent=2) + '\n')
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """Read and check ``run.json``.
+
+    Raises:
+        EngineError: The folder is missing, has no ``run.json``, or it is not a plugattn run file.
+    """
+    run_dir = Path(run_dir)
+    fix = 'pass a run directory created by "plugattn train" (it holds run.json)'
+    if not run_dir.is_dir():
+        raise EngineError(f'run directory {run_dir} does not exist', fix)
+    path = run_dir / RUN_FILE
+    try:
+        data = json.loads(path.read_text(encoding='utf-8'))
+    except FileNotFoundError:
+        raise EngineError(f'{run_dir} is not a plugattn run directory (no {RUN_FILE})', fix) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EngineError(f'cannot read {path} ({type(e).__name__})', fix) from None
+    if not isinstance(data, dict) or data.get('format') != RUN_FORMAT:
+        raise EngineError(f'{path} is not a plugattn run file', fix)
+    return data
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder with a valid ``run.json``."""
+    try:
+        read_run_info(path)
+    except EngineError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f'{name}:{t.dtype}:{tuple(t.shape)};'.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Save model weights as safetensors with plugattn metadata, atomically.
+
+    Args:
+        path: Target ``.safetensors`` file.
+        state_dict: Model state dict (any device, any memory format).
+        meta: JSON-serialisable metadata (model name and kwargs, recipe, epoch, metrics, ...); the format tag,
+            plugattn version and a SHA-256 of the tensor data are added.
+    """
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to('cpu', copy=True).contiguous() for k, v in state_dict.items()}
+    full = {'format': WEIGHTS_FORMAT, 'plugattn_version': __version__, **meta, 'sha256': _tensor_digest(tensors)}
+    atomic_write_bytes(path, save(tensors, metadata={META_KEY: json.dumps(full), 'format': 'pt'}))
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a plugattn ``.safetensors`` checkpoint and verify it.
+
+    Args:
+        path: The file.
+
+    Returns:
+        ``(state_dict, metadata)`` with CPU tensors.
+
+    Raises:
+        EngineError: Missing or unreadable file, truncated or corrupted data (checksum mismatch), or a file without
+            plugattn metadata.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    fix = 'use an intact checkpoint (last.safetensors or best.safetensors of a run) or train again'
+    if not path.is_file():
+        raise EngineError(f'checkpoint {path} does not exist', 'pass a .safetensors file or a run directory')
+    try:
+        with safe_open(str(path), framework='pt', device='cpu') as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except PermissionError:
+        raise EngineError(f'cannot read checkpoint {path} (permission denied)', 'check the file permissions') from None
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        reason = ' '.join(str(e).split())[:120] or type(e).__name__
+        raise EngineError(f'checkpoint {path} is truncated or corrupted ({reason})', fix) from None
+    if META_KEY not in raw_meta:
+        raise EngineError(f'{path} is not a plugattn checkpoint (no plugattn metadata)',
+                          'load it with safetensors.torch.load_file and model.load_state_dict, or train with '
+                          'plugattn')
+    try:
+        meta = json.loads(raw_meta[META_KEY])
+    except json.JSONDecodeError:
+        raise EngineError(f'checkpoint {path} has corrupted metadata', fix) from None
+    if not isinstance(meta, dict) or meta.get('format') != WEIGHTS_FORMAT or 'model' not in meta:
+        raise EngineError(f'checkpoint {path} has corrupted metadata', fix)
+    if meta.get('sha256') != _tensor_digest(tensors):
+        raise EngineError(f'checkpoint {path} is corrupted (tensor data checksum mismatch)', fix)
+    return tensors, meta
+
+
+def check_state_dict_fits(
+        model: nn.Module,
+        state: Mapping[str, torch.Tensor],
+        source: str,
+        source_model: str | None,
+        target_model: str | None,
+) -> None:
+    """Raise a clear error unless ``state`` has exactly the keys and shapes of ``model``'s state dict.
+
+    Raises:
+        EngineError: Names the first missing/unexpected key or shape mismatch and the two architectures.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f'{len(missing)} missing keys (e.g. {missing[0]})')
+    if unexpected:
+        parts.append(f'{len(unexpected)} unexpected keys (e.g. {unexpected[0]})')
+    if shapes:
+        k = shapes[0]
+        parts.append(f'{len(shapes)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})')
+    what = f'{source_model} weights' if source_model else 'weights'
+    target = target_model or type(model).__name__
+    raise EngineError(
+        f'checkpoint {source} holds {what} that do not fit {target}: {", ".join(parts)}',
+        f'use a checkpoint of {target} with the same number of classes and input channels'
+        + (f', or pass --model {source_model}' if source_model and source_model != target_model else ''),
+    )
+
+
+def load_model_weights(
+        model: nn.Module,
+        path: str | Path,
+        model_name: str | None = None,
+) -> dict[str, Any]:
+    """Load a plugattn weights file into ``model`` after checking that it is the same architecture.
+
+    Args:
+        model: Target model (unwrapped).
+        path: ``.safetensors`` checkpoint.
+        model_name: Registered name of ``model`` (compared with the checkpoint's).
+
+    Returns:
+        The checkpoint metadata.
+
+    Raises:
+        EngineError: Unreadable/corrupted file, or weights of another architecture.
+    """
+    state, meta = read_weights(path)
+    src = meta.get('model')
+    if model_name is not None and src != model_name:
+        raise EngineError(
+            f'checkpoint {path} holds {src} weights, not {model_name}',
+            f'pass a checkpoint of {model_name}, or use --model {src}',
+        )
+    check_state_dict_fits(model, state, str(path), src, model_name)
+    model.load_state_dict(state)
+    return meta
+
+
+# --------------------------------------------------------------------------------------------- RNG state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) RNG states as tensors/lists (loadable with ``weights_only=True``)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state = {
+        'python': {'version': py_version, 'state': torch.tensor(py_state, dtype=torch.int64), 'gauss': py_gauss},
+        'numpy': {
+            'name': np_name, 'keys': torch.from_numpy(np_keys.astype(np.int64)), 'pos': int(np_pos),
+            'has_gauss': int(np_has_gauss), 'cached_gaussian': float(np_gauss),
+        },
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state['python']
+    random.setstate((int(py['version']), tuple(int(v) for v in py['state'].tolist()), py['gauss']))
+    npst = state['numpy']
+    np.random.set_state((
+        npst['name'], npst['keys'].numpy().astype(np.uint32), int(npst['pos']), int(npst['has_gauss']),
+        float(npst['cached_gaussian']),
+    ))
+    torch.set_rng_state(state['torch'])
+    cuda = state.get('cuda') or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------------------------------- training state
+
+
+def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Save the resume state with ``torch.save``, atomically (format tag and version added)."""
+    full = {'format': STATE_FORMAT, 'plugattn_version': __version__, **state}
+    atomic_write(path, lambda f: torch.save(full, f))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Load a resume state with ``torch.load(weights_only=True)`` onto the CPU.
+
+    Raises:
+        EngineError: Missing, truncated or corrupted file, or not a plugattn state file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f'{path} does not exist (the run has not finished an epoch yet)',
+                          'start a new run instead of --resume')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except PermissionError:
+        raise EngineError(f'cannot read {path} (permission denied)', 'check the file permissions') from None
+    except Exception as e:  # zip/unpickling errors of a truncated or garbled file
+        reason = ' '.join(str(e).split())[:120] or type(e).__name__
+        raise EngineError(f'resume state {path} is truncated or corrupted ({reason})',
+                          'start a new run; the weights in last.safetensors/best.safetensors can still be '
+                          'evaluated') from None
+    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+        raise EngineError(f'{path} is not a plugattn resume state', 'start a new run instead of --resume')
+    return state

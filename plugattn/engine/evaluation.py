@@ -1,0 +1,118 @@
+"""Evaluate a saved checkpoint: rebuild the model from its metadata, load the weights, run the test split."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import check_state_dict_fits, is_run_dir, read_run_info, read_weights
+from .distributed import DistContext, resolve_device
+from .errors import EngineError
+from .trainer import BEST_FILE, LAST_FILE, build_model, evaluate
+
+__all__ = ['evaluate_checkpoint', 'resolve_checkpoint']
+
+
+def resolve_checkpoint(path: str | Path, which: str = 'best') -> Path:
+    """The weights file of a run directory (``best`` or ``last``), or ``path`` itself when it is a file.
+
+    Raises:
+        EngineError: Missing path, a folder that is not a run, or a run without that checkpoint.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise EngineError(f'checkpoint {path} does not exist', 'pass a run directory or a .safetensors file')
+    if not is_run_dir(path):
+        read_run_info(path)  # raises the detailed "not a run directory" error
+    name = BEST_FILE if which == 'best' else LAST_FILE
+    target = path / name
+    if not target.is_file():
+        other = path / (LAST_FILE if which == 'best' else BEST_FILE)
+        fix = f'pass {other}' if other.is_file() else 'train the run for at least one epoch first'
+        raise EngineError(f'run {path} has no {name}', fix)
+    return target
+
+
+def evaluate_checkpoint(
+        path: str | Path,
+        *,
+        which: str = 'best',
+        model: str | None = None,
+        data: str | None = None,
+        data_dir: str | None = None,
+        batch_size: int | None = None,
+        device: str = 'auto',
+        amp: bool = False,
+        channels_last: bool = False,
+        progress: bool = False,
+) -> dict[str, Any]:
+    """Top-1, top-5 and loss of a checkpoint on a dataset's test split.
+
+    Args:
+        path: Run directory or ``.safetensors`` file.
+        which: ``'best'`` or ``'last'`` when ``path`` is a run directory.
+        model: Expected architecture (default: the one in the checkpoint); a different one is an error.
+        data: Dataset (default: the one the checkpoint was trained on).
+        data_dir: Dataset folder (default: the training run's).
+        batch_size: Evaluation batch size (default: the run's).
+        device: Device spec.
+        amp: bfloat16 (CPU) / float16 (CUDA) autocast.
+        channels_last: channels_last inputs and weights.
+        progress: Show a progress bar.
+
+    Returns:
+        ``{'checkpoint', 'model', 'data', 'epoch', 'top1', 'top5', 'test_loss', 'samples'}``.
+
+    Raises:
+        EngineError: Unusable checkpoint, wrong architecture, class-count mismatch, or a data problem.
+    """
+    from ..data import AugConfig, build_loader, get_dataset_info
+
+    if batch_size is not None and batch_size < 1:
+        raise EngineError(f'--batch-size must be >= 1, got {batch_size}', 'pass a positive batch size')
+    file = resolve_checkpoint(path, which)
+    state, meta = read_weights(file)
+    name = meta['model']
+    if model is not None and model != name:
+        raise EngineError(f'checkpoint {file} holds {name} weights, not {model}',
+                          f'drop --model or pass --model {name}')
+    kwargs = dict(meta.get('model_kwargs') or {})
+    dmeta = meta.get('data') or {}
+    data_name = data or dmeta.get('name')
+    if not data_name:
+        raise EngineError(f'checkpoint {file} does not say which dataset it was trained on', 'pass --data NAME')
+    info = get_dataset_info(data_name, data_dir or dmeta.get('data_dir'))
+    num_classes = kwargs.get('num_classes', info.num_classes)
+    in_chans = kwargs.get('in_chans', info.in_chans)
+    if num_classes != info.num_classes or in_chans != info.in_chans:
+        raise EngineError(
+            f'checkpoint {file} expects {num_classes} classes x {in_chans} channels but {info.name} has '
+            f'{info.num_classes} classes x {info.in_chans} channels',
+            f'evaluate on the dataset it was trained on (--data {dmeta.get("name", "NAME")})',
+        )
+    extra = {k: v for k, v in kwargs.items() if k not in ('num_classes', 'in_chans')}
+    net = build_model(name, num_classes, in_chans, extra)
+    check_state_dict_fits(net, state, str(file), name, name)
+    net.load_state_dict(state)
+    dev = resolve_device(device)
+    net.to(dev)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    aug = AugConfig(image_size=dmeta.get('image_size'), interpolation=dmeta.get('interpolation') or 'bilinear')
+    same_dir = data_dir or (dmeta.get('data_dir') if data_name == dmeta.get('name') else None)
+    loader = build_loader(data_name, 'test', batch_size=batch_size or int(meta.get('eval_batch_size') or 256),
+                          train=False, data_dir=same_dir, aug=aug, drop_last=False)
+    amp_dtype = torch.float16 if dev.type == 'cuda' else torch.bfloat16
+    metrics = evaluate(net, loader, DistContext(device=dev), amp=(amp, amp_dtype), channels_last=channels_last,
+                       progress=progress)
+    return {
+        'checkpoint': str(file),
+        'model': name,
+        'data': loader.info.name,
+        'epoch': meta.get('epoch'),
+        'weights': meta.get('weights', 'model'),
+        **metrics,
+    }

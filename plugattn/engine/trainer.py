@@ -1,0 +1,752 @@
+"""The training loop: build everything from a validated config, train, evaluate every epoch, checkpoint, resume.
+
+:func:`train` is what ``plugattn train`` runs. It works single-process or under ``torchrun`` (one process per
+device, DistributedDataParallel, per-rank data shards, all-reduced metrics, rank 0 writes everything).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import (
+    atomic_write_text,
+    capture_rng_state,
+    check_state_dict_fits,
+    load_model_weights,
+    load_state,
+    read_run_info,
+    remove_stale_temps,
+    restore_rng_state,
+    save_state,
+    save_weights,
+    write_run_info,
+)
+from .config import RESUME_MUTABLE, dump_config, validate_config
+from .distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    convert_sync_batchnorm,
+    init_distributed,
+)
+from .ema import ModelEma
+from .errors import EngineError
+from .logger import Progress, RunLogger
+from .metrics import count_macs, count_params, topk_correct
+from .optim import create_optimizer
+from .scheduler import LRSchedule
+
+__all__ = [
+    'TrainResult',
+    'amp_settings',
+    'build_model',
+    'evaluate',
+    'format_summary',
+    'load_resume_config',
+    'seed_everything',
+    'train',
+]
+
+STATE_FILE = 'last_state.pt'
+LAST_FILE = 'last.safetensors'
+BEST_FILE = 'best.safetensors'
+CONFIG_FILE = 'config.yaml'
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train` (returned on every rank; only rank 0 has ``run_dir`` files).
+
+    Attributes:
+        run_dir: The run directory.
+        history: One record per finished epoch.
+        best_top1: Best test top-1 (model or EMA) in percent.
+        best_epoch: Epoch (1-based) of ``best_top1``.
+        params: Parameter count.
+        macs: MACs at batch 1 (conv/linear/matmul only).
+        input_size: ``(C, H, W)`` of the model input.
+        wall_s: Seconds from ``t_start`` to the end.
+        finished: All epochs done (False when stopped by ``stop_after``).
+    """
+
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_top1: float = 0.0
+    best_epoch: int = 0
+    params: int = 0
+    macs: int = 0
+    input_size: tuple[int, int, int] = (0, 0, 0)
+    wall_s: float = 0.0
+    finished: bool = False
+    model_name: str = ''
+    data_name: str = ''
+    is_main: bool = True
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _set_determinism(deterministic: bool, device: torch.device) -> None:
+    if device.type == 'cuda':
+        if deterministic:
+            os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def amp_settings(cfg_train: Mapping[str, Any], device: torch.device) -> tuple[bool, torch.dtype, bool]:
+    """``(enabled, dtype, use_grad_scaler)`` of AMP for a device.
+
+    ``auto`` is bfloat16 on the CPU and float16 with a GradScaler on CUDA; explicit bfloat16 on CUDA uses no
+    scaler.
+
+    Raises:
+        EngineError: float16 requested on the CPU.
+    """
+    if not cfg_train['amp']:
+        return False, torch.float32, False
+    name = cfg_train['amp_dtype']
+    if name == 'auto':
+        name = 'float16' if device.type == 'cuda' else 'bfloat16'
+    if name == 'float16' and device.type != 'cuda':
+        raise EngineError('float16 AMP needs CUDA', 'use --set train.amp_dtype=bfloat16 (or auto) on the CPU')
+    dtype = torch.float16 if name == 'float16' else torch.bfloat16
+    return True, dtype, dtype == torch.float16
+
+
+def build_model(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> nn.Module:
+    """``plugattn.models.create_model`` with user errors turned into :class:`EngineError`."""
+    from ..models import create_model
+
+    try:
+        return create_model(name, num_classes=num_classes, in_chans=in_chans, **dict(kwargs))
+    except EngineError:
+        raise
+    except (ValueError, TypeError) as e:
+        msg = ' '.join(str(e).split())
+        if 'unknown model' in msg:
+            raise EngineError(msg.split('; ')[0] if '; ' in msg else msg,
+                              'run "plugattn list-models" to see the names (or --model NAME)') from None
+        raise EngineError(f'cannot build model {name!r}: {msg}', 'check --model and model.kwargs') from None
+
+
+def _soft_target_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, '_orig_mod', model)
+    return getattr(model, 'module', model)
+
+
+@torch.no_grad()
+def evaluate(
+        model: nn.Module,
+        loader: Any,
+        ctx: DistContext,
+        *,
+        amp: tuple[bool, torch.dtype] = (False, torch.float32),
+        channels_last: bool = False,
+        progress: bool = False,
+        desc: str = 'eval',
+) -> dict[str, float]:
+    """Test loss, top-1 and top-5 (percent) of a model on a loader, summed over all processes.
+
+    Each process evaluates its shard; loss sums, correct counts and sample counts are all-reduced. With W
+    processes the test split is padded by at most W - 1 repeated samples (DistributedSampler convention).
+
+    Returns:
+        ``{'test_loss', 'top1', 'top5', 'samples'}``.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    correct = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+    count = 0
+    with Progress(len(loader), desc, enabled=progress and ctx.is_main, leave=False,
+                  interval=10**9) as bar:
+        for x, y in loader:
+            x = x.to(ctx.device, non_blocking=True)
+            y = y.to(ctx.device, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(ctx.device.type, dtype=amp[1], enabled=amp[0]):
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction='sum').double()
+            correct += torch.tensor(topk_correct(logits, y, (1, 5)), dtype=torch.float64, device=ctx.device)
+            count += y.shape[0]
+            bar.update()
+    loss, c1, c5, n = all_reduce_sum([loss_sum.item(), *correct.tolist(), count], ctx)
+    model.train(was_training)
+    n = max(n, 1.0)
+    return {'test_loss': loss / n, 'top1': 100.0 * c1 / n, 'top5': 100.0 * c5 / n, 'samples': int(n)}
+
+
+def load_resume_config(run_dir: str | Path, overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The saved config of a run, with the overrides allowed on resume applied.
+
+    Raises:
+        EngineError: Not a run directory, unreadable config, or an override of a key that cannot change on resume.
+    """
+    import yaml
+
+    from .config import resolve_config
+
+    run_dir = Path(run_dir)
+    read_run_info(run_dir)
+    path = run_dir / CONFIG_FILE
+    try:
+        saved = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except FileNotFoundError:
+        raise EngineError(f'run directory {run_dir} has no {CONFIG_FILE}', 'start a new run') from None
+    except (OSError, yaml.YAMLError) as e:
+        raise EngineError(f'cannot read {path} ({type(e).__name__})', 'start a new run') from None
+    for key, _ in overrides:
+        if key not in RESUME_MUTABLE:
+            raise EngineError(
+                f'{key} cannot change when resuming (the run was trained with the saved config)',
+                f'drop that option; on resume only {", ".join(sorted(RESUME_MUTABLE))} may change',
+            )
+    return resolve_config(base=validate_config(saved), overrides=overrides)
+
+
+def _new_run_dir(cfg: Mapping[str, Any]) -> Path:
+    parent = Path(cfg['output']['dir']).expanduser()
+    name = cfg['output']['name']
+    explicit = name is not None
+    if not explicit:
+        stamp = _dt.datetime.now().strftime('%Y%m%d-%H%M%S')
+        name = f'{cfg["data"]["name"]}-{cfg["model"]["name"]}-{stamp}'
+    run_dir = parent / name
+    if explicit and run_dir.exists() and any(run_dir.iterdir()):
+        raise EngineError(f'output folder {run_dir} already exists and is not empty',
+                          f'continue it with --resume {run_dir}, or choose another --name')
+    suffix = 1
+    while not explicit and run_dir.exists():
+        run_dir = parent / f'{name}-{suffix}'
+        suffix += 1
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EngineError(f'cannot create run directory {run_dir} ({e.strerror or e})',
+                          'choose a writable --output folder') from None
+    return run_dir
+
+
+def _human(n: float) -> str:
+    for unit, scale in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
+        if n >= scale:
+            return f'{n / scale:.2f} {unit}'
+    return f'{n:.0f}'
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f'{h} h {m:02d} min {s:02d} s' if h else f'{m} min {s:02d} s'
+
+
+def format_summary(result: TrainResult, cfg: Mapping[str, Any]) -> str:
+    """The one-screen end-of-run summary."""
+    last = next((r for r in reversed(result.history) if r.get('top1') is not None), {})
+    c, h, w = result.input_size
+    rule = '-' * 72
+    lines = [
+        rule,
+        f'plugattn train: {"finished" if result.finished else "stopped"} - {result.model_name} on {result.data_name} '
+        f'(recipe {cfg["name"]} v{cfg["version"]})',
+    ]
+    label = '{:<32}'.format
+    if last:
+        lines.append(f'  {label("final top-1")}{last["top1"]:.2f} %  (top-5 {last["top5"]:.2f} %, test loss '
+                     f'{last["test_loss"]:.4f}, epoch {last["epoch"]})')
+        if last.get('ema_top1') is not None:
+            lines.append(f'  {label("EMA top-1")}{last["ema_top1"]:.2f} %')
+        lines.append(f'  {label("best top-1")}{result.best_top1:.2f} %  (epoch {result.best_epoch})')
+    done = result.history[-1]['epoch'] if result.history else 0
+    lines += [
+        f'  {label("epochs")}{done} / {cfg["train"]["epochs"]}',
+        f'  {label("params")}{result.params:,}',
+        f'  {label("MACs (conv/linear/matmul only)")}{_human(result.macs)}  (batch 1, {c}x{h}x{w}, eval mode)',
+        f'  {label("wall time")}{_duration(result.wall_s)}  ({result.wall_s:.1f} s, from process start)',
+        f'  {label("run dir")}{result.run_dir}',
+        rule,
+    ]
+    if not result.finished:
+        lines.insert(-1, f'  continue with: plugattn train --resume {result.run_dir}')
+    return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------------------------- trainer
+
+
+class _Trainer:
+    def __init__(
+            self,
+            cfg: dict[str, Any],
+            ctx: DistContext,
+            *,
+            resume_dir: Path | None,
+            stop_after: int | None,
+            progress: bool | None,
+            echo: Callable[[str], None],
+            t_start: float,
+    ) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.resume_dir = resume_dir
+        self.stop_after = stop_after
+        self.echo = echo if ctx.is_main else (lambda _line: None)
+        self.t_start = t_start
+        tc = cfg['train']
+        self.tty = progress
+        self.epochs = tc['epochs']
+        self.seed = tc['seed']
+        self.step = 0
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_top1 = -1.0
+        self.best_epoch = 0
+        self.run_dir: Path | None = None
+        self.logger: RunLogger | None = None
+        self.created = _dt.datetime.now().isoformat(timespec='seconds')
+
+    # ----------------------------------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        from ..data import AugConfig, MixupCutmix, build_loader
+
+        cfg, ctx, tc = self.cfg, self.ctx, self.cfg['train']
+        if tc['threads']:
+            torch.set_num_threads(tc['threads'])
+        elif ctx.distributed and ctx.device.type == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
+            local = int(os.environ.get('LOCAL_WORLD_SIZE', ctx.world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        _set_determinism(tc['deterministic'], ctx.device)
+        self.amp_enabled, self.amp_dtype, use_scaler = amp_settings(tc, ctx.device)
+
+        # Data first: a missing dataset is the most likely user error and must come before any output.
+        d = cfg['data']
+        aug = AugConfig.from_dict(cfg['aug'])
+        common = dict(data_dir=d['data_dir'], aug=aug, seed=self.seed, rank=ctx.rank, world_size=ctx.world_size,
+                      num_workers=d['num_workers'], download=d['download'])
+        self.train_loader = build_loader(d['name'], 'train', batch_size=tc['batch_size'], train=True,
+                                         drop_last=True, **common)
+        eval_bs = tc['eval_batch_size'] or 2 * tc['batch_size']
+        self.test_loader = build_loader(d['name'], 'test', batch_size=eval_bs, train=False, drop_last=False,
+                                        **common)
+        self.info = self.train_loader.info
+        self.input_size = (self.info.in_chans, *self.train_loader.info.image_size)
+
+        # Model: identical initialisation on every rank (DDP also broadcasts rank 0's weights).
+        seed_everything(self.seed)
+        m = cfg['model']
+        model = build_model(m['name'], self.info.num_classes, self.info.in_chans, m['kwargs'])
+        if tc['batch_size'] == 1 and any(
+                isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in model.modules()):
+            raise EngineError(f'{m["name"]} has BatchNorm layers, which cannot train on a batch of one sample',
+                              'use --batch-size 2 or more (per process)')
+        self.model_kwargs = {'num_classes': self.info.num_classes, 'in_chans': self.info.in_chans, **m['kwargs']}
+        if m['init_checkpoint'] and self.resume_dir is None:
+            load_model_weights(model, m['init_checkpoint'], m['name'])
+        self.params = count_params(model)
+        self.macs = count_macs(model, self.input_size)
+        if tc['sync_bn'] and ctx.distributed:
+            model = convert_sync_batchnorm(model, ctx.device)
+        model.to(ctx.device)
+        if tc['channels_last']:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = create_optimizer(model, cfg['optim'])
+        self.schedule = LRSchedule.from_config(cfg['schedule'], cfg['optim']['lr'], self.epochs,
+                                               len(self.train_loader))
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_scaler)
+        e = cfg['ema']
+        self.ema = ModelEma(model, e['decay'], e['warmup']) if e['enabled'] else None
+        mx = cfg['mixup']
+        self.mixup = None
+        if mx['prob'] > 0 and (mx['mixup_alpha'] > 0 or mx['cutmix_alpha'] > 0):
+            self.mixup = MixupCutmix(mx['mixup_alpha'], mx['cutmix_alpha'], mx['prob'], mx['switch_prob'],
+                                     cfg['loss']['label_smoothing'], self.info.num_classes)
+
+        if self.resume_dir is not None:
+            self._load_resume_state()
+        else:
+            seed_everything(self.seed + ctx.rank)
+
+        self.train_model: nn.Module = model
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [ctx.device.index] if ctx.device.type == 'cuda' else None
+            self.train_model = DDP(model, device_ids=ids, output_device=ids[0] if ids else None)
+        self.eval_model: nn.Module = model
+        if tc['compile']:
+            self.train_model = torch.compile(self.train_model)
+            self.eval_model = torch.compile(model)
+
+    def _load_resume_state(self) -> None:
+        assert self.resume_dir is not None
+        state = load_state(self.resume_dir / STATE_FILE)
+        name = self.cfg['model']['name']
+        if state.get('model_name') != name:
+            raise EngineError(f'{self.resume_dir / STATE_FILE} holds a {state.get("model_name")} run, not {name}',
+                              'resume the run directory it came from')
+        try:
+            check_state_dict_fits(self.model, state['model'], str(self.resume_dir / STATE_FILE),
+                                  state.get('model_name'), name)
+            self.model.load_state_dict(state['model'])
+            self.optimizer.load_state_dict(state['optimizer'])
+            if state.get('scaler'):
+                self.scaler.load_state_dict(state['scaler'])
+            if self.ema is not None:
+                if state.get('ema') is None:
+                    raise EngineError('the run was trained without EMA', 'do not enable ema when resuming')
+                self.ema.load_state_dict(state['ema'], state.get('ema_updates', 0))
+        except KeyError as e:
+            raise EngineError(f'resume state {self.resume_dir / STATE_FILE} lacks {e.args[0]!r}',
+                              'start a new run') from None
+        except (RuntimeError, ValueError) as e:
+            if isinstance(e, EngineError):
+                raise
+            raise EngineError(f'resume state {self.resume_dir / STATE_FILE} does not match the model/optimizer '
+                              f'({" ".join(str(e).split())[:100]})', 'start a new run') from None
+        self.start_epoch = int(state['epoch'])
+        self.step = int(state['step'])
+        self.history = list(state.get('history', []))
+        self.best_top1 = float(state.get('best_top1', -1.0))
+        self.best_epoch = int(state.get('best_epoch', 0))
+        rng = state.get('rng') or []
+        if rng:
+            restore_rng_state(rng[self.ctx.rank] if len(rng) == self.ctx.world_size else rng[0])
+        if self.start_epoch >= self.epochs:
+            raise EngineError(f'run {self.resume_dir} already finished {self.start_epoch} of {self.epochs} epochs',
+                              f'train longer with --resume {self.resume_dir} --epochs N (N > {self.start_epoch})')
+
+    # ----------------------------------------------------------------------------------------- train
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled)
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        from ..data import derive_seed
+
+        ctx, tc = self.ctx, self.cfg['train']
+        model, loader = self.train_model, self.train_loader
+        model.train()
+        loader.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 'mixup', ctx.rank)) if self.mixup else None
+        smoothing = self.cfg['loss']['label_smoothing']
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        seen = 0
+        lr = self.schedule(self.step)
+        t0 = time.perf_counter()
+        desc = f'epoch {epoch + 1}/{self.epochs}'
+        with Progress(len(loader), desc, enabled=ctx.is_main, tty=self.tty, interval=tc['log_interval']) as bar:
+            self.bar = bar
+            for x, y in loader:
+                lr = self.schedule.apply(self.optimizer, self.step)
+                x = x.to(ctx.device, non_blocking=True)
+                y = y.to(ctx.device, non_blocking=True)
+                target = None
+                if self.mixup is not None:
+                    x, target = self.mixup(x, y, gen)
+                if tc['channels_last'] and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with self._autocast():
+                    logits = model(x)
+                logits = logits.float()
+                if target is not None:
+                    loss = _soft_target_ce(logits, target)
+                else:
+                    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if tc['grad_clip'] is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), tc['grad_clip'])
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.step += 1
+                loss_sum += loss.detach().double() * y.shape[0]
+                seen += y.shape[0]
+                show = bar.tty or bar.count + 1 == bar.total or (bar.count + 1) % bar.interval == 0
+                value = loss.item() if show else None
+                if value is not None and not math.isfinite(value):
+                    self._non_finite(epoch, value)
+                bar.update(1, samples=seen * ctx.world_size, loss=value, lr=lr)
+        total, count = all_reduce_sum([loss_sum.item(), seen], ctx)
+        train_loss = total / max(count, 1.0)
+        if not math.isfinite(train_loss):
+            self._non_finite(epoch, train_loss)
+        seconds = time.perf_counter() - t0
+        return {'train_loss': train_loss, 'lr': lr, 'train_seconds': seconds,
+                'samples_per_s': count / max(seconds, 1e-9)}
+
+    def _non_finite(self, epoch: int, value: float) -> None:
+        raise EngineError(f'the training loss became {value} in epoch {epoch + 1}',
+                          'lower --lr, set --set train.grad_clip=1.0, or train without --amp')
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+
+    def _weights_meta(self, epoch: int, record: Mapping[str, Any], weights: str) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            'model': cfg['model']['name'],
+            'model_kwargs': self.model_kwargs,
+            'recipe': cfg['name'],
+            'recipe_version': cfg['version'],
+            'epoch': epoch,
+            'step': self.step,
+            'weights': weights,
+            'metrics': {k: v for k, v in record.items() if isinstance(v, (int, float))},
+            'data': {
+                'name': self.info.name,
+                'num_classes': self.info.num_classes,
+                'input_size': list(self.input_size),
+                'image_size': cfg['aug']['image_size'],
+                'interpolation': cfg['aug']['interpolation'],
+                'data_dir': cfg['data']['data_dir'],
+            },
+            'eval_batch_size': cfg['train']['eval_batch_size'] or 2 * cfg['train']['batch_size'],
+            'params': self.params,
+            'macs': self.macs,
+        }
+
+    def _run_info(self, status: str) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            'status': status,
+            'recipe': cfg['name'],
+            'model': cfg['model']['name'],
+            'data': cfg['data']['name'],
+            'epochs': self.epochs,
+            'epochs_done': self.history[-1]['epoch'] if self.history else 0,
+            'best_top1': self.best_top1 if self.best_top1 >= 0 else None,
+            'world_size': self.ctx.world_size,
+            'created': self.created,
+            'updated': _dt.datetime.now().isoformat(timespec='seconds'),
+        }
+
+    def _save(self, epoch: int, record: dict[str, Any], improved: str | None) -> None:
+        rng = capture_rng_state()
+        if self.ctx.distributed:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * self.ctx.world_size
+            dist.all_gather_object(gathered, rng)
+            rngs = gathered
+        else:
+            rngs = [rng]
+        if not self.ctx.is_main:
+            return
+        assert self.run_dir is not None
+        model_state = self.model.state_dict()
+        if improved is not None:
+            best_state = model_state if improved == 'model' else self.ema.state_dict()  # type: ignore[union-attr]
+            save_weights(self.run_dir / BEST_FILE, best_state, self._weights_meta(epoch, record, improved))
+        save_weights(self.run_dir / LAST_FILE, model_state, self._weights_meta(epoch, record, 'model'))
+        state = {
+            'model_name': self.cfg['model']['name'],
+            'epoch': epoch,
+            'step': self.step,
+            'model': model_state,
+            'optimizer': self.optimizer.state_dict(),
+            'scheduler': self.schedule.state_dict(),
+            'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            'ema': self.ema.state_dict() if self.ema is not None else None,
+            'ema_updates': self.ema.updates if self.ema is not None else 0,
+            'rng': rngs,
+            'history': self.history,
+            'best_top1': self.best_top1,
+            'best_epoch': self.best_epoch,
+            'world_size': self.ctx.world_size,
+        }
+        save_state(self.run_dir / STATE_FILE, state)
+        write_run_info(self.run_dir, self._run_info('running'))
+
+    # ----------------------------------------------------------------------------------------- run
+
+    def _start_output(self) -> None:
+        if not self.ctx.is_main:
+            return
+        if self.resume_dir is not None:
+            self.run_dir = self.resume_dir
+            self.created = read_run_info(self.run_dir).get('created')
+            remove_stale_temps(self.run_dir)
+            atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
+        else:
+            self.run_dir = _new_run_dir(self.cfg)
+            atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
+        write_run_info(self.run_dir, self._run_info('running'))
+        cfg = self.cfg
+        title = f'{cfg["model"]["name"]} on {self.info.name} (recipe {cfg["name"]})'
+        self.logger = RunLogger(self.run_dir, title=title)
+
+    def _banner(self) -> None:
+        cfg, ctx, tc = self.cfg, self.ctx, self.cfg['train']
+        c, h, w = self.input_size
+        procs = f'{ctx.world_size} processes ({ctx.backend})' if ctx.distributed else '1 process'
+        glob = f', global batch {tc["batch_size"] * ctx.world_size}' if ctx.distributed else ''
+        self.echo(f'plugattn train: recipe {cfg["name"]} v{cfg["version"]}, model {cfg["model"]["name"]} '
+                  f'({self.params:,} params, {_human(self.macs)} MACs), data {self.info.name} '
+                  f'({self.train_loader.dataset_size} train / {self.test_loader.dataset_size} test, {c}x{h}x{w})')
+        amp = f', AMP {str(self.amp_dtype).replace("torch.", "")}' if self.amp_enabled else ''
+        self.echo(f'  device {ctx.device}, {procs}, {torch.get_num_threads()} threads, batch {tc["batch_size"]}'
+                  f'/process{glob}, {self.epochs} epochs x {len(self.train_loader)} steps, '
+                  f'{cfg["optim"]["name"]} lr {cfg["optim"]["lr"]:g}, {cfg["schedule"]["name"]} schedule{amp}')
+        if self.resume_dir is not None:
+            self.echo(f'  resuming at epoch {self.start_epoch + 1} (step {self.step})')
+        self.echo(f'  run dir {self.run_dir}')
+
+    def run(self) -> TrainResult:
+        self.setup()
+        self._start_output()
+        self._banner()
+        ctx, tc = self.ctx, self.cfg['train']
+        finished = True
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                t0 = time.perf_counter()
+                record: dict[str, Any] = {'epoch': epoch + 1}
+                train_stats = self.train_one_epoch(epoch)
+                record.update(train_loss=train_stats['train_loss'])
+                last_epoch = epoch + 1 == self.epochs
+                stop_here = self.stop_after is not None and epoch + 1 >= self.stop_after
+                t_eval = time.perf_counter()
+                if (epoch + 1) % tc['eval_every'] == 0 or last_epoch or stop_here:
+                    amp = (self.amp_enabled, self.amp_dtype)
+                    metrics = evaluate(self.eval_model, self.test_loader, ctx, amp=amp,
+                                       channels_last=tc['channels_last'], progress=bool(self.bar.tty), desc='test')
+                    record.update(test_loss=metrics['test_loss'], top1=metrics['top1'], top5=metrics['top5'])
+                    if self.ema is not None:
+                        em = evaluate(self.ema.module, self.test_loader, ctx, amp=amp,
+                                      channels_last=tc['channels_last'], progress=bool(self.bar.tty),
+                                      desc='test (EMA)')
+                        record.update(ema_test_loss=em['test_loss'], ema_top1=em['top1'], ema_top5=em['top5'])
+                else:
+                    record.update(test_loss=None, top1=None, top5=None)
+                eval_s = time.perf_counter() - t_eval
+                record.update(lr=train_stats['lr'], seconds=time.perf_counter() - t0,
+                              train_seconds=train_stats['train_seconds'], eval_seconds=eval_s,
+                              samples_per_s=train_stats['samples_per_s'], step=self.step)
+                improved = None
+                if record.get('top1') is not None:
+                    candidates = [('model', record['top1'])]
+                    if record.get('ema_top1') is not None:
+                        candidates.append(('ema', record['ema_top1']))
+                    which, top1 = max(candidates, key=lambda kv: kv[1])
+                    if top1 > self.best_top1:
+                        self.best_top1, self.best_epoch, improved = top1, epoch + 1, which
+                self.history.append(record)
+                self._save(epoch + 1, record, improved)
+                if ctx.is_main and self.logger is not None:
+                    self.logger.log_epoch(self.history)
+                self._epoch_line(record)
+                if stop_here and not last_epoch:
+                    finished = False
+                    break
+        except BaseException as e:
+            if ctx.is_main and self.run_dir is not None:
+                status = 'interrupted' if isinstance(e, KeyboardInterrupt) else 'failed'
+                with contextlib.suppress(Exception):
+                    write_run_info(self.run_dir, self._run_info(status))
+            raise
+        finally:
+            if self.logger is not None:
+                self.logger.close()
+        if ctx.is_main and self.run_dir is not None:
+            write_run_info(self.run_dir, self._run_info('finished' if finished else 'stopped'))
+        barrier(ctx)
+        return TrainResult(
+            run_dir=self.run_dir or Path(),
+            history=self.history,
+            best_top1=max(self.best_top1, 0.0),
+            best_epoch=self.best_epoch,
+            params=self.params,
+            macs=self.macs,
+            input_size=self.input_size,
+            wall_s=time.perf_counter() - self.t_start,
+            finished=finished,
+            model_name=self.cfg['model']['name'],
+            data_name=self.info.name,
+            is_main=ctx.is_main,
+        )
+
+    def _epoch_line(self, r: Mapping[str, Any]) -> None:
+        parts = [f'epoch {r["epoch"]}/{self.epochs}', f'train loss {r["train_loss"]:.4f}']
+        if r.get('top1') is not None:
+            parts += [f'test loss {r["test_loss"]:.4f}', f'top-1 {r["top1"]:.2f} %', f'top-5 {r["top5"]:.2f} %']
+        if r.get('ema_top1') is not None:
+            parts.append(f'EMA top-1 {r["ema_top1"]:.2f} %')
+        parts += [f'lr {r["lr"]:.4g}', f'{r["seconds"]:.1f} s ({r["samples_per_s"]:.0f} img/s)']
+        self.echo('  '.join(parts))
+
+
+def train(
+        cfg: Mapping[str, Any],
+        *,
+        resume_dir: str | Path | None = None,
+        stop_after: int | None = None,
+        progress: bool | None = None,
+        echo: Callable[[str], None] = print,
+        t_start: float | None = None,
+) -> TrainResult:
+    """Train a model from a config (see :mod:`plugattn.engine.config`), single-process or under torchrun.
+
+    Args:
+        cfg: A config; it is validated (again) here.
+        resume_dir: Continue this run directory from its ``last_state.pt`` (``cfg`` must be its config, see
+            :func:`load_resume_config`).
+        stop_after: Stop after this many epochs in total (the run can be continued with ``resume_dir``).
+        progress: Force (True) or disable (False) the tqdm bar; default: when stdout is a terminal.
+        echo: Line printer of rank 0.
+        t_start: ``time.perf_counter()`` value the wall time is measured from (default: now).
+
+    Returns:
+        The :class:`TrainResult`.
+
+    Raises:
+        EngineError: Any user-fixable problem (also ``DataError`` from the data layer).
+    """
+    t_start = time.perf_counter() if t_start is None else t_start
+    cfg = validate_config(cfg)
+    if stop_after is not None and stop_after < 1:
+        raise EngineError(f'--stop-after must be >= 1, got {stop_after}', 'pass a positive number of epochs')
+    # Process-wide settings changed by a run are restored afterwards (matters when train() is called as a library).
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    ctx = init_distributed(cfg['train']['device'])
+    try:
+        trainer = _Trainer(cfg, ctx, resume_dir=Path(resume_dir) if resume_dir else None, stop_after=stop_after,
+                           progress=progress, echo=echo, t_start=t_start)
+        return trainer.run()
+    finally:
+        cleanup_distributed()
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
