@@ -1,0 +1,101 @@
+"""Helpers shared by the analysis tools: the error type, optional imports and model loading."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from torch import nn
+
+__all__ = ['AnalysisError', 'load_model', 'model_attn', 'require']
+
+# Optional packages: import name -> pip distribution name.
+_DISTRIBUTIONS = {'pytorch_grad_cam': 'grad-cam', 'matplotlib': 'matplotlib', 'skimage': 'scikit-image'}
+
+
+class AnalysisError(ValueError):
+    """A problem the user can fix (missing optional package, bad layer name, unreadable image, ...).
+
+    ``str(err)`` is one line, ``'<problem>; <fix>'``, so a command-line front end prints it without a traceback.
+
+    Args:
+        problem: What is wrong (one line).
+        fix: What to do about it (one line).
+    """
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f'{problem}; {fix}' if fix else problem)
+
+
+def require(module: str, purpose: str, extra: str = 'viz') -> ModuleType:
+    """Import an optional dependency, or raise a one-line :class:`AnalysisError` naming the extra to install.
+
+    Args:
+        module: Import name (``'pytorch_grad_cam'``, ``'matplotlib'``, ...).
+        purpose: What needs it, for the message (``'plugattn cam'``).
+        extra: The ``plugattn[...]`` extra that provides it.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        dist = _DISTRIBUTIONS.get(module, module)
+        raise AnalysisError(f'{purpose} needs {dist}, which is not installed',
+                            f"pip install 'plugattn[{extra}]'") from None
+
+
+def model_attn(name: str) -> str:
+    """Attention key of a registered model name (``'none'`` for a plain backbone or an unknown name)."""
+    from ..models import get_model_entry
+
+    try:
+        return get_model_entry(name).attn or 'none'
+    except ValueError:
+        return 'none'
+
+
+def load_model(
+        model: str | None = None,
+        checkpoint: str | Path | None = None,
+        which: str = 'best',
+        **kwargs: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build a model by name (random weights) or from a plugattn checkpoint, in eval mode.
+
+    Args:
+        model: Registered model name; with ``checkpoint`` it must match the checkpoint's model.
+        checkpoint: A run directory or a ``.safetensors`` file written by the training engine.
+        which: ``'best'`` or ``'last'`` weights of a run directory.
+        **kwargs: ``create_model`` options for a model built by name (``num_classes``, ``in_chans``, ...); ignored
+            for a checkpoint, whose metadata holds them.
+
+    Returns:
+        ``(model, meta)``: the model and the checkpoint metadata (``{}`` for a model built by name; for a checkpoint
+        ``meta['data']`` names the training data set and its input size).
+    """
+    from ..models import create_model
+
+    if (model is None) == (checkpoint is None):
+        raise AnalysisError('pass exactly one of a model name and a checkpoint',
+                            'use --model NAME or --checkpoint RUN_DIR')
+    if checkpoint is None:
+        net = create_model(model, **kwargs)
+        return net.eval(), {}
+    from ..engine.checkpoint import check_state_dict_fits, read_weights
+    from ..engine.evaluation import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint, which)
+    state, meta = read_weights(path)
+    name = meta['model']
+    model_kwargs = dict(meta.get('model_kwargs') or {})
+    data = meta.get('data') or {}
+    if data.get('num_classes') is not None:
+        model_kwargs.setdefault('num_classes', int(data['num_classes']))
+    if data.get('input_size'):
+        model_kwargs.setdefault('in_chans', int(data['input_size'][0]))
+    net = create_model(name, **model_kwargs)
+    check_state_dict_fits(net, state, str(path), name, name)
+    net.load_state_dict(state)
+    return net.eval(), {**meta, 'checkpoint': str(path)}

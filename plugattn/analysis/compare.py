@@ -1,0 +1,369 @@
+"""Train several models with one recipe and several seeds, then tabulate and plot the results.
+
+Every (model, seed) run is trained in-process with the training engine (:func:`plugattn.engine.train`, what
+``plugattn train`` runs) into ``OUTPUT/<model>/seed<k>``, one after the other. Re-running the same command skips
+the runs whose ``run.json`` says ``finished`` (after checking that their saved config is the requested one), resumes
+interrupted runs from their ``last_state.pt`` (the engine's resume), and restarts runs that died before their first
+checkpoint.
+
+The results are the final-epoch test top-1 (mean ± sample std over seeds; the best epoch is reported too),
+parameters and MACs from the checkpoints, the mean training throughput, and an inference throughput measured with
+:func:`plugattn.analysis.complexity.benchmark` at the data's input size, interleaved with the plain backbone.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import shutil
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._common import AnalysisError
+
+__all__ = ['CompareResult', 'compare', 'format_markdown', 'read_run_result', 'run_status']
+
+STATE_FILE = 'last_state.pt'
+LAST_FILE = 'last.safetensors'
+
+
+@dataclass
+class CompareResult:
+    """Outcome of :func:`compare`.
+
+    Attributes:
+        rows: One dict per model: ``model, attn, seeds, top1_mean, top1_std, best_top1_mean, best_top1_std,
+            params, attn_params, macs, train_img_s, infer_img_s, infer_ratio, runs``.
+        runs: One dict per (model, seed): ``model, seed, run_dir, action, top1, best_top1, epochs``.
+        trained: Number of runs trained or resumed by this call (0 when everything was finished already).
+        files: Written files by kind (``markdown``, ``csv``, ``json``, ``figure``).
+    """
+
+    rows: list[dict[str, Any]]
+    runs: list[dict[str, Any]]
+    trained: int
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _flat(cfg: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, Mapping) and k != 'kwargs':
+            out.update(_flat(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
+def run_status(run_dir: Path) -> str:
+    """``'missing'``, ``'finished'``, ``'resumable'`` (has a resume state) or ``'empty'`` (no checkpoint yet)."""
+    from ..engine import is_run_dir, read_run_info
+
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return 'missing'
+    if not is_run_dir(run_dir):
+        raise AnalysisError(f'{run_dir} exists but is not a plugattn run directory',
+                            'remove it or choose another --output')
+    if read_run_info(run_dir).get('status') == 'finished' and (run_dir / LAST_FILE).is_file():
+        return 'finished'
+    return 'resumable' if (run_dir / STATE_FILE).is_file() else 'empty'
+
+
+def _check_same_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:
+    """Raise unless the run's saved config equals ``cfg`` on every key that cannot change on resume."""
+    import yaml
+
+    from ..engine.config import RESUME_MUTABLE, validate_config
+
+    try:
+        saved = validate_config(yaml.safe_load((run_dir / 'config.yaml').read_text(encoding='utf-8')))
+    except (OSError, yaml.YAMLError) as e:
+        raise AnalysisError(f'cannot read {run_dir / "config.yaml"} ({type(e).__name__})',
+                            'remove the run directory to train it again') from None
+    a, b = _flat(saved), _flat(cfg)
+    for key in sorted(set(a) | set(b)):
+        if key in RESUME_MUTABLE or key in ('name', 'description', 'version'):
+            continue
+        if a.get(key) != b.get(key):
+            raise AnalysisError(
+                f'{run_dir} was trained with {key} = {a.get(key)!r}, but this comparison asks for {b.get(key)!r}',
+                'use another --output folder, or the same options as before')
+
+
+def read_run_result(run_dir: Path) -> dict[str, Any]:
+    """Final and best top-1, epochs, params and MACs of a run, read from its ``last.safetensors`` header and
+    ``metrics.jsonl``/``run.json`` (no tensor data is loaded)."""
+    from safetensors import safe_open
+
+    from ..engine import read_run_info
+
+    with safe_open(str(run_dir / LAST_FILE), framework='pt', device='cpu') as f:
+        meta = json.loads((f.metadata() or {}).get('plugattn', '{}'))
+    info = read_run_info(run_dir)
+    metrics = meta.get('metrics') or {}
+    history = _history(run_dir)
+    train_img_s = [r['samples_per_s'] for r in history if r.get('samples_per_s')]
+    return dict(
+        top1=metrics.get('top1'), best_top1=info.get('best_top1'), epochs=meta.get('epoch'),
+        params=meta.get('params'), macs=meta.get('macs'), input_size=(meta.get('data') or {}).get('input_size'),
+        model_kwargs=meta.get('model_kwargs') or {}, num_classes=(meta.get('data') or {}).get('num_classes'),
+        train_img_s=statistics.mean(train_img_s) if train_img_s else None,
+    )
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / 'metrics.jsonl'
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding='utf-8').splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def compare(
+        models: Sequence[str],
+        data: str,
+        seeds: int = 1,
+        *,
+        recipe: str | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        output: str | Path = 'compare',
+        data_dir: str | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+        overrides: Sequence[tuple[str, Any]] = (),
+        bench: bool = True,
+        bench_reps: int = 3,
+        bench_batch: int = 64,
+        echo: Callable[[str], None] = print,
+        progress: bool | None = None,
+) -> CompareResult:
+    """Train ``models`` x ``seeds`` with one recipe and write the comparison (``plugattn compare``).
+
+    Args:
+        models: Registered model names.
+        data: Data set name.
+        seeds: Number of seeds (``0 .. seeds-1``).
+        recipe: Engine recipe (default: the engine's default recipe); ``data``, ``epochs``, ``batch_size`` and
+            ``overrides`` are applied on top.
+        epochs: Epochs per run (default: the recipe's).
+        batch_size: Training batch size (default: the recipe's).
+        output: Output folder; runs go to ``OUTPUT/<model>/seed<k>``, results to ``OUTPUT/results.{md,csv,json,png}``.
+        data_dir: Folder searched first for the data set files.
+        device: Engine device (``auto``, ``cpu``, ``cuda``...; default: the recipe's).
+        threads: torch CPU threads of the engine.
+        overrides: Further ``(dotted key, value)`` config overrides (as ``plugattn train --set``).
+        bench: Measure inference throughput against the plain backbones after training.
+        bench_reps: Interleaved repetitions of that measurement.
+        bench_batch: Batch size of that measurement (run with ``threads`` threads, like the training).
+        echo: Line printer for progress messages (the engine's own lines included).
+        progress: Engine progress bar (default: when stdout is a terminal).
+    """
+    from ..engine import load_resume_config, resolve_config, train
+    from ..models import get_model_entry
+
+    if not models:
+        raise AnalysisError('no model to compare', 'pass --models A B ...')
+    if seeds < 1:
+        raise AnalysisError(f'--seeds must be >= 1, got {seeds}')
+    for name in models:
+        get_model_entry(name)  # unknown names fail before anything trains
+    models = list(dict.fromkeys(models))
+    out = Path(output).expanduser()
+    base: list[tuple[str, Any]] = [('data.name', data)]
+    if data_dir is not None:
+        base.append(('data.data_dir', str(data_dir)))
+    if epochs is not None:
+        base.append(('train.epochs', epochs))
+    if batch_size is not None:
+        base.append(('train.batch_size', batch_size))
+    if device is not None:
+        base.append(('train.device', device))
+    if threads is not None:
+        base.append(('train.threads', threads))
+    reserved = {'model.name', 'train.seed', 'output.dir', 'output.name'}
+    bad = [k for k, _ in overrides if k in reserved]
+    if bad:
+        raise AnalysisError(f'{bad[0]} is set by compare itself', 'drop it from --set')
+
+    # Resolve every config first, so a bad option fails before the first run trains.
+    plan = []
+    for name in models:
+        for seed in range(seeds):
+            run_dir = out / name / f'seed{seed}'
+            cfg = resolve_config(recipe, [*base, *overrides, ('model.name', name), ('train.seed', seed),
+                                          ('output.dir', str(out / name)), ('output.name', f'seed{seed}')])
+            plan.append((name, seed, run_dir, cfg))
+
+    runs: list[dict[str, Any]] = []
+    trained = 0
+    for i, (name, seed, run_dir, cfg) in enumerate(plan, 1):
+        status = run_status(run_dir)
+        head = f'[compare {i}/{len(plan)}] {name} seed {seed}'
+        if status == 'finished':
+            _check_same_config(run_dir, cfg)
+            done = read_run_result(run_dir).get('epochs') or 0
+            if done == cfg['train']['epochs']:
+                echo(f'{head}: finished earlier, skipped ({run_dir})')
+                runs.append(dict(model=name, seed=seed, run_dir=str(run_dir), action='skipped'))
+                continue
+            if done > cfg['train']['epochs']:
+                raise AnalysisError(f'{run_dir} was trained for {done} epochs, more than the {cfg["train"]["epochs"]} '
+                                    'asked for', 'use another --output folder or the same --epochs')
+            status = 'resumable'  # extend a finished run to more epochs
+        if status == 'resumable':
+            _check_same_config(run_dir, cfg)
+            echo(f'{head}: resuming {run_dir}')
+            mutable = [(k, v) for k, v in [*base, *overrides] if k in ('train.epochs', 'data.data_dir',
+                                                                      'train.device', 'train.threads')]
+            rcfg = load_resume_config(run_dir, mutable)
+            train(rcfg, resume_dir=run_dir, echo=echo, progress=progress)
+            action = 'resumed'
+        else:
+            if status == 'empty':  # died before its first checkpoint: nothing to resume
+                shutil.rmtree(run_dir)
+            echo(f'{head}: training into {run_dir}')
+            train(cfg, echo=echo, progress=progress)
+            action = 'trained'
+        trained += 1
+        runs.append(dict(model=name, seed=seed, run_dir=str(run_dir), action=action))
+
+    for r in runs:
+        r.update({k: v for k, v in read_run_result(Path(r['run_dir'])).items()
+                  if k in ('top1', 'best_top1', 'epochs')})
+    dev = plan[0][3]['train']['device']
+    bench_device = ('cuda' if torch.cuda.is_available() else 'cpu') if dev == 'auto' else dev
+    bench_opts = dict(reps=bench_reps, batch_size=bench_batch, device=bench_device, threads=threads)
+    rows = _summarise(models, runs, bench and bench_opts, echo)
+    result = CompareResult(rows=rows, runs=runs, trained=trained)
+    n_epochs = plan[0][3]['train']['epochs']
+    title = f'{data}, recipe {plan[0][3]["name"]}, {n_epochs} epoch{"" if n_epochs == 1 else "s"}'
+    result.files = _write_outputs(result, out, title)
+    return result
+
+
+def _summarise(
+        models: list[str],
+        runs: list[dict[str, Any]],
+        bench: dict[str, Any] | bool,
+        echo: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    from ..models import create_model, get_model_entry
+    from .complexity import benchmark, count_params
+
+    rows = []
+    details = {}
+    for name in models:
+        mine = [r for r in runs if r['model'] == name]
+        info = read_run_result(Path(mine[0]['run_dir']))
+        details[name] = info
+        top1, top1_std = _mean_std([r.get('top1') for r in mine])
+        best, best_std = _mean_std([r.get('best_top1') for r in mine])
+        train_img_s = _mean_std([read_run_result(Path(r['run_dir']))['train_img_s'] for r in mine])[0]
+        kwargs = dict(info['model_kwargs'])
+        in_size = info['input_size'] or [None]
+        net = create_model(name, **{**kwargs, 'num_classes': info['num_classes'] or kwargs.get('num_classes', 10),
+                                    'in_chans': in_size[0] or 3})
+        rows.append(dict(
+            model=name, attn=get_model_entry(name).attn or 'none', seeds=len(mine),
+            top1_mean=top1, top1_std=top1_std, best_top1_mean=best, best_top1_std=best_std,
+            params=info['params'], attn_params=count_params(net)[1], macs=info['macs'],
+            train_img_s=train_img_s, infer_img_s=None, infer_ratio=None,
+            input_size=info['input_size'], epochs=info['epochs'],
+        ))
+    if bench:
+        first = details[models[0]]
+        c, h, _ = first['input_size']
+        echo(f'[compare] measuring inference throughput ({h}x{h}, batch {bench["batch_size"]}, interleaved with the '
+             'backbones)')
+        records = benchmark(models, img_size=h, warmup=1, min_time=0.05, train=False, memory=False,
+                            model_kwargs=dict(num_classes=first['num_classes'] or 10, in_chans=c), **bench)
+        by_name = {r.model: r for r in records}
+        for row in rows:
+            rec = by_name[row['model']]
+            row['infer_img_s'], row['infer_ratio'] = rec.infer_img_s, rec.infer_ratio
+            row['infer_batch'] = rec.batch_size
+    return rows
+
+
+def _fmt(v: Any, spec: str = '.2f') -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return '-'
+    return format(v, spec)
+
+
+def format_markdown(result: CompareResult, title: str) -> str:
+    """The results table as Markdown."""
+    lines = [
+        f'# Comparison: {title}',
+        '',
+        '| model | attention | seeds | top-1 (%) final | top-1 (%) best epoch | params (M) | attn params | '
+        'MACs (M) | train img/s | infer img/s | infer xbb |',
+        '|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ]
+    for r in result.rows:
+        lines.append(
+            f'| {r["model"]} | {r["attn"]} | {r["seeds"]} | {_fmt(r["top1_mean"])} ± {_fmt(r["top1_std"])} | '
+            f'{_fmt(r["best_top1_mean"])} ± {_fmt(r["best_top1_std"])} | {_fmt(r["params"] / 1e6, ".3f")} | '
+            f'{r["attn_params"]:,} | {_fmt(r["macs"] / 1e6, ".2f")} | {_fmt(r["train_img_s"], ".0f")} | '
+            f'{_fmt(r["infer_img_s"], ".0f")} | {_fmt(r["infer_ratio"], ".3f")} |'
+        )
+    batch = next((r['infer_batch'] for r in result.rows if r.get('infer_batch')), None)
+    at_batch = f' at batch {batch}' if batch else ''
+    lines += [
+        '',
+        'top-1: test accuracy after the last epoch (and at the best epoch), mean ± sample standard deviation over '
+        'seeds 0..N-1 (± 0 for one seed). MACs per image at the data\'s input size: conv/linear/matmul multiply-adds '
+        '(torch FlopCounterMode FLOPs / 2; norms, pooling, activations and gating multiplies not counted). '
+        'train img/s: mean training throughput of the runs (measured during training, so it depends on what else ran '
+        'on the machine). '
+        f'infer img/s: eval-mode forward{at_batch}, median of interleaved repetitions; xbb = time relative to the '
+        'plain backbone measured in the same run.',
+    ]
+    return '\n'.join(lines) + '\n'
+
+
+def _write_outputs(result: CompareResult, out: Path, title: str) -> dict[str, str]:
+    from .plots import plot_compare
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    md = out / 'results.md'
+    md.write_text(format_markdown(result, title), encoding='utf-8')
+    files['markdown'] = str(md)
+    cols = ['model', 'attn', 'seeds', 'epochs', 'top1_mean', 'top1_std', 'best_top1_mean', 'best_top1_std', 'params',
+            'attn_params', 'macs', 'train_img_s', 'infer_img_s', 'infer_ratio']
+    path = out / 'results.csv'
+    with path.open('w', newline='', encoding='utf-8') as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore', lineterminator='\n')
+        writer.writeheader()
+        writer.writerows(result.rows)
+    files['csv'] = str(path)
+    path = out / 'results.json'
+    path.write_text(json.dumps(dict(title=title, rows=result.rows, runs=result.runs), indent=2) + '\n',
+                    encoding='utf-8')
+    files['json'] = str(path)
+    with contextlib.suppress(AnalysisError):  # matplotlib missing: the tables are still written
+        files['figure'] = plot_compare(result.rows, out / 'results.png', title=f'Test top-1: {title}',
+                                       metric='top1', ylabel='test top-1 after the last epoch (%)')
+    return files

@@ -1,0 +1,463 @@
+"""Model cost: parameters, MACs, and inference / training-step time and memory against the plain backbone.
+
+MACs follow specs D11: multiply-adds of the conv, linear and matmul ops, counted with
+``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs / 2) on one image in eval mode. Normalisation, pooling,
+activations and the element-wise gating multiplies and additions are *not* counted (the counter ignores them), so an
+attention module's overhead is its convs and linears only.
+
+Timing: every model is measured in the same run as its plain backbone, with interleaved repetitions after a warm-up
+(``A B C A B C ...``), and the report gives the median per-batch time and its ratio to the backbone's median.
+Memory is the peak of what torch's allocator holds *above what was live before the measured call* (activations,
+gradients, temporaries; not the weights and the optimizer state): ``torch.cuda.max_memory_allocated`` on CUDA, and on
+the CPU the running sum of the allocation and free events that ``torch.profiler`` records (``profile_memory=True``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..engine.metrics import count_macs  # the one D11 implementation, shared with the training engine
+from ..models import create_model, get_model_entry
+from ._common import AnalysisError
+
+__all__ = [
+    'MACS_NOTE',
+    'MEMORY_NOTE',
+    'BenchRecord',
+    'benchmark',
+    'count_macs',
+    'count_params',
+    'format_records',
+    'machine_description',
+]
+
+MACS_NOTE = (
+    'MACs: multiply-adds of conv, linear and matmul ops per image, counted with torch.utils.flop_counter.'
+    'FlopCounterMode (FLOPs / 2), eval mode; not counted: normalisation, pooling, activations, element-wise gating '
+    'multiplies and additions.'
+)
+MEMORY_NOTE = (
+    'Peak memory: the most memory torch allocated during one inference call / one training step above what was '
+    'already live (activations, gradients, temporaries; weights and optimizer state excluded); CUDA: '
+    'torch.cuda.max_memory_allocated, CPU: running sum of torch.profiler allocation events.'
+)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """Total parameters and those inside the attention modules (each parameter counted once).
+
+    Args:
+        model: A plugattn model (``attention_modules()`` is used when present).
+
+    Returns:
+        ``(total, attention)``.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    seen: set[int] = set()
+    attn = 0
+    modules = model.attention_modules() if hasattr(model, 'attention_modules') else {}
+    for m in modules.values():
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                attn += p.numel()
+    return total, attn
+
+
+@dataclass
+class BenchRecord:
+    """One measured model.
+
+    Attributes:
+        model: Registered model name.
+        backbone: Plain backbone it is compared with (measured in the same run).
+        attn: Attention key (``'none'`` for the backbone).
+        img_size: Input height = width.
+        batch_size: Inference batch size.
+        train_batch_size: Training-step batch size (at least 2: BatchNorm1d in the bridge attention, specs D10).
+        params: Total parameters.
+        attn_params: Parameters inside attention modules.
+        macs: MACs per image (see :data:`MACS_NOTE`).
+        macs_ratio: ``macs`` / backbone MACs.
+        infer_ms: Median time of one inference forward of ``batch_size`` images (milliseconds).
+        infer_ratio: ``infer_ms`` / backbone ``infer_ms`` (same run).
+        infer_img_s: Throughput, ``batch_size / infer_ms`` in images per second.
+        train_ms: Median time of one training step (forward, cross-entropy, backward, SGD step), milliseconds.
+        train_ratio: ``train_ms`` / backbone ``train_ms``.
+        infer_mem_mb: Peak inference memory above the resident weights (MiB, see :data:`MEMORY_NOTE`).
+        train_mem_mb: Peak training-step memory above weights and optimizer state (MiB).
+        device: Device string.
+        threads: torch intra-op threads.
+        reps: Interleaved repetitions behind each median.
+    """
+
+    model: str
+    backbone: str
+    attn: str
+    img_size: int
+    batch_size: int
+    train_batch_size: int
+    params: int
+    attn_params: int
+    macs: int
+    macs_ratio: float
+    infer_ms: float | None = None
+    infer_ratio: float | None = None
+    infer_img_s: float | None = None
+    train_ms: float | None = None
+    train_ratio: float | None = None
+    infer_mem_mb: float | None = None
+    train_mem_mb: float | None = None
+    device: str = 'cpu'
+    threads: int = 1
+    reps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- timing helpers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+class _Runner:
+    """One model with its inputs, an inference call and a training step."""
+
+    def __init__(self, name: str, model: nn.Module, x: Tensor, x_train: Tensor, num_classes: int) -> None:
+        self.name = name
+        self.model = model
+        self.x = x
+        self.x_train = x_train
+        gen = torch.Generator().manual_seed(0)
+        self.y = torch.randint(0, max(num_classes, 1), (x_train.shape[0],), generator=gen).to(x.device)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        self.infer_times: list[float] = []
+        self.train_times: list[float] = []
+        self.infer_inner = 1
+        self.train_inner = 1
+
+    def infer(self) -> None:
+        self.model.eval()
+        with torch.inference_mode():
+            self.model(self.x)
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(self.model(self.x_train), self.y)
+        loss.backward()
+        self.optimizer.step()
+
+
+def _time(fn: Callable[[], None], inner: int, device: torch.device) -> float:
+    """Mean seconds per call over ``inner`` back-to-back calls."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / inner
+
+
+def _calibrate(fn: Callable[[], None], warmup: int, min_time: float, device: torch.device) -> int:
+    """Run ``warmup`` untimed calls and return how many calls make one measurement last at least ``min_time``."""
+    per_call = math.inf
+    for _ in range(max(warmup, 1)):
+        per_call = min(per_call, _time(fn, 1, device))
+    return max(1, math.ceil(min_time / max(per_call, 1e-9)))
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the C++ profiler's start/stop lines, which bypass ``sys.stderr`` (file descriptor 2)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real fd 2 (embedded interpreters)
+        yield
+        return
+    try:
+        with open(os.devnull, 'w') as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _peak_mb(fn: Callable[[], None], device: torch.device) -> float:
+    """Peak memory (MiB) allocated by ``fn`` above what was live before it (see :data:`MEMORY_NOTE`)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'
+         and e.device_type() == torch.autograd.DeviceType.CPU),
+        key=lambda e: e.start_ns(),
+    )
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()  # frees are negative; frees of blocks allocated before profiling are not recorded
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def machine_description(device: str | torch.device = 'cpu') -> str:
+    """One line naming the machine, torch version and thread count."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        hw = torch.cuda.get_device_name(device)
+    else:
+        hw = platform.processor() or platform.machine()
+        try:
+            with open('/proc/cpuinfo') as f:
+                model_names = [ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')]
+            if model_names:
+                hw = f'{model_names[0]} ({len(model_names)} logical cores)'
+        except OSError:
+            pass
+    n = torch.get_num_threads()
+    return (f'{hw}; torch {torch.__version__}, {n} intra-op thread{"" if n == 1 else "s"}, '
+            f'Python {platform.python_version()}, {platform.system()} {platform.release()}')
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+
+
+def _group_by_backbone(names: Sequence[str]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        entry = get_model_entry(name)
+        group = groups.setdefault(entry.backbone, [entry.backbone])
+        if name not in group:
+            group.append(name)
+    return groups
+
+
+def benchmark(
+        names: Sequence[str],
+        *,
+        img_size: int | None = None,
+        batch_size: int = 8,
+        threads: int | None = None,
+        reps: int = 5,
+        warmup: int = 2,
+        min_time: float = 0.1,
+        device: str | torch.device = 'cpu',
+        timing: bool = True,
+        train: bool = True,
+        memory: bool = True,
+        model_kwargs: dict[str, Any] | None = None,
+        progress: Callable[[str], None] | None = None,
+) -> list[BenchRecord]:
+    """Measure models against their plain backbones, interleaved in the same run.
+
+    Models are grouped by backbone; each group (the backbone first, then the requested variants in order) is
+    warmed up, then measured ``reps`` times in turn (``A B C A B C ...``), inference and training step alike.
+    Each measurement averages enough back-to-back calls to last ``min_time`` seconds; the record holds the median
+    over repetitions. The backbone is always measured, and reported only if it was requested.
+
+    Args:
+        names: Registered model names.
+        img_size: Input height = width (default: each model's ``default_cfg['input_size']``).
+        batch_size: Inference batch size (the training step uses ``max(batch_size, 2)``).
+        threads: torch intra-op threads during the run (default: leave as is).
+        reps: Interleaved repetitions.
+        warmup: Untimed calls per model and measurement before the first repetition.
+        min_time: Minimum seconds per measurement.
+        device: ``'cpu'`` or a CUDA device.
+        timing: Measure times (False: only parameters and MACs).
+        train: Measure the training step.
+        memory: Measure peak memory (one extra, untimed call each).
+        model_kwargs: ``create_model`` options for every model (e.g. ``num_classes``, ``in_chans``).
+        progress: Called with a short message before each group.
+
+    Returns:
+        One :class:`BenchRecord` per requested name, in the order given.
+    """
+    if not names:
+        raise AnalysisError('no model to benchmark', 'name at least one model (plugattn list-models)')
+    if batch_size < 1 or reps < 1:
+        raise AnalysisError(f'batch size and repetitions must be >= 1, got {batch_size} and {reps}')
+    device = torch.device(device)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise AnalysisError(f'--threads must be >= 1, got {threads}')
+        torch.set_num_threads(threads)
+    try:
+        records: dict[str, BenchRecord] = {}
+        for group in _group_by_backbone(names).values():
+            if progress is not None:
+                progress(f'measuring {", ".join(group)}')
+            for rec in _bench_group(group, img_size, batch_size, reps, warmup, min_time, device,
+                                    timing, train, memory, model_kwargs or {}):
+                records[rec.model] = rec
+        return [records[n] for n in dict.fromkeys(names)]
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _bench_group(
+        group: list[str],
+        img_size: int | None,
+        batch_size: int,
+        reps: int,
+        warmup: int,
+        min_time: float,
+        device: torch.device,
+        timing: bool,
+        train: bool,
+        memory: bool,
+        model_kwargs: dict[str, Any],
+) -> list[BenchRecord]:
+    train_batch = max(batch_size, 2)
+    runners: list[_Runner] = []
+    static: list[dict[str, Any]] = []
+    for name in group:
+        torch.manual_seed(0)
+        model = create_model(name, **model_kwargs).to(device)
+        c, h, w = model.default_cfg['input_size']
+        size = (c, img_size, img_size) if img_size else (c, h, w)
+        params, attn_params = count_params(model)
+        macs = count_macs(model, size, device)
+        static.append(dict(model=name, backbone=group[0], attn=get_model_entry(name).attn or 'none',
+                           img_size=size[1], params=params, attn_params=attn_params, macs=macs))
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn((train_batch, *size), generator=gen).to(device)
+        runners.append(_Runner(name, model, x[:batch_size], x, model.num_classes))
+
+    if timing:
+        for r in runners:
+            r.infer_inner = _calibrate(r.infer, warmup, min_time, device)
+            if train:
+                r.train_inner = _calibrate(r.train_step, warmup, min_time, device)
+        for _ in range(reps):
+            for r in runners:
+                r.infer_times.append(_time(r.infer, r.infer_inner, device))
+            if train:
+                for r in runners:
+                    r.train_times.append(_time(r.train_step, r.train_inner, device))
+
+    def median_ms(times: list[float]) -> float | None:
+        return statistics.median(times) * 1e3 if times else None
+
+    base = runners[0]
+    base_infer, base_train = median_ms(base.infer_times), median_ms(base.train_times)
+    out = []
+    for r, s in zip(runners, static):
+        infer_ms, train_ms = median_ms(r.infer_times), median_ms(r.train_times)
+        rec = BenchRecord(
+            **s, batch_size=batch_size, train_batch_size=train_batch,
+            macs_ratio=s['macs'] / static[0]['macs'],
+            infer_ms=infer_ms,
+            infer_ratio=infer_ms / base_infer if infer_ms is not None else None,
+            infer_img_s=batch_size / infer_ms * 1e3 if infer_ms else None,
+            train_ms=train_ms,
+            train_ratio=train_ms / base_train if train_ms is not None else None,
+            device=str(device), threads=torch.get_num_threads(), reps=reps if timing else 0,
+        )
+        if memory:
+            rec.infer_mem_mb = _peak_mb(r.infer, device)
+            if train:
+                r.train_step()  # optimizer state exists before the measured step
+                rec.train_mem_mb = _peak_mb(r.train_step, device)
+        out.append(rec)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- formatting
+
+_COLUMNS = [
+    # key, header, format
+    ('model', 'model', '{}'),
+    ('params', 'params (M)', '{:.3f}'),
+    ('attn_params', 'attn params', '{:,}'),
+    ('macs', 'MACs (G)', '{:.4f}'),
+    ('infer_ms', 'infer (ms)', '{:.2f}'),
+    ('infer_ratio', 'infer xbb', '{:.3f}'),
+    ('infer_img_s', 'img/s', '{:.1f}'),
+    ('train_ms', 'train step (ms)', '{:.2f}'),
+    ('train_ratio', 'train xbb', '{:.3f}'),
+    ('infer_mem_mb', 'infer peak (MiB)', '{:.1f}'),
+    ('train_mem_mb', 'train peak (MiB)', '{:.1f}'),
+]
+
+
+def _cell(key: str, fmt: str, value: Any) -> str:
+    if value is None:
+        return '-'
+    if key == 'params':
+        value = value / 1e6
+    elif key == 'macs':
+        value = value / 1e9
+    return fmt.format(value)
+
+
+def format_records(records: Sequence[BenchRecord], fmt: str = 'table') -> str:
+    """Render records as a Markdown table (``'table'``), CSV or JSON (a list of objects).
+
+    The table leaves out columns that were not measured and ends with the MACs and memory notes.
+    """
+    import csv
+    import io
+    import json
+
+    rows = [r.to_dict() for r in records]
+    if fmt == 'json':
+        return json.dumps(rows, indent=2)
+    if fmt == 'csv':
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator='\n')
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    if fmt != 'table':
+        raise AnalysisError(f'unknown format {fmt!r}', 'use table, csv or json')
+    cols = [c for c in _COLUMNS if any(row[c[0]] is not None for row in rows)]
+    if len({(r.img_size, r.batch_size) for r in records}) > 1:
+        cols[1:1] = [('img_size', 'input', '{}'), ('batch_size', 'batch', '{}')]
+    header = '| ' + ' | '.join(h for _, h, _ in cols) + ' |'
+    align = '|' + '|'.join(':---' if k == 'model' else '---:' for k, _, _ in cols) + '|'
+    lines = [header, align]
+    for row in rows:
+        lines.append('| ' + ' | '.join(_cell(k, f, row[k]) for k, _, f in cols) + ' |')
+    r0 = records[0] if records else None
+    if r0 is not None:
+        lines.append('')
+        if r0.reps:
+            lines.append(f'Inference batch {r0.batch_size}, training-step batch {r0.train_batch_size}, '
+                         f'{r0.img_size}x{r0.img_size} input unless the table says otherwise, {r0.device}, '
+                         f'{r0.threads} threads; times are medians of {r0.reps} interleaved repetitions; '
+                         'xbb = ratio to the plain backbone measured in the same run.')
+        else:
+            lines.append(f'{r0.img_size}x{r0.img_size} input unless the table says otherwise.')
+        lines.append(MACS_NOTE)
+        if any(r.infer_mem_mb is not None for r in records):
+            lines.append(MEMORY_NOTE)
+    return '\n'.join(lines)

@@ -1,0 +1,322 @@
+"""Class-activation maps (Grad-CAM and relatives) of plugattn models, overlaid on the input images.
+
+Uses the ``grad-cam`` package (jacobgil/pytorch-grad-cam; optional extra ``plugattn[viz]``). The default target
+layer is the last block of the last stage (``model.stages()[-1][-1]``), the layer Grad-CAM is usually shown for on
+ResNets. In a DIA stage the blocks are driven by the stage (``forward_branch`` + shared unit + ``merge``) rather
+than called, so hooks on them never fire: there the default is the stage itself, whose output *is* its last block's
+output.
+
+Preprocessing: the image is converted to RGB (3-channel models) or grey (1-channel models), resized to the model's
+input size (without cropping, so the map covers the whole image) and normalised with the training data's mean/std
+when a checkpoint names its data set, else with the ImageNet mean/std (their average for grey images). The map is
+resized back to the original image size and overlaid on it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import StageAttention
+from ..models import AttnStage
+from ._common import AnalysisError, require
+
+__all__ = ['CAM_METHODS', 'CamResult', 'compute_cam', 'default_target_layer', 'preprocess', 'run_cam']
+
+# CLI name -> class name in pytorch_grad_cam.
+CAM_METHODS: dict[str, str] = {
+    'gradcam': 'GradCAM',
+    'gradcam++': 'GradCAMPlusPlus',
+    'hirescam': 'HiResCAM',
+    'xgradcam': 'XGradCAM',
+    'layercam': 'LayerCAM',
+    'eigencam': 'EigenCAM',
+    'eigengradcam': 'EigenGradCAM',
+    'scorecam': 'ScoreCAM',
+    'ablationcam': 'AblationCAM',
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class CamResult:
+    """One image's map.
+
+    Attributes:
+        image: Input image path.
+        output: PNG written (original size, heatmap overlaid).
+        method: CAM method.
+        target_layer: Qualified name of the layer the map is computed on.
+        pred_class: Predicted class index.
+        pred_name: Its name, when known (ImageNet classes for 1000-class models, or the checkpoint's data set).
+        pred_prob: Softmax probability of the predicted class.
+        target_class: Class the map explains (``pred_class`` unless ``--class`` was given).
+    """
+
+    image: str
+    output: str
+    method: str
+    target_layer: str
+    pred_class: int
+    pred_name: str | None
+    pred_prob: float
+    target_class: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """``(name, module)`` of the last block of the last stage (the stage itself for a DIA stage), or the layer a
+    model names itself through ``cam_target_layer()`` (the transformers)."""
+    if hasattr(model, 'cam_target_layer'):
+        name = model.cam_target_layer()
+        return name, model.get_submodule(name)
+    if not hasattr(model, 'stages'):
+        raise AnalysisError(f'{type(model).__name__} has no stages()', 'pass --target-layer NAME')
+    stage = model.stages()[-1]
+    shared = isinstance(stage, AttnStage) or any(isinstance(m, StageAttention) for m in stage.children())
+    target = stage if shared else stage[-1]
+    return _module_name(model, target), target
+
+
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise AnalysisError('target layer is not part of the model')
+
+
+def resolve_target_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
+    """The module called ``name`` (qualified, e.g. ``layer4.1`` or ``layer4.1.conv2``), or the default."""
+    if name is None:
+        return default_target_layer(model)
+    try:
+        return name, model.get_submodule(name)
+    except AttributeError:
+        stages = getattr(model, 'stage_names', ())
+        raise AnalysisError(f'model has no layer {name!r}',
+                            f'use a qualified module name such as {stages[-1] + ".0" if stages else "layer4.1"} '
+                            '(see model.named_modules())') from None
+
+
+def preprocess(
+        image: Any,
+        size: tuple[int, int],
+        in_chans: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+) -> tuple[np.ndarray, Tensor]:
+    """Load and prepare one image.
+
+    Args:
+        image: Path, PIL image or ``(H, W[, 3])`` uint8 array.
+        size: Model input ``(H, W)``.
+        in_chans: Model input channels (1: grey, 3: RGB).
+        mean: Normalisation mean per channel (default ImageNet; its average for grey).
+        std: Normalisation std per channel.
+
+    Returns:
+        ``(rgb, x)``: the original-size image as float RGB in [0, 1] ``(H0, W0, 3)`` for the overlay, and the
+        normalised model input ``(1, in_chans, H, W)``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, Path)):
+        try:
+            img = Image.open(image)
+            img.load()
+        except (OSError, UnidentifiedImageError) as e:
+            raise AnalysisError(f'cannot read image {image} ({type(e).__name__})',
+                                'pass a PNG/JPEG/... file PIL can open') from None
+    elif isinstance(image, np.ndarray):
+        img = Image.fromarray(image)
+    else:
+        img = image
+    if in_chans not in (1, 3):
+        raise AnalysisError(f'cam supports 1- and 3-channel models, got {in_chans} input channels')
+    mode = 'L' if in_chans == 1 else 'RGB'
+    src = img.convert(mode)
+    rgb = np.asarray(src.convert('RGB'), dtype=np.float32) / 255.0
+    resized = src.resize((size[1], size[0]), Image.BILINEAR)
+    arr = np.asarray(resized, dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr).reshape(size[0], size[1], in_chans).permute(2, 0, 1)
+    if mean is None or std is None:
+        mean = IMAGENET_MEAN if in_chans == 3 else (sum(IMAGENET_MEAN) / 3,)
+        std = IMAGENET_STD if in_chans == 3 else (sum(IMAGENET_STD) / 3,)
+    x = (x - torch.tensor(mean).reshape(-1, 1, 1)) / torch.tensor(std).reshape(-1, 1, 1)
+    return rgb, x.unsqueeze(0)
+
+
+def compute_cam(
+        model: nn.Module,
+        x: Tensor,
+        target_layer: nn.Module,
+        method: str = 'gradcam',
+        class_idx: int | None = None,
+) -> tuple[np.ndarray, Tensor]:
+    """The class-activation map of one batch.
+
+    Args:
+        model: The model (put in eval mode).
+        x: Normalised input ``(B, C, H, W)``.
+        target_layer: Module whose output the map is computed on (it must output ``(B, C, h, w)``).
+        method: A key of :data:`CAM_METHODS`.
+        class_idx: Class to explain (default: each image's predicted class).
+
+    Returns:
+        ``(maps, probs)``: maps ``(B, H, W)`` in [0, 1] at the input resolution, and the softmax outputs.
+    """
+    cam_lib = require('pytorch_grad_cam', 'plugattn cam')
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    key = method.lower()
+    if key not in CAM_METHODS:
+        raise AnalysisError(f'unknown CAM method {method!r}', f'choose one of {", ".join(CAM_METHODS)}')
+    model.eval()
+    # Token layouts (ViT, PVT, Swin's NHWC maps) need the model's own transform to NCHW.
+    reshape = model.cam_reshape_transform() if hasattr(model, 'cam_reshape_transform') else None
+    seen: list[Tensor] = []
+    handle = target_layer.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            probs = model(x).softmax(1)
+    finally:
+        handle.remove()
+    if not seen:
+        raise AnalysisError('the target layer is never called by the model\'s forward (blocks of a DIA stage are '
+                            'driven by the stage)', 'pick the stage (e.g. layer3) or a conv inside the block')
+    if reshape is not None and isinstance(seen[0], Tensor):
+        seen[0] = reshape(seen[0])
+    if not isinstance(seen[0], Tensor) or seen[0].ndim != 4:
+        raise AnalysisError('the target layer does not output a (batch, channels, height, width) feature map',
+                            'pick a block, stage or conv layer')
+    num_classes = probs.shape[1]
+    if class_idx is not None and not 0 <= class_idx < num_classes:
+        raise AnalysisError(f'class {class_idx} is out of range for {num_classes} classes',
+                            f'pass --class between 0 and {num_classes - 1}')
+    targets = [ClassifierOutputTarget(class_idx)] * x.shape[0] if class_idx is not None else None
+    cam_cls = getattr(cam_lib, CAM_METHODS[key])
+    with cam_cls(model=model, target_layers=[target_layer], reshape_transform=reshape) as cam:
+        if hasattr(cam, 'batch_size'):  # ScoreCAM / AblationCAM: bound the masked batches
+            cam.batch_size = 32
+        maps = cam(input_tensor=x, targets=targets)
+    return np.nan_to_num(np.asarray(maps, dtype=np.float32)), probs
+
+
+def class_names(model: nn.Module, meta: dict[str, Any] | None = None) -> list[str] | None:
+    """Class names of a checkpoint's data set, or the ImageNet classes for 1000-class models."""
+    data = _meta_data_name(meta or {})
+    if data is not None:
+        try:
+            from ..data import get_dataset_info
+
+            classes = get_dataset_info(data).classes
+            if classes:
+                return list(classes)
+        except ValueError:
+            pass
+    if getattr(model, 'num_classes', None) == 1000:
+        try:
+            from torchvision.models import ResNet50_Weights
+
+            return list(ResNet50_Weights.IMAGENET1K_V2.meta['categories'])
+        except (ImportError, AttributeError, KeyError):
+            return None
+    return None
+
+
+def _meta_data_name(meta: dict[str, Any]) -> str | None:
+    data = meta.get('data')
+    name = data.get('name') if isinstance(data, dict) else data
+    return name if isinstance(name, str) else None
+
+
+def _norm_and_size(model: nn.Module, meta: dict[str, Any], img_size: int | None) -> tuple[Any, Any, tuple[int, int]]:
+    """Normalisation and input size: the checkpoint's data set when known, else ImageNet and the default cfg."""
+    _, h, w = model.default_cfg['input_size']
+    mean = std = None
+    data = meta.get('data') if isinstance(meta.get('data'), dict) else {}
+    name = _meta_data_name(meta)
+    if name is not None:
+        try:
+            from ..data import get_dataset_info
+
+            info = get_dataset_info(name, data.get('data_dir'))
+            if info.in_chans == model.in_chans:
+                mean, std = info.mean, info.std
+                h, w = info.image_size
+        except ValueError:
+            pass
+    if data.get('input_size'):
+        h, w = (int(v) for v in data['input_size'][1:])
+    if img_size:
+        h = w = img_size
+    return mean, std, (h, w)
+
+
+def _overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    h, w = rgb.shape[:2]
+    m = torch.from_numpy(mask)[None, None]
+    m = F.interpolate(m, size=(h, w), mode='bilinear', align_corners=False)[0, 0].clamp(0, 1).numpy()
+    return show_cam_on_image(rgb, m, use_rgb=True, image_weight=0.5)
+
+
+def run_cam(
+        model: nn.Module,
+        images: Sequence[str | Path],
+        *,
+        method: str = 'gradcam',
+        target_layer: str | None = None,
+        class_idx: int | None = None,
+        output: str | Path = 'cam',
+        meta: dict[str, Any] | None = None,
+        img_size: int | None = None,
+) -> list[CamResult]:
+    """Write ``<stem>_<method>.png`` (original size, heatmap overlaid) for every image (``plugattn cam``).
+
+    Args:
+        model: A plugattn model (eval mode is set).
+        images: Image files.
+        method: A key of :data:`CAM_METHODS`.
+        target_layer: Qualified module name (default: see :func:`default_target_layer`).
+        class_idx: Class to explain (default: the predicted class).
+        output: Output folder.
+        meta: Checkpoint metadata (data set for normalisation, input size and class names).
+        img_size: Model input size override (square).
+    """
+    from PIL import Image
+
+    require('pytorch_grad_cam', 'plugattn cam')
+    if not images:
+        raise AnalysisError('no image given', 'pass --image PATH (one or more)')
+    meta = meta or {}
+    layer_name, layer = resolve_target_layer(model, target_layer)
+    mean, std, size = _norm_and_size(model, meta, img_size)
+    names = class_names(model, meta)
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in images:
+        rgb, x = preprocess(path, size, model.in_chans, mean, std)
+        x = x.to(next(model.parameters()).device)
+        maps, probs = compute_cam(model, x, layer, method, class_idx)
+        pred = int(probs[0].argmax())
+        out_path = out_dir / f'{Path(path).stem}_{method.lower()}.png'
+        Image.fromarray(_overlay(rgb, maps[0])).save(out_path)
+        results.append(CamResult(
+            image=str(path), output=str(out_path), method=method.lower(), target_layer=layer_name,
+            pred_class=pred, pred_name=names[pred] if names and pred < len(names) else None,
+            pred_prob=float(probs[0, pred]), target_class=pred if class_idx is None else class_idx,
+        ))
+    return results

@@ -1,0 +1,176 @@
+"""Figures of the analysis tools, with one colour per attention type across every figure.
+
+matplotlib is an optional dependency (``plugattn[viz]``), imported inside the functions; figures are drawn on
+``matplotlib.figure.Figure`` with the Agg canvas, so no global backend is switched and no window opens.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._common import model_attn, require
+
+__all__ = ['ATTN_COLORS', 'ATTN_LABELS', 'attn_color', 'plot_bench', 'plot_compare', 'plot_corr_heatmap']
+
+# One colour per attention type (colour-blind-friendly Okabe-Ito / Tableau tones); ELA variants share a hue.
+ATTN_COLORS: dict[str, str] = {
+    'none': '#7f7f7f',   # plain backbone: grey
+    'se': '#0072b2',     # blue
+    'eca': '#56b4e9',    # sky blue
+    'cbam': '#009e73',   # green
+    'ca': '#e69f00',     # orange
+    'ela_t': '#fdd49e',  # ELA: light to dark sand/brown
+    'ela_b': '#fc8d59',
+    'ela_s': '#d7301f',
+    'ela_l': '#7f0000',
+    'bav1': '#cc79a7',   # pink
+    'bav2': '#6a3d9a',   # purple
+    'dia': '#000000',    # black
+}
+ATTN_LABELS: dict[str, str] = {
+    'none': 'plain', 'se': 'SE', 'eca': 'ECA', 'cbam': 'CBAM', 'ca': 'CA', 'ela_t': 'ELA-T', 'ela_b': 'ELA-B',
+    'ela_s': 'ELA-S', 'ela_l': 'ELA-L', 'bav1': 'BAv1', 'bav2': 'BAv2', 'dia': 'DIA',
+}
+
+
+def attn_color(name: str) -> str:
+    """Colour of a model (by its attention type) or of an attention key; unknown names get a fixed grey-blue."""
+    key = name if name in ATTN_COLORS else model_attn(name)
+    return ATTN_COLORS.get(key, '#9da5b4')
+
+
+def _figure(width: float, height: float) -> Any:
+    require('matplotlib', 'plotting')
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout='constrained')
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: str | Path, dpi: int = 100) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return str(path)
+
+
+def _legend(ax: Any, names: Sequence[str]) -> None:
+    """Legend with one patch per attention type present, in the palette's order."""
+    from matplotlib.patches import Patch
+
+    present = {model_attn(n) if n not in ATTN_COLORS else n for n in names}
+    handles = [Patch(color=ATTN_COLORS[k], label=ATTN_LABELS[k]) for k in ATTN_COLORS if k in present]
+    if handles:
+        ax.legend(handles=handles, title='attention', fontsize=8, title_fontsize=8, loc='best')
+
+
+def plot_corr_heatmap(matrix: np.ndarray, blocks: Sequence[str], path: str | Path, title: str) -> str:
+    """Heatmap of a layer-by-layer Pearson correlation matrix (colour scale fixed to [-1, 1]).
+
+    Args:
+        matrix: ``(L, L)`` correlations; NaN cells are drawn blank.
+        blocks: Tick labels (block indices).
+        path: PNG to write.
+        title: Figure title.
+    """
+    n = len(blocks)
+    size = min(4.0 + 0.25 * n, 12.0)
+    fig = _figure(size + 1.2, size)
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(matrix), cmap='RdBu_r', vmin=-1.0, vmax=1.0, interpolation='nearest')
+    step = max(1, n // 20)
+    ticks = list(range(0, n, step))
+    ax.set_xticks(ticks, [blocks[i] for i in ticks])
+    ax.set_yticks(ticks, [blocks[i] for i in ticks])
+    ax.set_xlabel('layer (block index)')
+    ax.set_ylabel('layer (block index)')
+    ax.set_title(title, fontsize=9)
+    if n <= 12:
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(matrix[i, j]):
+                    ax.text(j, i, f'{matrix[i, j]:.2f}', ha='center', va='center', fontsize=7,
+                            color='white' if abs(matrix[i, j]) > 0.6 else 'black')
+    fig.colorbar(im, ax=ax, label='Pearson r', shrink=0.85)
+    return _save(fig, path)
+
+
+def plot_compare(
+        rows: Sequence[dict[str, Any]],
+        path: str | Path,
+        title: str,
+        metric: str = 'top1',
+        ylabel: str = 'top-1 accuracy (%)',
+) -> str:
+    """Bar chart of mean ± std of a metric per model, coloured by attention type.
+
+    Args:
+        rows: Dicts with ``model``, ``{metric}_mean``, ``{metric}_std`` and ``seeds``.
+        path: PNG to write.
+        title: Figure title.
+        metric: Metric key prefix.
+        ylabel: Y-axis label with its unit.
+    """
+    names = [r['model'] for r in rows]
+    means = np.array([np.nan if r.get(f'{metric}_mean') is None else r[f'{metric}_mean'] for r in rows], float)
+    stds = np.array([0.0 if r.get(f'{metric}_std') is None else r[f'{metric}_std'] for r in rows], float)
+    fig = _figure(max(4.5, 0.9 * len(rows) + 2.0), 4.2)
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    ax.bar(x, np.nan_to_num(means), yerr=stds, capsize=4, color=[attn_color(n) for n in names],
+           edgecolor='black', linewidth=0.5, error_kw=dict(elinewidth=1))
+    for xi, m, s in zip(x, means, stds):
+        if np.isfinite(m):
+            ax.text(xi, m + s, f'{m:.2f}', ha='center', va='bottom', fontsize=8)
+    ax.set_xticks(x, names, rotation=30 if len(rows) > 3 else 0, ha='right' if len(rows) > 3 else 'center')
+    finite = means[np.isfinite(means)]
+    if finite.size:  # bars start at 0 (a cut axis would exaggerate differences); the labels give the values
+        hi = float(np.max(finite + stds[np.isfinite(means)]))
+        ax.set_ylim(0.0, hi * 1.1 if hi > 0 else 1.0)
+    seeds = sorted({int(r.get('seeds', 0)) for r in rows})
+    n_seeds = '/'.join(map(str, seeds))
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel('model')
+    ax.set_title(f'{title}\n(mean ± std over {n_seeds} seed{"" if seeds == [1] else "s"})', fontsize=10)
+    ax.grid(axis='y', alpha=0.3)
+    _legend(ax, names)
+    return _save(fig, path)
+
+
+def plot_bench(records: Sequence[dict[str, Any]], path: str | Path, title: str) -> str:
+    """Bar chart of the inference and training-step time ratios to the plain backbone (1 = no overhead).
+
+    Args:
+        records: Dicts with ``model``, ``infer_ratio`` and ``train_ratio`` (``BenchRecord.to_dict()``).
+        path: PNG to write.
+        title: Figure title.
+    """
+    from matplotlib.patches import Patch
+
+    names = [r['model'] for r in records]
+    fig = _figure(max(5.0, 0.6 * len(records) + 3.5), 4.2)
+    ax = fig.add_subplot()
+    x = np.arange(len(records))
+    width = 0.4
+    colors = [attn_color(n) for n in names]
+    infer = [r.get('infer_ratio') or np.nan for r in records]
+    train = [r.get('train_ratio') or np.nan for r in records]
+    ax.bar(x - width / 2, infer, width, color=colors, edgecolor='black', linewidth=0.5)
+    ax.bar(x + width / 2, train, width, color=colors, edgecolor='white', linewidth=0.0, hatch='///')
+    ax.axhline(1.0, color='black', linewidth=0.8, linestyle='--')
+    ax.set_xticks(x, names, rotation=35, ha='right')
+    ax.set_ylabel('time / plain backbone time (ratio)')
+    ax.set_xlabel('model')
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis='y', alpha=0.3)
+    present = {model_attn(n) for n in names}
+    handles = [Patch(color=ATTN_COLORS[k], label=ATTN_LABELS[k]) for k in ATTN_COLORS if k in present]
+    handles += [Patch(facecolor='#bbbbbb', edgecolor='black', linewidth=0.5, label='inference'),
+                Patch(facecolor='#bbbbbb', edgecolor='white', hatch='///', label='training step')]
+    ax.legend(handles=handles, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _save(fig, path)
