@@ -6,8 +6,12 @@ from ._timm import install_timm_hook
 from .mobilenetv2 import MobileNetV2
 from .official import load_official
 from .preact_resnet import PreActResNet
+from .pvt import PyramidVisionTransformer as PyramidVisionTransformer
 from .regnet import RegNet
 from .resnet import ResNet
+from .swin import SwinTransformer as SwinTransformer
+from .unet import DiffusionUNet as DiffusionUNet
+from .vit import VisionTransformer as VisionTransformer
 
 install_timm_hook()
 

@@ -1,0 +1,87 @@
+"""Token-layout building blocks shared by the transformer backbones (ViT/DeiT, Swin, PVT).
+
+* :class:`Mlp` and :class:`DropPath` as timm builds them (same parameter names: ``fc1``, ``fc2``), with
+  :meth:`Mlp.forward_with_hidden` exposing the post-activation hidden tokens that bridge attention bridges.
+* :func:`tokens_to_map` / :func:`map_to_tokens`: ``(B, N, C) <-> (B, C, N, 1)`` views, so that every channel
+  attention module of :mod:`plugattn.layers` (BAv1/BAv2, DIA, ...) runs on token sequences unchanged: the modules pool
+  with a spatial mean over dims (2, 3), which on the ``(B, C, N, 1)`` view is the token mean, and their ``(B, C, 1, 1)``
+  gate scales every token channel-wise. The same module classes therefore serve CNNs and transformers, with the same
+  parameter names and counts and the same ``gate`` method for analysis.
+
+The two maps are a ``transpose`` plus ``unsqueeze``/``squeeze``: no copy and no ``.view`` (export-safe).
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ['DropPath', 'Mlp', 'map_to_tokens', 'tokens_to_map']
+
+
+def tokens_to_map(x: Tensor) -> Tensor:
+    """``(B, N, C)`` tokens -> ``(B, C, N, 1)`` view whose mean over dims (2, 3) is the token mean."""
+    return x.transpose(1, 2).unsqueeze(-1)
+
+
+def map_to_tokens(x: Tensor) -> Tensor:
+    """Inverse of :func:`tokens_to_map`: ``(B, C, N, 1)`` -> ``(B, N, C)``."""
+    return x.squeeze(-1).transpose(1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval mode or at ``drop_prob=0``).
+
+    Args:
+        drop_prob: probability of dropping the whole residual branch of a sample.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f'drop_prob must be in [0, 1), got {drop_prob}')
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob}'
+
+
+class Mlp(nn.Module):
+    """Transformer MLP: ``fc2(drop(act(fc1(x))))`` followed by dropout (timm's ``Mlp``, same keys).
+
+    Args:
+        in_features: input and output width.
+        hidden_features: hidden width (``mlp_ratio * in_features``).
+        act_layer: activation class.
+        drop: dropout after the activation and after ``fc2``.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            hidden_features: int,
+            act_layer: type[nn.Module] = nn.GELU,
+            drop: float = 0.0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.fc1 = nn.Linear(in_features, hidden_features, **dd)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, in_features, **dd)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward_with_hidden(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The output and the post-activation hidden tokens (before dropout)."""
+        hidden = self.act(self.fc1(x))
+        return self.drop2(self.fc2(self.drop1(hidden))), hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_hidden(x)[0]

@@ -1,0 +1,403 @@
+"""Pyramid Vision Transformer (PVT v1) with plug-in bridge attention (BAv2) or DIA in its blocks.
+
+Paper: "Pyramid Vision Transformer: A Versatile Backbone for Dense Prediction without Convolutions", Wang, Xie, Li,
+Fan, Song, Liang, Lu, Luo, Shao, ICCV 2021, arXiv:2102.12122. Official code: https://github.com/whai362/PVT
+(``classification/pvt.py`` @332805170455a869a74257e9efe7ccbc2dcc5d50: ``pvt_tiny``, ``pvt_small``), whose structure,
+state_dict keys and init are followed here. timm has only PVT v2.
+
+Parameter counts (no timm model to compare with; derived from the official builders, which this file reproduces):
+PVT-v1-Tiny 13,229,288 and PVT-v1-Small 24,485,864 at 1000 classes, the published 13.2 M and 24.5 M. Per stage s
+(width C, depth d, MLP ratio r, spatial reduction R): patch embedding ``C_in p^2 C + C`` (conv) ``+ 2C`` (LayerNorm),
+position embedding ``N_s C`` (``+ C`` for the class token's slot in stage 4), and per block ``4C`` (two LayerNorms)
+``+ 4C^2 + 4C`` (q, kv, proj with biases) ``+ 2 r C^2 + (r + 1) C`` (MLP) ``+ [R > 1] (R^2 C^2 + 3C)`` (the
+spatial-reduction conv and its LayerNorm).
+
+Attention placement (ours: no official code exists for PVT, specs D12 and the §9/§10 proposals):
+    * **BAv2** (block level): each block bridges the token means of ``[attention output (after proj), MLP hidden
+      (after GELU)]`` plus the MLP output and gates the MLP output channel-wise before its residual addition. One
+      module per block (reduction 16), key ``block{s}.{i}.ba``: 347,424 parameters on PVT-v1-Tiny, 666,952 on
+      PVT-v1-Small.
+    * **DIA** (stage level): one unit per stage, key ``block{s}.attn``, fed the token mean of each block's MLP-branch
+      output, its state carried through the stage's blocks (zero at the first block of every stage), gating that
+      branch output before the residual addition. Gate-map reduction 16 (ours, as for ImageNet CNN widths, specs
+      D9): 248,960 parameters (3,080 / 11,280 / 66,600 / 168,000 per stage).
+    * Token means include the class token in stage 4; the modules are the CNN ones run on a ``(B, C, N, 1)`` view of
+      the tokens (same names and counts).
+
+Differences from the reference:
+    * Keys equal the official ones (``patch_embed{s}.{proj,norm}``, ``pos_embed{s}``, ``block{s}.{i}.{norm1, attn.q,
+      attn.kv, attn.sr, attn.norm, attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``, ``cls_token``, ``head``); each
+      ``block{s}`` is a :class:`PVTStage` instead of an ``nn.ModuleList`` (same child names), so official weights
+      load with ``strict=True``.
+    * The position embedding is resized (bilinear, as the official code) whenever a stage's patch grid differs from
+      the one it was built for; the official code compares every stage's token count with stage 1's, which also
+      interpolates (to the same size, an identity) at the native resolution.
+    * The official ``reset_classifier`` refers to a missing ``embed_dim`` attribute; ours works.
+    * Self-attention is written as explicit matmuls (as the official code) so that ``FlopCounterMode`` counts it.
+    * ``features_only`` returns NCHW maps of the first patch embedding and of the four stages (class token dropped).
+      Inputs must give every stage at least ``sr_ratio`` tokens per side (32 x 32 and up for the 224 models).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import StageAttention, create_attn
+from ..layers.registry import AttnSpec
+from ..layers.token import DropPath, Mlp, map_to_tokens, tokens_to_map
+from ._base import AttnNet, FeatureInfo, stage_attn_kwargs
+from ._registry import register_model
+from .vit import block_bridge, drop_path_rates, init_transformer_weights, tokens_to_nchw, transformer_attn_level
+
+__all__ = ['PVTBlock', 'PVTStage', 'PyramidVisionTransformer']
+
+Size = tuple[int, int]
+
+
+class SRAttention(nn.Module):
+    """Spatial-reduction attention: keys and values from a strided-conv reduced map (official keys).
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        qkv_bias: bias of the q and kv projections.
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the output projection.
+        sr_ratio: reduction R of the key/value map (conv k = stride = R, then LayerNorm); 1 for none.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.0,
+            proj_drop: float = 0.0,
+            sr_ratio: int = 1,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.sr_ratio = sr_ratio
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim)  # default eps, as the official code (the blocks use 1e-6)
+
+    def forward(self, x: Tensor, size: Size) -> Tensor:
+        B, N, C = x.shape
+        h = self.num_heads
+        q = self.q(x).reshape(B, N, h, C // h).permute(0, 2, 1, 3)
+        if self.sr_ratio > 1:
+            kv_in = self.sr(x.transpose(1, 2).reshape(B, C, size[0], size[1])).flatten(2).transpose(1, 2)
+            kv_in = self.norm(kv_in)
+        else:
+            kv_in = x
+        k, v = self.kv(kv_in).reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = self.attn_drop(((q @ k.transpose(-2, -1)) * self.scale).softmax(-1))
+        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(B, N, C)))
+
+
+class PVTBlock(nn.Module):
+    """Pre-norm PVT block; the MLP-branch output is the gated residual branch.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width / ``dim``.
+        qkv_bias: bias of the q and kv projections.
+        drop: dropout after the projections.
+        attn_drop: dropout on the attention weights.
+        drop_path: stochastic-depth rate of both residual branches.
+        sr_ratio: spatial reduction of the keys and values.
+        attn: plug-in attention spec (block level is built here; stage level is owned by the stage).
+        attn_kwargs: options of the plug-in attention.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            mlp_ratio: float = 4.0,
+            qkv_bias: bool = False,
+            drop: float = 0.0,
+            attn_drop: float = 0.0,
+            drop_path: float = 0.0,
+            sr_ratio: int = 1,
+            *,
+            attn: AttnSpec = None,
+            attn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = SRAttention(dim, num_heads, qkv_bias, attn_drop, drop, sr_ratio)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, hidden, drop=drop)
+        self.ba = block_bridge(attn, transformer_attn_level(attn), dim, hidden, attn_kwargs)
+
+    def forward_branch(self, x: Tensor, size: Size) -> tuple[Tensor, Tensor]:
+        """MLP-branch output as a ``(B, C, N, 1)`` map (gated by the block's bridge attention) and the stream."""
+        a = self.attn(self.norm1(x), size)
+        x = x + self.drop_path(a)
+        out, hidden = self.mlp.forward_with_hidden(self.norm2(x))
+        out = tokens_to_map(out)
+        if self.ba is not None:
+            out = self.ba([a.mean(1), hidden.mean(1)], out)
+        return out, x
+
+    def merge(self, branch: Tensor, shortcut: Tensor) -> Tensor:
+        return shortcut + self.drop_path(map_to_tokens(branch))
+
+    def forward(self, x: Tensor, size: Size) -> Tensor:
+        return self.merge(*self.forward_branch(x, size))
+
+
+class PVTStage(nn.Module):
+    """The blocks of one stage (children ``0, 1, ...`` as the official ``nn.ModuleList``), with an optional shared
+    stage-level unit ``attn`` (DIA) whose state starts at zero on every call.
+
+    Args:
+        blocks: the stage's blocks.
+        attn: stage-level attention shared by the blocks, or ``None``.
+    """
+
+    def __init__(self, blocks: list[PVTBlock], attn: StageAttention | None = None) -> None:
+        super().__init__()
+        for i, block in enumerate(blocks):
+            self.add_module(str(i), block)
+        self.depth = len(blocks)
+        self.attn = attn
+
+    def __len__(self) -> int:
+        return self.depth
+
+    def __getitem__(self, idx: int) -> PVTBlock:
+        return self._modules[str(idx % self.depth)]
+
+    def __iter__(self) -> Iterator[PVTBlock]:
+        return (self._modules[str(i)] for i in range(self.depth))
+
+    def forward(self, x: Tensor, size: Size) -> Tensor:
+        state = None
+        for block in self:
+            if self.attn is None:
+                x = block(x, size)
+            else:
+                branch, shortcut = block.forward_branch(x, size)
+                branch, state = self.attn(branch, state)
+                x = block.merge(branch, shortcut)
+        return x
+
+
+class PatchEmbed(nn.Module):
+    """Strided conv patches -> tokens -> LayerNorm (official keys ``proj``, ``norm``).
+
+    Args:
+        grid_size: patch grid at the reference input size (sets the position-embedding grid).
+        patch_size: patch side.
+        in_chans: input channels.
+        embed_dim: token width.
+    """
+
+    def __init__(self, grid_size: Size, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.grid_size = grid_size
+        self.num_patches = grid_size[0] * grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Size]:
+        x = self.proj(x)
+        size = (x.shape[2], x.shape[3])
+        return self.norm(x.flatten(2).transpose(1, 2)), size
+
+
+class PyramidVisionTransformer(AttnNet):
+    """PVT v1: four stages of spatial-reduction attention blocks, class-token head in the last stage.
+
+    Args:
+        img_size: reference input size (square, as the official code); position embeddings are built for it.
+        patch_size: patch side of the first embedding (later stages use 2).
+        in_chans: image channels.
+        num_classes: classifier outputs (0: no classifier).
+        embed_dims: width per stage.
+        num_heads: attention heads per stage.
+        mlp_ratios: MLP ratio per stage.
+        qkv_bias: bias of the q and kv projections.
+        drop_rate: dropout after the position embeddings and the projections.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth, rising linearly over all blocks to this rate.
+        depths: blocks per stage.
+        sr_ratios: spatial reduction of the keys and values per stage.
+        attn: plug-in attention: ``'bav2'`` / ``'bav1'`` (block level), ``'dia'`` (one unit per stage) or ``None``.
+        attn_kwargs: options of the plug-in attention, one dict or one per stage.
+    """
+
+    first_conv_key = 'patch_embed1.proj'
+    classifier_key = 'head'
+
+    def __init__(
+            self,
+            img_size: int = 224,
+            patch_size: int = 4,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            embed_dims: Sequence[int] = (64, 128, 320, 512),
+            num_heads: Sequence[int] = (1, 2, 5, 8),
+            mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+            qkv_bias: bool = True,
+            drop_rate: float = 0.0,
+            attn_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            depths: Sequence[int] = (2, 2, 2, 2),
+            sr_ratios: Sequence[int] = (8, 4, 2, 1),
+            *,
+            attn: AttnSpec = None,
+            attn_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__()
+        num_stages = len(depths)
+        if not len(embed_dims) == len(num_heads) == len(mlp_ratios) == len(sr_ratios) == num_stages:
+            raise ValueError('embed_dims, num_heads, mlp_ratios, sr_ratios and depths need one entry per stage')
+        level = transformer_attn_level(attn)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = embed_dims[-1]
+        self.num_stages = num_stages
+        self.stage_names = tuple(f'block{i + 1}' for i in range(num_stages))
+        info = [dict(num_chs=embed_dims[0], reduction=patch_size, module='patch_embed1')]
+        cin, grid, reduction = in_chans, img_size // patch_size, patch_size
+        for i, (dim, dpr, kwargs) in enumerate(zip(
+                embed_dims, drop_path_rates(drop_path_rate, depths), stage_attn_kwargs(attn_kwargs, num_stages))):
+            if i > 0:
+                grid, reduction = img_size // 2 ** (i + 2), reduction * 2  # official: (img_size // 2^(i+1)) // 2
+            last = i == num_stages - 1
+            embed = PatchEmbed((grid, grid), patch_size if i == 0 else 2, cin, dim)
+            blocks = [
+                PVTBlock(dim, num_heads[i], mlp_ratios[i], qkv_bias, drop_rate, attn_drop_rate, dpr[j], sr_ratios[i],
+                         attn=attn if level == 'block' else None, attn_kwargs=kwargs)
+                for j in range(depths[i])
+            ]
+            setattr(self, f'patch_embed{i + 1}', embed)
+            setattr(self, f'pos_embed{i + 1}', nn.Parameter(torch.zeros(1, embed.num_patches + int(last), dim)))
+            setattr(self, f'pos_drop{i + 1}', nn.Dropout(drop_rate))
+            setattr(self, f'block{i + 1}', PVTStage(
+                blocks, create_attn(attn, dim, **kwargs) if level == 'stage' else None))
+            info.append(dict(num_chs=dim, reduction=reduction, module=f'block{i + 1}'))
+            cin = dim
+        self.norm = nn.LayerNorm(embed_dims[-1], eps=1e-6)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[-1]))
+        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = FeatureInfo(info)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for i in range(self.num_stages):
+            nn.init.trunc_normal_(getattr(self, f'pos_embed{i + 1}'), std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        init_transformer_weights(self)
+
+    @staticmethod
+    def _resize_pos(pos: Tensor, grid: Size, size: Size) -> Tensor:
+        if size == grid:
+            return pos
+        pos = pos.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)
+        pos = F.interpolate(pos, size=size, mode='bilinear', align_corners=False)
+        return pos.flatten(2).transpose(1, 2)
+
+    def _embed(self, i: int, x: Tensor) -> tuple[Tensor, Size]:
+        """Patch embedding of stage ``i`` (0-based), class token (last stage) and position embedding."""
+        embed = getattr(self, f'patch_embed{i + 1}')
+        pos = getattr(self, f'pos_embed{i + 1}')
+        x, size = embed(x)
+        if i == self.num_stages - 1:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            pos = torch.cat([pos[:, :1], self._resize_pos(pos[:, 1:], embed.grid_size, size)], dim=1)
+        else:
+            pos = self._resize_pos(pos, embed.grid_size, size)
+        return getattr(self, f'pos_drop{i + 1}')(x + pos), size
+
+    def _run(self, x: Tensor, upto: int | None = None) -> tuple[list[Tensor], Tensor]:
+        """NCHW maps of the first patch embedding and of the stages up to ``upto`` (class token dropped), and the
+        output tokens of the last stage run."""
+        feats = []
+        for i in range(self.num_stages if upto is None else upto):
+            x, size = self._embed(i, x)
+            if i == 0:
+                feats.append(_to_map(x, size))
+            x = getattr(self, f'block{i + 1}')(x, size)
+            feats.append(_to_map(x[:, 1:] if i == self.num_stages - 1 else x, size))
+            if i < self.num_stages - 1:
+                x = feats[-1]
+        return feats, x
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Normalised last-stage tokens ``(B, 1 + N, C)``, class token first."""
+        self.check_input(x)
+        return self.norm(self._run(x)[1])
+
+    def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> list[Tensor]:
+        """First patch embedding and stage outputs as NCHW maps (``feature_info`` order; class token dropped)."""
+        self.check_input(x)
+        wanted = list(range(self.num_stages + 1)) if indices is None else indices
+        feats = self._run(x, max(max(wanted), 1))[0]
+        return [feats[i] for i in wanted]
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = x[:, 0]
+        return x if pre_logits else self.head(x)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str = '') -> None:
+        """Replace the head with a fresh one for ``num_classes`` (0 removes it); pooling is the class token."""
+        if self.out_indices is not None:
+            raise ValueError('a features_only model has no classifier to reset')
+        self.num_classes = num_classes
+        ref = self.cls_token
+        self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def cam_target_layer(self) -> str:
+        """Grad-CAM target: ``norm1`` of the last block (its patch tokens reach the class token)."""
+        last = getattr(self, self.stage_names[-1])
+        return f'{self.stage_names[-1]}.{len(last) - 1}.norm1'
+
+    def cam_reshape_transform(self) -> Callable[[Tensor], Tensor]:
+        """Grad-CAM ``reshape_transform`` for :meth:`cam_target_layer` (or any block): tokens to NCHW, square inputs;
+        the class token (stage 4 only) is recognised by the token count."""
+        return tokens_to_nchw
+
+
+def _to_map(x: Tensor, size: Size) -> Tensor:
+    """``(B, N, C)`` tokens of an ``H x W`` grid -> ``(B, C, H, W)``."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], size[0], size[1])
+
+
+_PVT = dict(input_size=(3, 224, 224), family='pvt', attns=['bav2', 'dia'], attn_defaults={'dia': {'reduction': 16}})
+
+
+@register_model(attn_widths=(64, 128, 320, 512), **_PVT)
+def pvt_v1_tiny(**kwargs: Any) -> PyramidVisionTransformer:
+    """PVT-v1-Tiny (official ``pvt_tiny``): depths 2-2-2-2, 13,229,288 params (published 13.2 M)."""
+    return PyramidVisionTransformer(depths=(2, 2, 2, 2), **kwargs)
+
+
+@register_model(attn_widths=(64, 128, 320, 512), **_PVT)
+def pvt_v1_small(**kwargs: Any) -> PyramidVisionTransformer:
+    """PVT-v1-Small (official ``pvt_small``): depths 3-4-6-3, 24,485,864 params (published 24.5 M)."""
+    return PyramidVisionTransformer(depths=(3, 4, 6, 3), **kwargs)
