@@ -13,5 +13,12 @@ from .models import create_model, list_models, load_official
 from .version import __version__
 
 __all__ = [
-    '__version__', 'create_attn', 'create_model', 'get_attn', 'list_attn', 'list_models', 'load_official', 'register_attn',
+    '__version__',
+    'create_attn',
+    'create_model',
+    'get_attn',
+    'list_attn',
+    'list_models',
+    'load_official',
+    'register_attn',
 ]
