@@ -182,7 +182,7 @@ class AttnNet(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.fc
+        return self.get_submodule(self.classifier_key)
 
     def reset_classifier(self, num_classes: int, global_pool: str = 'avg') -> None:
         """Replace the classifier with a fresh one for ``num_classes`` (0 removes it)."""
@@ -192,8 +192,9 @@ class AttnNet(nn.Module):
             raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
         self.num_classes = num_classes
         ref = next(self.parameters())
-        self.fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 \
+        head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 \
             else nn.Identity()
+        self.set_submodule(self.classifier_key, head)
 
     def attention_modules(self) -> dict[str, nn.Module]:
         """Every attention module by qualified name (gate, block and stage level), for analysis."""

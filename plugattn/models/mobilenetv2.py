@@ -276,14 +276,6 @@ class MobileNetV2(AttnNet):
         x = self.classifier[0](x.mean((2, 3)))
         return x if pre_logits else self.classifier[1](x)
 
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg') -> None:
-        """Replace the classifier (``classifier.1``) with a fresh one for ``num_classes`` (0 removes it)."""
-        super().reset_classifier(num_classes, global_pool)  # builds it as `fc`; move it to torchvision's place
-        self.classifier[1] = self._modules.pop('fc')
-
 
 # Hidden widths of the expansion blocks (the CA position), for the registry's buildability check.
 _HIDDEN_WIDTHS = (96, 144, 192, 384, 576, 960)

@@ -359,19 +359,6 @@ class PyramidVisionTransformer(AttnNet):
         x = x[:, 0]
         return x if pre_logits else self.head(x)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str = '') -> None:
-        """Replace the head with a fresh one for ``num_classes`` (0 removes it); pooling is the class token."""
-        if self.out_indices is not None:
-            raise ValueError('a features_only model has no classifier to reset')
-        self.num_classes = num_classes
-        ref = self.cls_token
-        self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) \
-            if num_classes > 0 else nn.Identity()
-
     def cam_target_layer(self) -> str:
         """Grad-CAM target: ``norm1`` of the last block (its patch tokens reach the class token)."""
         last = getattr(self, self.stage_names[-1])

@@ -418,21 +418,6 @@ class SwinTransformer(AttnNet):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, pre_logits=pre_logits)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg') -> None:
-        """Replace ``head.fc`` with a fresh classifier for ``num_classes`` (0 removes it)."""
-        if self.out_indices is not None:
-            raise ValueError('a features_only model has no classifier to reset')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
-        self.num_classes = num_classes
-        ref = self.norm.weight
-        self.head.fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) \
-            if num_classes > 0 else nn.Identity()
-
     def cam_target_layer(self) -> str:
         """Grad-CAM target: the final ``norm`` (NHWC tokens the average-pooled head sees)."""
         return 'norm'

@@ -387,22 +387,13 @@ class VisionTransformer(AttnNet):
         self.out_indices = tuple(i % n for i in out_indices)
         self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a fresh one for ``num_classes`` (0 removes it); ``global_pool`` 'token' or 'avg'."""
-        if self.out_indices is not None:
-            raise ValueError('a features_only model has no classifier to reset')
         if global_pool is not None:
             if global_pool not in ('token', 'avg'):
                 raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
             self.global_pool = global_pool
-        self.num_classes = num_classes
-        ref = self.pos_embed
-        self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) \
-            if num_classes > 0 else nn.Identity()
+        super().reset_classifier(num_classes)
 
     def cam_target_layer(self) -> str:
         """Grad-CAM target: the last block's ``norm1`` (its patch tokens reach the class token; the block output's
