@@ -135,8 +135,10 @@ def test_model_api(name):
         feats = model.forward_intermediates(x)
         assert [f.shape[1] for f in feats] == model.feature_info.channels()
         assert [32 // f.shape[-1] for f in feats] == model.feature_info.reduction()
+        for info in model.feature_info:  # feature_info names real modules
+            model.get_submodule(info['module'])
         model.reset_classifier(3)
-        assert model(x).shape == (2, 3)
+        assert model(x).shape == (2, 3) and model.get_classifier().out_features == 3
         model.set_features_only((1, -1))
         outs = model(x)
         assert [o.shape[1] for o in outs] == model.feature_info.channels() == [feats[1].shape[1], feats[-1].shape[1]]
