@@ -268,6 +268,22 @@ def test_attn_corr_writes_heatmaps(tmp_path: Path):
     assert data['images'] == 50 and data['mean_offdiag'] == pytest.approx(report.mean_offdiag)
 
 
+def test_analysis_loads_a_training_checkpoint_in_eval_mode(tmp_path: Path):
+    from plugattn.analysis._common import load_model
+    from plugattn.engine import save_weights
+
+    torch.manual_seed(0)
+    model = plugattn.create_model('bav2_resnet20', num_classes=10, in_chans=1).eval()
+    meta = {'model': 'bav2_resnet20', 'model_kwargs': {'num_classes': 10, 'in_chans': 1}, 'data': {'name': 'digits'}}
+    save_weights(tmp_path / 'best.safetensors', model.state_dict(), meta)
+    loaded, info = load_model(checkpoint=tmp_path / 'best.safetensors')
+    x = torch.randn(3, 1, 8, 8)
+    assert not loaded.training and info['data']['name'] == 'digits'
+    assert torch.equal(loaded(x), model(x))
+    with pytest.raises(AnalysisError, match='exactly one'):
+        load_model('bav2_resnet20', checkpoint=tmp_path / 'best.safetensors')
+
+
 # --------------------------------------------------------------------------------------------- compare
 
 

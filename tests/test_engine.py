@@ -338,6 +338,23 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
         load_model_weights(wrong_classes, path, 'resnet20')
 
 
+def test_checkpoint_model_is_rebuilt_from_its_metadata(tmp_path):
+    from plugattn.engine.evaluation import load_checkpoint_model
+
+    path = tmp_path / 'r20.safetensors'
+    model = _small_checkpoint(path)
+    rebuilt, meta, file = load_checkpoint_model(path)
+    x = torch.randn(2, 1, 8, 8)
+    assert file == path and meta['model'] == 'resnet20'
+    assert torch.equal(rebuilt.eval()(x), model.eval()(x))
+    # older metadata without model_kwargs: the data entry gives the classes and channels
+    save_weights(path, model.state_dict(), {'model': 'resnet20', 'data': {'num_classes': 10, 'input_size': [1, 8, 8]}})
+    assert load_checkpoint_model(path)[0].in_chans == 1
+    save_weights(path, model.state_dict(), {'model': 'resnet20'})
+    with pytest.raises(EngineError, match='does not record its number of classes'):
+        load_checkpoint_model(path)
+
+
 def test_killed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / 'last.safetensors'
     model = _small_checkpoint(path)

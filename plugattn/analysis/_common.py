@@ -83,19 +83,7 @@ def load_model(
     if checkpoint is None:
         net = create_model(model, **kwargs)
         return net.eval(), {}
-    from ..engine.checkpoint import check_state_dict_fits, read_weights
-    from ..engine.evaluation import resolve_checkpoint
+    from ..engine.evaluation import load_checkpoint_model
 
-    path = resolve_checkpoint(checkpoint, which)
-    state, meta = read_weights(path)
-    name = meta['model']
-    model_kwargs = dict(meta.get('model_kwargs') or {})
-    data = meta.get('data') or {}
-    if data.get('num_classes') is not None:
-        model_kwargs.setdefault('num_classes', int(data['num_classes']))
-    if data.get('input_size'):
-        model_kwargs.setdefault('in_chans', int(data['input_size'][0]))
-    net = create_model(name, **model_kwargs)
-    check_state_dict_fits(net, state, str(path), name, name)
-    net.load_state_dict(state)
+    net, meta, path = load_checkpoint_model(checkpoint, which)
     return net.eval(), {**meta, 'checkpoint': str(path)}

@@ -54,26 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     return parser
 
 
-def _from_checkpoint(path: str, which: str):
-    """Model, name and training image size of a plugattn checkpoint (run directory or .safetensors file)."""
-    from ..engine.checkpoint import check_state_dict_fits, read_weights
-    from ..engine.evaluation import resolve_checkpoint
-    from ..engine.trainer import build_model
-
-    file = resolve_checkpoint(path, which)
-    state, meta = read_weights(file)
-    name = meta['model']
-    kwargs = dict(meta.get('model_kwargs') or {})
-    num_classes, in_chans = kwargs.pop('num_classes', None), kwargs.pop('in_chans', None)
-    if num_classes is None or in_chans is None:
-        raise CliError(f'checkpoint {file} does not record its number of classes and input channels',
-                       'export it with --model NAME --num-classes N after loading the weights yourself')
-    model = build_model(name, num_classes, in_chans, kwargs)
-    check_state_dict_fits(model, state, str(file), name, name)
-    model.load_state_dict(state)
-    return model, name, (meta.get('data') or {}).get('image_size')
-
-
 def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn export``."""
     from ..export import export_model
@@ -82,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
         if args.num_classes is not None:
             raise CliError('--num-classes applies to --model only', 'the checkpoint fixes the number of classes')
-        model, name, img_size = _from_checkpoint(args.checkpoint, args.which)
+        from ..engine.evaluation import load_checkpoint_model
+
+        model, meta, _ = load_checkpoint_model(args.checkpoint, args.which)
+        name, img_size = meta['model'], (meta.get('data') or {}).get('image_size')
     else:
         kwargs = {} if args.num_classes is None else {'num_classes': args.num_classes}
         model, name, img_size = create_model(args.model, **kwargs), args.model, None

@@ -5,13 +5,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .checkpoint import check_state_dict_fits, is_run_dir, read_run_info, read_weights
 from .distributed import DistContext, resolve_device
 from .errors import EngineError
 from .trainer import BEST_FILE, LAST_FILE, build_model, evaluate
 
-__all__ = ['evaluate_checkpoint', 'resolve_checkpoint']
+__all__ = ['evaluate_checkpoint', 'load_checkpoint_model', 'resolve_checkpoint']
 
 
 def resolve_checkpoint(path: str | Path, which: str = 'best') -> Path:
@@ -34,6 +35,36 @@ def resolve_checkpoint(path: str | Path, which: str = 'best') -> Path:
         fix = f'pass {other}' if other.is_file() else 'train the run for at least one epoch first'
         raise EngineError(f'run {path} has no {name}', fix)
     return target
+
+
+def load_checkpoint_model(path: str | Path, which: str = 'best') -> tuple[nn.Module, dict[str, Any], Path]:
+    """Rebuild the model a plugattn checkpoint was trained as and load its weights.
+
+    Args:
+        path: Run directory or ``.safetensors`` file written by the training engine.
+        which: ``'best'`` or ``'last'`` when ``path`` is a run directory.
+
+    Returns:
+        ``(model, meta, file)``: the model (train mode, on the CPU), the checkpoint metadata and the weights file.
+
+    Raises:
+        EngineError: Missing or unusable checkpoint, or weights that do not fit the recorded architecture.
+    """
+    file = resolve_checkpoint(path, which)
+    state, meta = read_weights(file)
+    name = meta['model']
+    kwargs = dict(meta.get('model_kwargs') or {})
+    data = meta.get('data') or {}
+    # checkpoints record num_classes/in_chans in model_kwargs; the data entry is the fallback for older ones
+    num_classes = kwargs.pop('num_classes', data.get('num_classes'))
+    in_chans = kwargs.pop('in_chans', (data.get('input_size') or [None])[0])
+    if num_classes is None or in_chans is None:
+        raise EngineError(f'checkpoint {file} does not record its number of classes and input channels',
+                          'rebuild the model with create_model(NAME, num_classes=N, in_chans=C) and load the weights')
+    net = build_model(name, int(num_classes), int(in_chans), kwargs)
+    check_state_dict_fits(net, state, str(file), name, name)
+    net.load_state_dict(state)
+    return net, meta, file
 
 
 def evaluate_checkpoint(
@@ -73,30 +104,22 @@ def evaluate_checkpoint(
 
     if batch_size is not None and batch_size < 1:
         raise EngineError(f'--batch-size must be >= 1, got {batch_size}', 'pass a positive batch size')
-    file = resolve_checkpoint(path, which)
-    state, meta = read_weights(file)
+    net, meta, file = load_checkpoint_model(path, which)
     name = meta['model']
     if model is not None and model != name:
         raise EngineError(f'checkpoint {file} holds {name} weights, not {model}',
                           f'drop --model or pass --model {name}')
-    kwargs = dict(meta.get('model_kwargs') or {})
     dmeta = meta.get('data') or {}
     data_name = data or dmeta.get('name')
     if not data_name:
         raise EngineError(f'checkpoint {file} does not say which dataset it was trained on', 'pass --data NAME')
     info = get_dataset_info(data_name, data_dir or dmeta.get('data_dir'))
-    num_classes = kwargs.get('num_classes', info.num_classes)
-    in_chans = kwargs.get('in_chans', info.in_chans)
-    if num_classes != info.num_classes or in_chans != info.in_chans:
+    if net.num_classes != info.num_classes or net.in_chans != info.in_chans:
         raise EngineError(
-            f'checkpoint {file} expects {num_classes} classes x {in_chans} channels but {info.name} has '
+            f'checkpoint {file} expects {net.num_classes} classes x {net.in_chans} channels but {info.name} has '
             f'{info.num_classes} classes x {info.in_chans} channels',
             f'evaluate on the dataset it was trained on (--data {dmeta.get("name", "NAME")})',
         )
-    extra = {k: v for k, v in kwargs.items() if k not in ('num_classes', 'in_chans')}
-    net = build_model(name, num_classes, in_chans, extra)
-    check_state_dict_fits(net, state, str(file), name, name)
-    net.load_state_dict(state)
     dev = resolve_device(device)
     net.to(dev)
     if channels_last:
