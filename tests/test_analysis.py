@@ -135,6 +135,9 @@ def test_cam_writes_overlay_of_image_size(tmp_path: Path, name: str):
     assert maps.shape == (1, 32, 32) and maps.std() > 1e-3  # the heatmap is not constant
     overlay = np.asarray(out, dtype=np.float32)
     assert overlay[..., 0].std() > 1.0
+    with pytest.raises(AnalysisError, match='missing.png'):  # a bad image among good ones: nothing is written
+        run_cam(model, [path, tmp_path / 'missing.png'], output=tmp_path / 'none')
+    assert not (tmp_path / 'none').exists()
 
 
 def test_cam_rejects_a_layer_forward_never_calls():

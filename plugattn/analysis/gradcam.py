@@ -304,11 +304,12 @@ def run_cam(
     layer_name, layer = resolve_target_layer(model, target_layer)
     mean, std, size = _norm_and_size(model, meta, img_size)
     names = class_names(model, meta)
+    # read every image before creating the output folder, so a bad file leaves nothing behind
+    inputs = [(path, *preprocess(path, size, model.in_chans, mean, std)) for path in images]
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in images:
-        rgb, x = preprocess(path, size, model.in_chans, mean, std)
+    for path, rgb, x in inputs:
         x = x.to(next(model.parameters()).device)
         maps, probs = compute_cam(model, x, layer, method, class_idx)
         pred = int(probs[0].argmax())
