@@ -135,7 +135,7 @@ def test_cam_writes_overlay_of_image_size(tmp_path: Path, name: str):
     assert maps.shape == (1, 32, 32) and maps.std() > 1e-3  # the heatmap is not constant
     overlay = np.asarray(out, dtype=np.float32)
     assert overlay[..., 0].std() > 1.0
-    with pytest.raises(AnalysisError, match='missing.png'):  # a bad image among good ones: nothing is written
+    with pytest.raises(AnalysisError, match=r'missing\.png'):  # a bad image among good ones: nothing is written
         run_cam(model, [path, tmp_path / 'missing.png'], output=tmp_path / 'none')
     assert not (tmp_path / 'none').exists()
 
@@ -296,7 +296,7 @@ def test_compare_trains_once_then_skips_and_resumes(tmp_path: Path):
 
     out = tmp_path / 'cmp'
     common = dict(epochs=2, batch_size=128, output=out, device='cpu', threads=1, bench_reps=1, echo=lambda s: None,
-                  progress=False)
+                  bench_min_time=0.01, progress=False)
     # An interrupted run: se_resnet20 stopped after epoch 1 of 2, as a killed job would leave it.
     cfg = resolve_config(None, [('data.name', 'digits'), ('model.name', 'se_resnet20'), ('train.seed', 0),
                                 ('train.epochs', 2), ('train.batch_size', 128), ('train.device', 'cpu'),

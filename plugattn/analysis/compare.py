@@ -153,7 +153,8 @@ def compare(
         threads: int | None = None,
         overrides: Sequence[tuple[str, Any]] = (),
         bench: bool = True,
-        bench_reps: int = 3,
+        bench_reps: int = 7,
+        bench_min_time: float = 0.2,
         bench_batch: int = 64,
         echo: Callable[[str], None] = print,
         progress: bool | None = None,
@@ -174,7 +175,9 @@ def compare(
         threads: torch CPU threads of the engine.
         overrides: Further ``(dotted key, value)`` config overrides (as ``plugattn train --set``).
         bench: Measure inference throughput against the plain backbones after training.
-        bench_reps: Interleaved repetitions of that measurement.
+        bench_reps: Interleaved repetitions of that measurement (7 keeps the ratios within a few per cent on a
+            quiet 2-core CPU; 3 repetitions of 0.05 s gave ratios below 1 for models that do strictly more work).
+        bench_min_time: Minimum seconds per timed measurement (several calls are averaged).
         bench_batch: Batch size of that measurement (run with ``threads`` threads, like the training).
         echo: Line printer for progress messages (the engine's own lines included).
         progress: Engine progress bar (default: when stdout is a terminal).
@@ -253,7 +256,8 @@ def compare(
                   if k in ('top1', 'best_top1', 'epochs')})
     dev = plan[0][3]['train']['device']
     bench_device = ('cuda' if torch.cuda.is_available() else 'cpu') if dev == 'auto' else dev
-    bench_opts = dict(reps=bench_reps, batch_size=bench_batch, device=bench_device, threads=threads)
+    bench_opts = dict(reps=bench_reps, min_time=bench_min_time, batch_size=bench_batch, device=bench_device,
+                      threads=threads)
     rows = _summarise(models, runs, bench and bench_opts, echo)
     result = CompareResult(rows=rows, runs=runs, trained=trained)
     n_epochs = plan[0][3]['train']['epochs']
@@ -296,7 +300,7 @@ def _summarise(
         c, h, _ = first['input_size']
         echo(f'[compare] measuring inference throughput ({h}x{h}, batch {bench["batch_size"]}, interleaved with the '
              'backbones)')
-        records = benchmark(models, img_size=h, warmup=1, min_time=0.05, train=False, memory=False,
+        records = benchmark(models, img_size=h, warmup=2, train=False, memory=False,
                             model_kwargs=dict(num_classes=first['num_classes'] or 10, in_chans=c), **bench)
         by_name = {r.model: r for r in records}
         for row in rows:
