@@ -323,3 +323,16 @@ def test_compare_trains_once_then_skips_and_resumes(tmp_path: Path):
 
     with pytest.raises(AnalysisError, match=r'optim\.lr'):  # a finished run trained differently is not reused
         compare(['resnet20'], 'digits', 1, **common, overrides=[('optim.lr', 0.01)])
+
+
+def test_compare_chart_adds_the_difference_panel_only_with_a_backbone(tmp_path: Path):
+    pytest.importorskip('matplotlib')
+    from PIL import Image
+
+    from plugattn.analysis.plots import plot_compare
+
+    rows = [dict(model='resnet20', attn='none', seeds=3, top1_mean=91.99, top1_std=0.19),
+            dict(model='se_resnet20', attn='se', seeds=3, top1_mean=91.45, top1_std=0.13)]
+    with_base = Image.open(plot_compare(rows, tmp_path / 'a.png', 'two models'))
+    without = Image.open(plot_compare(rows[1:], tmp_path / 'b.png', 'one model'))
+    assert with_base.size[1] == 660 and without.size[1] == 420  # 6.6 in vs 4.2 in at 100 dpi

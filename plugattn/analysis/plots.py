@@ -59,14 +59,15 @@ def _save(fig: Any, path: str | Path, dpi: int = 100) -> str:
     return str(path)
 
 
-def _legend(ax: Any, names: Sequence[str]) -> None:
+def _legend(ax: Any, names: Sequence[str], outside: bool = False) -> None:
     """Legend with one patch per attention type present, in the palette's order."""
     from matplotlib.patches import Patch
 
     present = {model_attn(n) if n not in ATTN_COLORS else n for n in names}
     handles = [Patch(color=ATTN_COLORS[k], label=ATTN_LABELS[k]) for k in ATTN_COLORS if k in present]
     if handles:
-        ax.legend(handles=handles, title='attention', fontsize=8, title_fontsize=8, loc='best')
+        place = dict(loc='upper left', bbox_to_anchor=(1.01, 1.0)) if outside else dict(loc='best')
+        ax.legend(handles=handles, title='attention', fontsize=8, title_fontsize=8, **place)
 
 
 def plot_corr_heatmap(matrix: np.ndarray, blocks: Sequence[str], path: str | Path, title: str) -> str:
@@ -109,8 +110,12 @@ def plot_compare(
 ) -> str:
     """Bar chart of mean ± std of a metric per model, coloured by attention type.
 
+    When a plain backbone (``attn == 'none'``) is among the rows, a second panel shows each model's difference to
+    it in percentage points, where gaps of a few tenths are visible (the top panel's bars start at 0, since a cut
+    axis would exaggerate them); the grey band is the backbone's own ± std.
+
     Args:
-        rows: Dicts with ``model``, ``{metric}_mean``, ``{metric}_std`` and ``seeds``.
+        rows: Dicts with ``model``, ``{metric}_mean``, ``{metric}_std``, ``seeds`` and optionally ``attn``.
         path: PNG to write.
         title: Figure title.
         metric: Metric key prefix.
@@ -119,26 +124,44 @@ def plot_compare(
     names = [r['model'] for r in rows]
     means = np.array([np.nan if r.get(f'{metric}_mean') is None else r[f'{metric}_mean'] for r in rows], float)
     stds = np.array([0.0 if r.get(f'{metric}_std') is None else r[f'{metric}_std'] for r in rows], float)
-    fig = _figure(max(4.5, 0.9 * len(rows) + 2.0), 4.2)
-    ax = fig.add_subplot()
+    base = next((i for i, r in enumerate(rows) if r.get('attn') == 'none' and np.isfinite(means[i])), None)
+    fig = _figure(max(4.5, 0.9 * len(rows) + 2.0), 6.6 if base is not None else 4.2)
+    axes = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2)) if base is not None else [fig.add_subplot()]
     x = np.arange(len(rows))
-    ax.bar(x, np.nan_to_num(means), yerr=stds, capsize=4, color=[attn_color(n) for n in names],
-           edgecolor='black', linewidth=0.5, error_kw=dict(elinewidth=1))
+    colors = [attn_color(n) for n in names]
+    bar_style = dict(capsize=4, color=colors, edgecolor='black', linewidth=0.5, error_kw=dict(elinewidth=1))
+    ax = axes[0]
+    ax.bar(x, np.nan_to_num(means), yerr=stds, **bar_style)
     for xi, m, s in zip(x, means, stds):
         if np.isfinite(m):
             ax.text(xi, m + s, f'{m:.2f}', ha='center', va='bottom', fontsize=8)
-    ax.set_xticks(x, names, rotation=30 if len(rows) > 3 else 0, ha='right' if len(rows) > 3 else 'center')
     finite = means[np.isfinite(means)]
-    if finite.size:  # bars start at 0 (a cut axis would exaggerate differences); the labels give the values
+    if finite.size:
         hi = float(np.max(finite + stds[np.isfinite(means)]))
         ax.set_ylim(0.0, hi * 1.1 if hi > 0 else 1.0)
     seeds = sorted({int(r.get('seeds', 0)) for r in rows})
     n_seeds = '/'.join(map(str, seeds))
     ax.set_ylabel(ylabel)
-    ax.set_xlabel('model')
     ax.set_title(f'{title}\n(mean ± std over {n_seeds} seed{"" if seeds == [1] else "s"})', fontsize=10)
     ax.grid(axis='y', alpha=0.3)
-    _legend(ax, names)
+    _legend(ax, names, outside=True)
+    if base is not None:
+        ax = axes[1]
+        delta = means - means[base]
+        ax.axhspan(-stds[base], stds[base], color='#d0d0d0', alpha=0.6, lw=0, label=f'{names[base]} ± std')
+        ax.axhline(0.0, color='black', lw=0.8)
+        ax.bar(x, np.nan_to_num(delta), yerr=stds, **bar_style)
+        for xi, d, sd in zip(x, delta, stds):
+            if np.isfinite(d) and xi != base:  # beyond the error bar's end
+                ax.text(xi, d + sd if d >= 0 else d - sd, f'{d:+.2f}', ha='center', va='bottom' if d >= 0 else 'top',
+                        fontsize=8)
+        lim = float(np.nanmax(np.abs(delta) + stds)) if np.isfinite(delta).any() else 0.0
+        ax.set_ylim(-1.25 * lim - 0.05, 1.25 * lim + 0.05)
+        ax.set_ylabel(f'difference to {names[base]}\n(percentage points)')
+        ax.grid(axis='y', alpha=0.3)
+        ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+    axes[-1].set_xticks(x, names, rotation=30 if len(rows) > 3 else 0, ha='right' if len(rows) > 3 else 'center')
+    axes[-1].set_xlabel('model')
     return _save(fig, path)
 
 
