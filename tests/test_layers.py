@@ -199,7 +199,7 @@ def test_dia_zero_state_and_recurrence():
     assert not torch.allclose(a0, a1), 'the carried state must change the next gate'
     assert ((a0 > 0) & (a0 < 1)).all()
     zero = create_attn('dia', 16, zero_bias=True)
-    assert all(float(mod.bias.abs().sum()) == 0 for mod in zero.modules() if isinstance(mod, nn.Linear))
+    assert all(float(mod.bias.detach().abs().sum()) == 0 for mod in zero.modules() if isinstance(mod, nn.Linear))
 
 
 # --- reference parity: the official formulations, written independently here -------------------------------------
