@@ -304,11 +304,11 @@ def test_reference_parity(name):
 
 def test_cbam_init_quirk():
     m = create_attn('cbam', 64)
-    assert float(m.spatial_gate.bn.weight) == 0.0
+    assert float(m.spatial_gate.bn.weight.detach()) == 0.0
     assert m.spatial_gate.bn.momentum == 0.01
-    assert all(float(lin.bias.abs().sum()) == 0 for lin in m.channel_gate.mlp if isinstance(lin, nn.Linear))
+    assert all(float(lin.bias.detach().abs().sum()) == 0 for lin in m.channel_gate.mlp if isinstance(lin, nn.Linear))
     x = torch.randn(2, 64, 5, 5)
-    m.eval()
+    m.eval().requires_grad_(False)
     spatial = m.spatial_gate(x)
     torch.testing.assert_close(spatial, torch.full_like(spatial, 0.5))  # sigmoid(0) at init
     assert math.isclose(float(m.gate(x).mean() / m.channel_gate(x).mean()), 0.5, rel_tol=1e-5)
