@@ -109,6 +109,30 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def add_command(
+        subparsers: argparse._SubParsersAction,
+        name: str,
+        summary: str,
+        details: str = '',
+        epilog: str | None = None,
+) -> ArgumentParser:
+    """A subcommand parser with ``--debug``: ``summary`` is its one-line help and opens its description.
+
+    Args:
+        subparsers: The ``plugattn`` subparsers.
+        name: Subcommand name.
+        summary: One line, without a final full stop.
+        details: Hand-wrapped paragraphs that follow the summary in ``--help``.
+        epilog: Hand-wrapped text after the options (examples).
+    """
+    parser = subparsers.add_parser(
+        name, help=summary, description=f'{summary}.' + (f'\n\n{details}' if details else ''), epilog=epilog,
+        formatter_class=HelpFormatter,
+    )
+    add_debug(parser)
+    return parser
+
+
 def add_debug(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
     """``--debug``: show tracebacks of errors (accepted before or after the subcommand)."""
     parser.add_argument('--debug', action='store_true', default=default,

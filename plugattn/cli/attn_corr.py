@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import ArgumentParser, HelpFormatter, add_debug, positive_int
+from ._common import ArgumentParser, add_command, positive_int
 
 NAME = 'attn-corr'
 HELP = 'correlate the attention gates of the layers of each stage over real images (heatmaps + statistics)'
@@ -12,11 +12,9 @@ HELP = 'correlate the attention gates of the layers of each stage over real imag
 
 def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     """Add the ``attn-corr`` parser."""
-    parser = subparsers.add_parser(
-        NAME,
-        help=HELP,
-        description=(
-            f'{HELP}.\n\n'
+    parser = add_command(
+        subparsers, NAME, HELP,
+        details=(
             'Runs the model in eval mode over the test split, records the gate of every attention module (one per\n'
             'block call, so a DIA unit gives one gate per block of its stage), reduces each gate to a per-image\n'
             'channel vector (spatial mean for spatial gates) and reports, per stage, the Pearson correlation of the\n'
@@ -27,9 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
         epilog='examples:\n'
                '  plugattn attn-corr --checkpoint runs/fashion-mnist-dia_resnet20-... --data fashion-mnist\n'
                '  plugattn attn-corr --model bav2_resnet20 --data digits --batches 4 --json',
-        formatter_class=HelpFormatter,
     )
-    add_debug(parser)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--model', metavar='NAME', help='model name (random weights, built for the data set)')
     src.add_argument('--checkpoint', metavar='PATH', help='run directory or .safetensors file')

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import ArgumentParser, HelpFormatter, add_debug, non_negative_int, positive_int
+from ._common import ArgumentParser, add_command, non_negative_int, positive_int
 
 NAME = 'bench'
 HELP = 'measure parameters, MACs, inference/training time and peak memory of models against their plain backbones'
@@ -12,11 +12,9 @@ HELP = 'measure parameters, MACs, inference/training time and peak memory of mod
 
 def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     """Add the ``bench`` parser."""
-    parser = subparsers.add_parser(
-        NAME,
-        help=HELP,
-        description=(
-            f'{HELP}.\n\n'
+    parser = add_command(
+        subparsers, NAME, HELP,
+        details=(
             'Every model is measured in the same run as its plain backbone, with interleaved repetitions\n'
             '(A B A B ...) after a warm-up; times are medians and "xbb" columns are ratios to the backbone.\n'
             'MACs are conv/linear/matmul multiply-adds per image (torch FlopCounterMode FLOPs / 2); norms, pooling,\n'
@@ -27,9 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
                '  plugattn bench se_resnet20 bav2_resnet20 dia_resnet20\n'
                '  plugattn bench "*_resnet50" --batch-size 8 --threads 4 --format csv > r50.csv\n'
                '  plugattn bench bav2_resnet50 --macs-only',
-        formatter_class=HelpFormatter,
     )
-    add_debug(parser)
     parser.add_argument('models', nargs='+', metavar='MODEL',
                         help='model names or fnmatch patterns (plugattn list-models)')
     parser.add_argument('--img-size', type=positive_int, default=None, metavar='N',

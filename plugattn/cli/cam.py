@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import ArgumentParser, HelpFormatter, add_debug, non_negative_int, positive_int
+from ._common import ArgumentParser, add_command, non_negative_int, positive_int
 
 NAME = 'cam'
 HELP = 'class-activation maps (Grad-CAM, Grad-CAM++, Score-CAM, ...) overlaid on images, as PNGs'
@@ -14,11 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     """Add the ``cam`` parser."""
     from ..analysis.gradcam import CAM_METHODS
 
-    parser = subparsers.add_parser(
-        NAME,
-        help=HELP,
-        description=(
-            f'{HELP}.\n\n'
+    parser = add_command(
+        subparsers, NAME, HELP,
+        details=(
             "Needs the grad-cam package (pip install 'plugattn[viz]'). Writes OUTPUT/<image stem>_<method>.png at\n"
             'the original image size. The default target layer is the last block of the last stage (the stage\n'
             'itself for DIA). Images are resized to the model input and normalised with the training data\n'
@@ -28,9 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
         epilog='examples:\n'
                '  plugattn cam --checkpoint runs/fashion-mnist-bav2_resnet20-... --image shoe.png\n'
                '  plugattn cam --model bav2_resnet50 --image cat.jpg dog.jpg --method gradcam++ --class 281',
-        formatter_class=HelpFormatter,
     )
-    add_debug(parser)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--model', metavar='NAME', help='model name (random weights)')
     src.add_argument('--checkpoint', metavar='PATH', help='run directory or .safetensors file')

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import ArgumentParser, HelpFormatter, add_debug, positive_int, stdout_is_tty
+from ._common import ArgumentParser, add_command, positive_int, stdout_is_tty
 
 NAME = 'compare'
 HELP = 'train several models x seeds with one recipe; write a mean +- std table (Markdown, CSV) and a bar chart'
@@ -12,11 +12,9 @@ HELP = 'train several models x seeds with one recipe; write a mean +- std table 
 
 def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     """Add the ``compare`` parser."""
-    parser = subparsers.add_parser(
-        NAME,
-        help=HELP,
-        description=(
-            f'{HELP}.\n\n'
+    parser = add_command(
+        subparsers, NAME, HELP,
+        details=(
             'Runs go to OUTPUT/<model>/seed<k> (seeds 0..N-1), trained one after the other with the engine of\n'
             '"plugattn train". Running the same command again skips finished runs, resumes interrupted ones and\n'
             'rewrites OUTPUT/results.md, results.csv, results.json and results.png (top-1 after the last epoch,\n'
@@ -27,9 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
                '      --seeds 3 --output runs/cmp-fmnist\n'
                '  plugattn compare --models resnet20 eca_resnet20 --data digits --seeds 2 --epochs 5 '
                '--set optim.lr=0.05',
-        formatter_class=HelpFormatter,
     )
-    add_debug(parser)
     parser.add_argument('--models', nargs='+', required=True, metavar='NAME', help='model names (required)')
     parser.add_argument('--data', required=True, metavar='NAME', help='data set (required)')
     parser.add_argument('--seeds', type=positive_int, default=1, metavar='N', help='seeds 0..N-1 per model')

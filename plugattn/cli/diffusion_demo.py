@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._common import ArgumentParser, CliError, HelpFormatter, add_debug, non_negative_int, positive_int
+from ._common import ArgumentParser, CliError, add_command, non_negative_int, positive_int
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -18,11 +18,9 @@ HELP = 'train a small DDPM UNet (one DIA unit per resolution level, or none) on 
 
 def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     """Add the ``diffusion-demo`` parser."""
-    parser = subparsers.add_parser(
-        NAME,
-        help=HELP,
-        description=(
-            f'{HELP}.\n\n'
+    parser = add_command(
+        subparsers, NAME, HELP,
+        details=(
             'Images are rescaled to [-1, 1]; the UNet predicts the noise of the DDPM forward process (T = 1000,\n'
             'linear betas) and is trained with AdamW for --steps steps, printing the mean loss every --log-every\n'
             'steps. It then draws --num-samples images with deterministic DDIM. Writes OUTPUT/loss.png,\n'
@@ -32,9 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
         epilog='examples:\n'
                '  plugattn diffusion-demo --data fashion-mnist --steps 300\n'
                '  plugattn diffusion-demo --data fashion-mnist --steps 300 --no-dia --output runs/ddpm-plain',
-        formatter_class=HelpFormatter,
     )
-    add_debug(parser)
     parser.add_argument('--data', default='fashion-mnist', metavar='NAME', help='data set (plugattn.data name)')
     parser.add_argument('--data-dir', default=None, metavar='DIR', help='folder searched first for the data files')
     parser.add_argument('--steps', type=positive_int, default=300, metavar='N', help='training steps')

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import ArgumentParser, HelpFormatter, add_debug, positive_int, stdout_is_tty
+from ._common import ArgumentParser, add_command, positive_int, stdout_is_tty
 
 NAME = 'eval'
 HELP = 'evaluate a checkpoint (run directory or .safetensors file): top-1, top-5, loss'
@@ -12,14 +12,11 @@ HELP = 'evaluate a checkpoint (run directory or .safetensors file): top-1, top-5
 
 def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     """Add the ``eval`` parser."""
-    parser = subparsers.add_parser(
-        NAME,
-        help=HELP,
-        description=f'{HELP}.\n\nThe model is rebuilt from the checkpoint metadata (name, classes, channels); the '
-                    'dataset, image size and batch size default\nto those of the training run.',
-        formatter_class=HelpFormatter,
+    parser = add_command(
+        subparsers, NAME, HELP,
+        details='The model is rebuilt from the checkpoint metadata (name, classes, channels); the '
+                'dataset, image size and batch size default\nto those of the training run.',
     )
-    add_debug(parser)
     parser.add_argument('--checkpoint', required=True, metavar='PATH',
                         help='run directory (uses --which) or .safetensors file (required)')
     parser.add_argument('--which', choices=('best', 'last'), default='best',

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import ArgumentParser, CliError, HelpFormatter, add_debug, positive_int
+from ._common import ArgumentParser, CliError, add_command, positive_int
 
 NAME = 'export'
 HELP = 'export a model (by name, or a trained checkpoint) to ONNX or TorchScript, checked against PyTorch'
@@ -12,11 +12,9 @@ HELP = 'export a model (by name, or a trained checkpoint) to ONNX or TorchScript
 
 def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     """Add the ``export`` parser."""
-    parser = subparsers.add_parser(
-        NAME,
-        help=HELP,
-        description=(
-            f'{HELP}.\n\n'
+    parser = add_command(
+        subparsers, NAME, HELP,
+        details=(
             'ONNX uses torch.onnx.export (--exporter dynamo: the torch.export-based exporter, needs onnx, onnxruntime\n'
             'and onnxscript; legacy: the deprecated TorchScript-based one, needs onnx and onnxruntime) and is checked\n'
             'with onnxruntime. TorchScript uses torch.jit.trace (the models cannot be scripted); a trace freezes\n'
@@ -26,9 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
         epilog='examples:\n'
                '  plugattn export --model bav2_resnet50 --format onnx --dynamic\n'
                '  plugattn export --checkpoint runs/fashion-mnist --format torchscript --output model.pt',
-        formatter_class=HelpFormatter,
     )
-    add_debug(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--model', metavar='NAME', help='registered model, randomly initialised (plugattn list-models)')
     source.add_argument('--checkpoint', metavar='RUN',

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import ArgumentParser, HelpFormatter, add_debug
+from ._common import ArgumentParser, add_command
 
 NAME = 'list-models'
 HELP = 'list model names matching an fnmatch pattern (e.g. "bav2_*", "*resnet20")'
@@ -11,8 +11,7 @@ HELP = 'list model names matching an fnmatch pattern (e.g. "bav2_*", "*resnet20"
 
 def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     """Add the ``list-models`` parser."""
-    parser = subparsers.add_parser(NAME, help=HELP, description=f'{HELP}.', formatter_class=HelpFormatter)
-    add_debug(parser)
+    parser = add_command(subparsers, NAME, HELP)
     parser.add_argument('pattern', nargs='?', default='*', metavar='PATTERN', help='fnmatch pattern')
     parser.add_argument('--params', action='store_true',
                         help='also print parameter counts (models built on the meta device at their default '

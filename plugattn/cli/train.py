@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import PROG, ArgumentParser, HelpFormatter, add_debug, positive_int, stdout_is_tty
+from ._common import PROG, ArgumentParser, add_command, positive_int, stdout_is_tty
 
 NAME = 'train'
 HELP = 'train a model from a recipe (no arguments: BAv2-ResNet-20 on Fashion-MNIST, ~5 min on a CPU)'
@@ -102,17 +102,14 @@ def _epilog(cfg: dict[str, Any], recipes: list[tuple[str, str]]) -> str:
 def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     """Add the ``train`` parser."""
     cfg, recipes = _recipe_defaults()
-    parser = subparsers.add_parser(
-        NAME,
-        help=HELP,
-        description=f'{HELP}.\n\nA recipe gives every setting; options below override it. The resolved config is '
-                    'saved as config.yaml in the run directory,\nnext to last/best.safetensors, last_state.pt, '
-                    'summary.csv, metrics.jsonl, curves.png and TensorBoard logs.\n'
-                    'Under torchrun each process trains on its shard of every batch (DDP); rank 0 writes the outputs.',
-        formatter_class=HelpFormatter,
+    parser = add_command(
+        subparsers, NAME, HELP,
+        details='A recipe gives every setting; options below override it. The resolved config is '
+                'saved as config.yaml in the run directory,\nnext to last/best.safetensors, last_state.pt, '
+                'summary.csv, metrics.jsonl, curves.png and TensorBoard logs.\n'
+                'Under torchrun each process trains on its shard of every batch (DDP); rank 0 writes the outputs.',
         epilog=_epilog(cfg, recipes),
     )
-    add_debug(parser)
     parser.add_argument('--recipe', default=None, metavar='NAME|FILE',
                         help='recipe name or YAML file (default: fashion-mnist)')
     for flag, (key, opts) in _FLAGS.items():
