@@ -291,8 +291,8 @@ def test_analysis_loads_a_training_checkpoint_in_eval_mode(tmp_path: Path):
 
 
 def test_compare_trains_once_then_skips_and_resumes(tmp_path: Path):
-    from plugattn.analysis.compare import compare
     from plugattn.engine import resolve_config, train
+    from plugattn.experiments.compare import compare
 
     out = tmp_path / 'cmp'
     common = dict(epochs=2, batch_size=128, output=out, device='cpu', threads=1, bench_reps=1, echo=lambda s: None,

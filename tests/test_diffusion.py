@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from plugattn.cli import main
-from plugattn.engine.diffusion import GaussianDiffusion, train_diffusion
-from plugattn.models.unet import DiffusionUNet, timestep_embedding
+from plugattn.demos.diffusion.ddpm import GaussianDiffusion, train_diffusion
+from plugattn.demos.diffusion.unet import DiffusionUNet, timestep_embedding
 
 
 def dia_params(c: int, r: int = 4) -> int:

@@ -8,26 +8,16 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import PlugattnError
+
 __all__ = ['AnalysisError', 'load_model', 'model_attn', 'require']
 
 # Optional packages: import name -> pip distribution name.
 _DISTRIBUTIONS = {'pytorch_grad_cam': 'grad-cam', 'matplotlib': 'matplotlib', 'skimage': 'scikit-image'}
 
 
-class AnalysisError(ValueError):
-    """A problem the user can fix (missing optional package, bad layer name, unreadable image, ...).
-
-    ``str(err)`` is one line, ``'<problem>; <fix>'``, so a command-line front end prints it without a traceback.
-
-    Args:
-        problem: What is wrong (one line).
-        fix: What to do about it (one line).
-    """
-
-    def __init__(self, problem: str, fix: str | None = None) -> None:
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f'{problem}; {fix}' if fix else problem)
+class AnalysisError(PlugattnError):
+    """A problem the user can fix (missing optional package, bad layer name, unreadable image, ...)."""
 
 
 def require(module: str, purpose: str, extra: str = 'viz') -> ModuleType:

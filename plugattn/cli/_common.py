@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Any, NoReturn
 
+from ..errors import PlugattnError
+
 __all__ = [
     'PROG',
     'ArgumentParser',
@@ -20,18 +22,8 @@ __all__ = [
 PROG = 'plugattn'
 
 
-class CliError(Exception):
-    """A command-line usage problem; printed as one ``plugattn: error: ...`` line, exit code 2.
-
-    Args:
-        problem: What is wrong.
-        fix: What to do about it.
-    """
-
-    def __init__(self, problem: str, fix: str) -> None:
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f'{problem}; {fix}')
+class CliError(PlugattnError):
+    """A command-line usage problem; printed as one ``plugattn: error: ...`` line, exit code 2."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

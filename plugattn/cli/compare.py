@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn compare``."""
     import sys
 
-    from ..analysis.compare import compare, format_markdown
     from ..engine.config import parse_set
+    from ..experiments.compare import compare, format_markdown
 
     def echo(line: str) -> None:  # with --json, stdout carries only the JSON object
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)

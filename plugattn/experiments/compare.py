@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ._common import AnalysisError
+from ..analysis._common import AnalysisError
 
 __all__ = ['CompareResult', 'compare', 'format_markdown', 'read_run_result', 'run_status']
 
@@ -272,8 +272,8 @@ def _summarise(
         bench: dict[str, Any] | bool,
         echo: Callable[[str], None],
 ) -> list[dict[str, Any]]:
+    from ..analysis.complexity import benchmark, count_params
     from ..models import create_model, get_model_entry
-    from .complexity import benchmark, count_params
 
     rows = []
     details = {}
@@ -348,7 +348,7 @@ def format_markdown(result: CompareResult, title: str) -> str:
 
 
 def _write_outputs(result: CompareResult, out: Path, title: str) -> dict[str, str]:
-    from .plots import plot_compare
+    from ..analysis.plots import plot_compare
 
     out.mkdir(parents=True, exist_ok=True)
     files = {}

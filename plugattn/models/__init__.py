@@ -10,7 +10,6 @@ from .pvt import PyramidVisionTransformer as PyramidVisionTransformer
 from .regnet import RegNet
 from .resnet import ResNet
 from .swin import SwinTransformer as SwinTransformer
-from .unet import DiffusionUNet as DiffusionUNet
 from .vit import VisionTransformer as VisionTransformer
 
 install_timm_hook()

@@ -1,4 +1,4 @@
-"""DDPM training and DDIM sampling for :class:`~plugattn.models.unet.DiffusionUNet` (``plugattn diffusion-demo``).
+"""DDPM training and DDIM sampling for the diffusion demo's :class:`~plugattn.demos.diffusion.unet.DiffusionUNet`.
 
 Papers: "Denoising Diffusion Probabilistic Models", Ho, Jain, Abbeel, NeurIPS 2020, arXiv:2006.11239 (linear beta
 schedule 1e-4 .. 0.02 over T = 1000 steps, the simple epsilon-prediction MSE loss); "Denoising Diffusion Implicit

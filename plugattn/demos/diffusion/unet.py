@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import GateAttention, StageAttention, attn_level, create_attn
-from ..layers.base import AttnState
-from ..layers.registry import AttnSpec
+from ...layers import GateAttention, StageAttention, attn_level, create_attn
+from ...layers.base import AttnState
+from ...layers.registry import AttnSpec
 
 __all__ = ['DiffusionUNet', 'ResBlock', 'timestep_embedding']
 
