@@ -7,9 +7,9 @@ it returns a single-process context and initialises nothing.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -140,27 +140,25 @@ def barrier(ctx: DistContext) -> None:
 # --------------------------------------------------------------------------------------------- sync BN
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Differentiable sum over processes: the gradient of every input is the sum of the outputs' gradients."""
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum over processes (``torch.distributed.nn.functional.all_reduce``).
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = x.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+    torch marks that function deprecated in favour of ``torch.distributed._functional_collectives.all_reduce``, which
+    has no autograd formula; its warning is silenced here, where the eager, differentiable version is what is needed.
+    """
+    from torch.distributed.nn.functional import all_reduce
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'torch\.distributed\.nn\.functional\.all_reduce is deprecated',
+                                category=FutureWarning)
+        return all_reduce(x, op=dist.ReduceOp.SUM)
 
 
 class DistBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are computed over all processes, on any device and backend.
 
-    ``torch.nn.SyncBatchNorm`` only runs on accelerators; this version uses a differentiable all-reduce of plain
-    ``torch.distributed`` calls and therefore also works with gloo on the CPU. The batch
+    ``torch.nn.SyncBatchNorm`` only runs on accelerators; this version uses torch's differentiable all-reduce
+    (``torch.distributed.nn.functional.all_reduce``) and therefore also works with gloo on the CPU. The batch
     mean and (biased) variance come from two all-reduces of per-channel sums over every process' batch; running
     statistics use the unbiased variance as ``torch.nn.BatchNorm``. In eval mode, or without a process group,
     it is exactly ``F.batch_norm``. Accepts ``(N, C)`` and ``(N, C, *)`` inputs (BatchNorm1d/2d/3d). State-dict
@@ -176,7 +174,7 @@ class DistBatchNorm(nn.modules.batchnorm._BatchNorm):
         sync = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if not sync:
             return super().forward(x)
-        all_reduce = _AllReduceSum.apply
+        all_reduce = _all_reduce_sum
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x if x.dtype in (torch.float32, torch.float64) else x.float()  # AMP: statistics in float32

@@ -152,10 +152,6 @@ def build_model(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str,
         raise EngineError(f'cannot build model {name!r}: {msg}', 'check --model and model.kwargs') from None
 
 
-def _soft_target_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, '_orig_mod', model)
     return getattr(model, 'module', model)
@@ -479,10 +475,9 @@ class _Trainer:
                 with self._autocast():
                     logits = model(x)
                 logits = logits.float()
-                if target is not None:
-                    loss = _soft_target_ce(logits, target)
-                else:
-                    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                # Mixup/CutMix targets are class probabilities (already smoothed), which F.cross_entropy takes.
+                loss = F.cross_entropy(logits, y if target is None else target,
+                                       label_smoothing=smoothing if target is None else 0.0)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if tc['grad_clip'] is not None:

@@ -1,7 +1,8 @@
 """Token-layout building blocks shared by the transformer backbones (ViT/DeiT, Swin, PVT).
 
-* :class:`Mlp` and :class:`DropPath` as timm builds them (same parameter names: ``fc1``, ``fc2``), with
-  :meth:`Mlp.forward_with_hidden` exposing the post-activation hidden tokens that bridge attention bridges.
+* :class:`Mlp` as timm builds it (same parameter names: ``fc1``, ``fc2``), with :meth:`Mlp.forward_with_hidden`
+  exposing the post-activation hidden tokens that bridge attention bridges. Stochastic depth is torchvision's
+  ``torchvision.ops.StochasticDepth(p, 'row')`` (timm's ``DropPath``: per-sample drop, survivors scaled by 1 / (1 - p)).
 * :func:`tokens_to_map` / :func:`map_to_tokens`: ``(B, N, C) <-> (B, C, N, 1)`` views, so that every channel
   attention module of :mod:`plugattn.layers` (BAv1/BAv2, DIA, ...) runs on token sequences unchanged: the modules pool
   with a spatial mean over dims (2, 3), which on the ``(B, C, N, 1)`` view is the token mean, and their ``(B, C, 1, 1)``
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ['DropPath', 'Mlp', 'map_to_tokens', 'tokens_to_map']
+__all__ = ['Mlp', 'map_to_tokens', 'tokens_to_map']
 
 
 def tokens_to_map(x: Tensor) -> Tensor:
@@ -25,30 +26,6 @@ def tokens_to_map(x: Tensor) -> Tensor:
 def map_to_tokens(x: Tensor) -> Tensor:
     """Inverse of :func:`tokens_to_map`: ``(B, C, N, 1)`` -> ``(B, N, C)``."""
     return x.squeeze(-1).transpose(1, 2)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (identity in eval mode or at ``drop_prob=0``).
-
-    Args:
-        drop_prob: probability of dropping the whole residual branch of a sample.
-    """
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f'drop_prob must be in [0, 1), got {drop_prob}')
-        self.drop_prob = drop_prob
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-    def extra_repr(self) -> str:
-        return f'drop_prob={self.drop_prob}'
 
 
 class Mlp(nn.Module):

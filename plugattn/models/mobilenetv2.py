@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
+from torchvision.ops import Conv2dNormActivation
 
 from ..layers import EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
@@ -70,15 +71,8 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-class ConvBNReLU(nn.Sequential):
-    """Conv (no bias) -> BN -> ReLU6; keys ``0`` (conv) and ``1`` (BN) as torchvision's ``Conv2dNormActivation``."""
-
-    def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(cin, cout, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU6(inplace=True),
-        )
+ConvBNReLU = functools.partial(Conv2dNormActivation, norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6)
+"""Conv (no bias) -> BN -> ReLU6: torchvision's ``Conv2dNormActivation`` (keys ``0`` conv, ``1`` BN), as in its MBv2."""
 
 
 def _is_eca(attn: AttnSpec) -> bool:

@@ -45,10 +45,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
 
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
-from ..layers.token import DropPath, Mlp, map_to_tokens, tokens_to_map
+from ..layers.token import Mlp, map_to_tokens, tokens_to_map
 from ._base import AttnNet, FeatureInfo, stage_attn_kwargs
 from ._registry import register_model
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, tokens_to_nchw, transformer_attn_level
@@ -142,7 +143,7 @@ class PVTBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SRAttention(dim, num_heads, qkv_bias, attn_drop, drop, sr_ratio)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = StochasticDepth(drop_path, 'row') if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, hidden, drop=drop)
         self.ba = block_bridge(attn, transformer_attn_level(attn), dim, hidden, attn_kwargs)

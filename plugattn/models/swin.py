@@ -42,10 +42,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
 
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
-from ..layers.token import DropPath, Mlp
+from ..layers.token import Mlp
 from ._base import AttnNet, FeatureInfo, stage_attn_kwargs
 from ._registry import register_model
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, transformer_attn_level
@@ -189,10 +190,10 @@ class SwinBlock(nn.Module):
         self.shift_size = (window_size[0] // 2, window_size[1] // 2) if shift else (0, 0)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, proj_drop)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path1 = StochasticDepth(drop_path, 'row') if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, hidden, drop=proj_drop)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path2 = StochasticDepth(drop_path, 'row') if drop_path > 0 else nn.Identity()
         self.ba = block_bridge(attn, transformer_attn_level(attn), dim, hidden, attn_kwargs)
 
     def _window_attn(self, x: Tensor) -> Tensor:

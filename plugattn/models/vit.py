@@ -45,10 +45,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
 
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
 from ..layers.registry import AttnSpec
-from ..layers.token import DropPath, Mlp, map_to_tokens, tokens_to_map
+from ..layers.token import Mlp, map_to_tokens, tokens_to_map
 from ._base import AttnNet, AttnStage, FeatureInfo, init_attn_modules
 from ._registry import register_model
 
@@ -200,10 +201,10 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path1 = StochasticDepth(drop_path, 'row') if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, hidden, drop=proj_drop)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path2 = StochasticDepth(drop_path, 'row') if drop_path > 0 else nn.Identity()
         self.ba = block_bridge(attn, transformer_attn_level(attn), dim, hidden, attn_kwargs)
 
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:

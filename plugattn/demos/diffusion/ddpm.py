@@ -12,7 +12,6 @@ weights and samples worse. The predicted x0 is clipped to [-1, 1] at every sampl
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ...engine.ema import ModelEma
 
 __all__ = ['DiffusionHistory', 'GaussianDiffusion', 'infinite_batches', 'train_diffusion']
 
@@ -148,7 +149,8 @@ def train_diffusion(
         diffusion: the forward process (default: DDPM's linear schedule, T = 1000).
         lr: peak learning rate (linear warm-up, then constant).
         warmup: warm-up steps.
-        ema_decay: decay of an EMA copy of the weights (``history.ema``); ``None`` keeps none.
+        ema_decay: decay of an EMA copy of the weights and buffers (``history.ema``, the engine's
+            :class:`~plugattn.engine.ema.ModelEma`); ``None`` keeps none.
         seed: seed of the step and noise draws.
         log_every: print the mean loss of every ``log_every`` steps (0: never).
         log: where the lines go.
@@ -158,8 +160,8 @@ def train_diffusion(
     diffusion = diffusion or GaussianDiffusion()
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay is not None else None
-    history = DiffusionHistory(ema=ema)
+    ema = ModelEma(model, ema_decay) if ema_decay is not None else None
+    history = DiffusionHistory(ema=ema.module if ema is not None else None)
     model.train()
     start = time.perf_counter()
     for step in range(1, steps + 1):
@@ -171,9 +173,7 @@ def train_diffusion(
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if ema is not None:
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1.0 - ema_decay)
+            ema.update(model)
         history.losses.append(float(loss.detach()))
         if log is not None and log_every and (step % log_every == 0 or step == steps):
             recent = history.losses[-log_every:]
