@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..engine.metrics import count_macs  # the one D11 implementation, shared with the training engine
+from ..engine.metrics import count_macs, count_params  # the one implementation of each, shared with the engine
 from ..models import create_model, get_model_entry
 from ._common import AnalysisError
 
@@ -52,27 +52,6 @@ MEMORY_NOTE = (
     'already live (activations, gradients, temporaries; weights and optimizer state excluded); CUDA: '
     'torch.cuda.max_memory_allocated, CPU: running sum of torch.profiler allocation events.'
 )
-
-
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """Total parameters and those inside the attention modules (each parameter counted once).
-
-    Args:
-        model: A plugattn model (``attention_modules()`` is used when present).
-
-    Returns:
-        ``(total, attention)``.
-    """
-    total = sum(p.numel() for p in model.parameters())
-    seen: set[int] = set()
-    attn = 0
-    modules = model.attention_modules() if hasattr(model, 'attention_modules') else {}
-    for m in modules.values():
-        for p in m.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                attn += p.numel()
-    return total, attn
 
 
 @dataclass
@@ -344,7 +323,7 @@ def _bench_group(
         model = create_model(name, **model_kwargs).to(device)
         c, h, w = model.default_cfg['input_size']
         size = (c, img_size, img_size) if img_size else (c, h, w)
-        params, attn_params = count_params(model)
+        params, attn_params = count_params(model), count_params(model, attention_only=True)
         macs = count_macs(model, size, device)
         static.append(dict(model=name, backbone=group[0], attn=get_model_entry(name).attn or 'none',
                            img_size=size[1], params=params, attn_params=attn_params, macs=macs))

@@ -10,7 +10,7 @@ from .augment import AugConfig, RandAugmentSpec, parse_randaugment
 from .errors import DataError
 from .info import DATASETS, DatasetInfo, get_dataset_info
 from .loader import InMemoryLoader, Loader, StreamingLoader, build_loader, derive_seed
-from .mixup import MixupCutmix, smooth_one_hot
+from .mixup import MixupConfig, MixupCutmix, smooth_one_hot
 
 __all__ = [
     "DATASETS",
@@ -19,6 +19,7 @@ __all__ = [
     "DatasetInfo",
     "InMemoryLoader",
     "Loader",
+    "MixupConfig",
     "MixupCutmix",
     "RandAugmentSpec",
     "StreamingLoader",

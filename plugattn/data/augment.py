@@ -14,9 +14,15 @@ horizontal flip, colour jitter (brightness, contrast, saturation in that fixed o
 normalisation, random erasing.
 
 RandAugment follows timm's ``rand-m9-n2-mstd0.5-inc1`` strings (see :func:`parse_randaugment`):
-the same 15 ops and magnitude-to-argument mappings, applied per sample but batched by op.
-Differences to timm: bilinear resampling only, geometric ops fill with the dataset mean, and op
-weights (``w``) are not supported.
+the same 15 ops and magnitude-to-argument mappings, applied per sample but batched by op, with every
+draw from the explicit generator (so a batch's augmentation does not depend on how it is sharded).
+``tests/test_aug_timm.py`` checks every op against timm's at several magnitudes. Differences to timm:
+the geometric ops resample with ``grid_sample`` in ``AugConfig.interpolation`` (nearest, bilinear or
+bicubic: torch's bicubic kernel uses a = -0.75, PIL's a = -0.5) and blend the fill (the dataset mean,
+as timm's ``img_mean``) into the edge pixels where PIL fills them whole; the ImageEnhance ops round
+like PIL within one level; ``Posterize`` at 0 bits gives black (Pillow refuses 0 bits, so timm fails
+there); op weights (``w``) are not supported. The ``imagefolder`` path can use timm's own transform
+instead (``AugConfig.pipeline``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -45,6 +51,7 @@ __all__ = [
 ]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+PIPELINES = ("auto", "plugattn", "timm")
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -116,11 +123,29 @@ def parse_randaugment(text: str) -> RandAugmentSpec:
     return RandAugmentSpec(**values)
 
 
+def invalid(section: str, key: str, value: Any, why: str) -> DataError:
+    """The one-line error of a bad setting of a config-section dataclass (``aug``, ``mixup``).
+
+    The error names the dotted key (``aug.scale``) and carries it as ``err.key``, so the config layer can add how to
+    set it.
+    """
+    err = DataError(f"{section}.{key}={value!r} is invalid: {why}")
+    err.key = f"{section}.{key}"
+    return err
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    """Field metadata read by the config schema (:mod:`plugattn.engine.config`): one-line help and options."""
+    return {"help": text, **extra}
+
+
 @dataclass
 class AugConfig:
     """Training augmentation settings; the defaults mean no augmentation.
 
-    Only ``image_size`` and ``interpolation`` also apply to evaluation loaders.
+    This dataclass is the ``aug:`` section of a recipe: the config schema is derived from its fields (type,
+    default, ``metadata['help']``) and its ranges are checked here only. Only ``image_size`` and
+    ``interpolation`` also apply to evaluation loaders.
 
     Attributes:
         random_crop_padding: Pad each side with zeros by this many pixels, then crop back to
@@ -133,28 +158,42 @@ class AugConfig:
         randaugment: timm-style RandAugment string such as ``rand-m9-mstd0.5-inc1`` (see
             :func:`parse_randaugment`), or None.
         color_jitter: Strength of random brightness, contrast and saturation changes, each factor
-            drawn from ``[max(0, 1 - s), 1 + s]`` (0 disables).
+            drawn from ``[max(0, 1 - s), 1 + s]`` (0 disables). Applied as set, also with
+            RandAugment (timm's ``create_transform`` drops it there unless forced: recipes that
+            reproduce a timm run set it to 0 when RandAugment is on).
         random_erasing: Probability of erasing one random rectangle per image with Gaussian
             noise after normalisation (timm's ``mode='pixel'``).
         image_size: Side of the square output images; None keeps the native size (224 for
             ``imagefolder``).
         interpolation: Resampling for resizing and geometric ops: ``nearest``, ``bilinear`` or ``bicubic``.
+        pipeline: Who augments the ``imagefolder`` training images (the in-memory datasets always
+            use the batched tensor ops of :class:`BatchAugmenter`): ``plugattn`` (this module, one
+            image at a time), ``timm`` (``timm.data.create_transform``, needs timm and
+            ``random_resized_crop`` without ``random_crop_padding``) or ``auto`` (timm when it is
+            installed and the settings map onto it, else plugattn). Both are seeded per sample.
     """
 
-    random_crop_padding: int = 0
-    hflip: bool = False
-    random_resized_crop: bool = False
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
-    randaugment: str | None = None
-    color_jitter: float = 0.0
-    random_erasing: float = 0.0
-    image_size: int | None = None
-    interpolation: str = "bilinear"
+    random_crop_padding: int = field(default=0, metadata=_help("zero padding of the random crop (0: off)"))
+    hflip: bool = field(default=False, metadata=_help("random horizontal flip"))
+    random_resized_crop: bool = field(default=False, metadata=_help("RandomResizedCrop to image_size"))
+    scale: tuple[float, float] = field(default=(0.08, 1.0), metadata=_help("area range of the random resized crop"))
+    ratio: tuple[float, float] = field(
+        default=(3.0 / 4.0, 4.0 / 3.0), metadata=_help("aspect range of the random resized crop")
+    )
+    randaugment: str | None = field(
+        default=None, metadata=_help("timm RandAugment string, e.g. 'rand-m9-mstd0.5-inc1'")
+    )
+    color_jitter: float = field(default=0.0, metadata=_help("brightness/contrast/saturation jitter strength"))
+    random_erasing: float = field(default=0.0, metadata=_help("random erasing probability"))
+    image_size: int | None = field(default=None, metadata=_help("square input size (null: native size)"))
+    interpolation: str = field(default="bilinear", metadata=_help("resampling", choices=INTERPOLATIONS))
+    pipeline: str = field(
+        default="auto", metadata=_help("imagefolder training transform: auto, plugattn or timm", choices=PIPELINES)
+    )
 
     def __post_init__(self) -> None:
-        def bad(field: str, why: str) -> DataError:
-            return DataError(f"augmentation {field}={getattr(self, field)!r} is invalid: {why}")
+        def bad(key: str, why: str) -> DataError:
+            return invalid("aug", key, getattr(self, key), why)
 
         if isinstance(self.random_crop_padding, bool) or not isinstance(self.random_crop_padding, int):
             raise bad("random_crop_padding", "use a whole number of pixels >= 0")
@@ -163,29 +202,35 @@ class AugConfig:
         for flag in ("hflip", "random_resized_crop"):
             if not isinstance(getattr(self, flag), bool):
                 raise bad(flag, "use true or false")
-        for field, lo_bound, hi_bound in (("scale", 0.0, 1.0), ("ratio", 0.0, math.inf)):
-            value = getattr(self, field)
+        for key, lo_bound, hi_bound in (("scale", 0.0, 1.0), ("ratio", 0.0, math.inf)):
+            value = getattr(self, key)
             try:
                 lo, hi = (float(v) for v in value)
             except (TypeError, ValueError):
-                raise bad(field, "use two numbers [low, high]") from None
+                raise bad(key, "use two numbers [low, high]") from None
             if not lo_bound < lo <= hi <= hi_bound:
-                raise bad(field, f"need {lo_bound} < low <= high <= {hi_bound}")
-            object.__setattr__(self, field, (lo, hi))
+                raise bad(key, f"need {lo_bound} < low <= high <= {hi_bound}")
+            object.__setattr__(self, key, (lo, hi))
         if self.randaugment is not None:
             if not isinstance(self.randaugment, str):
                 raise bad("randaugment", "use a string like 'rand-m9-mstd0.5-inc1' or null")
-            parse_randaugment(self.randaugment)
-        for field, hi_bound in (("color_jitter", math.inf), ("random_erasing", 1.0)):
-            value = getattr(self, field)
+            try:
+                parse_randaugment(self.randaugment)
+            except DataError as err:
+                err.key = "aug.randaugment"
+                raise
+        for key, hi_bound in (("color_jitter", math.inf), ("random_erasing", 1.0)):
+            value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= hi_bound:
-                raise bad(field, f"use a number in [0, {hi_bound}]")
+                raise bad(key, f"use a number in [0, {hi_bound}]")
         if self.image_size is not None and (
             isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size <= 0
         ):
             raise bad("image_size", "use a positive whole number of pixels or null")
         if self.interpolation not in INTERPOLATIONS:
             raise bad("interpolation", f"choose one of {', '.join(INTERPOLATIONS)}")
+        if self.pipeline not in PIPELINES:
+            raise bad("pipeline", f"choose one of {', '.join(PIPELINES)}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | AugConfig | None) -> AugConfig:

@@ -1,13 +1,16 @@
-"""Static metadata of the supported datasets and name resolution.
+"""Static metadata of the supported datasets, name resolution and the ImageFolder layout check.
 
 :func:`get_dataset_info` answers without reading image data (for ``imagefolder`` it scans the
-class folders). Normalisation constants of the built-in datasets were computed once from their
-training sets (per channel, pixel values scaled to [0, 1]) and are hard-coded here.
+class folders once, with :func:`scan_imagefolder`). This module imports no other data module but
+the errors: the decoders (:mod:`.sources`) and the loaders build on it. Normalisation constants
+of the built-in datasets were computed once from their training sets (per channel, pixel values
+scaled to [0, 1]) and are hard-coded here.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,8 @@ __all__ = [
     "DatasetInfo",
     "canonical_name",
     "get_dataset_info",
+    "imagefolder_info",
+    "scan_imagefolder",
 ]
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "digits", "cifar10", "cifar100", "imagefolder")
@@ -122,6 +127,52 @@ def canonical_name(name: str) -> str:
     raise DataError(f"unknown dataset {name!r}: {hint}known datasets are {', '.join(DATASETS)}")
 
 
+def scan_imagefolder(data_dir: str | Path | None) -> tuple[Path, Path, tuple[str, ...]]:
+    """Check an ImageFolder root and list its classes.
+
+    Args:
+        data_dir: Root holding ``train/<class>/*`` and ``val/<class>/*``.
+
+    Returns:
+        ``(train folder, val folder, class names sorted as torchvision sorts them)``.
+
+    Raises:
+        DataError: No root given, or ``train/``/``val/`` missing, empty of class folders, or ``val/``
+            having classes that ``train/`` lacks.
+    """
+    layout = "DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg"
+    if data_dir is None:
+        raise DataError(f"the imagefolder dataset needs --data-dir DIR laid out as {layout}")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"imagefolder --data-dir {root} does not exist; pass a folder laid out as {layout}")
+    classes = {}
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise DataError(f"imagefolder {root} has no {split}/ folder; lay it out as {layout}")
+        names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        if not names:
+            raise DataError(f"imagefolder {folder} has no class folders; lay it out as {layout}")
+        classes[split] = names
+    extra = sorted(set(classes["val"]) - set(classes["train"]))
+    if extra:
+        raise DataError(
+            f"imagefolder {root}/val has classes missing from train/: {', '.join(extra[:5])}; "
+            "val/ must use the train/ class folder names"
+        )
+    return root / "train", root / "val", tuple(classes["train"])
+
+
+def imagefolder_info(classes: tuple[str, ...]) -> DatasetInfo:
+    """The :class:`DatasetInfo` of an ImageFolder with these classes (from :func:`scan_imagefolder`).
+
+    The image size is the default 224x224, ImageNet mean/std are used, and ``train_size``/``test_size`` are None.
+    """
+    size = IMAGEFOLDER_DEFAULT_SIZE
+    return DatasetInfo("imagefolder", len(classes), 3, (size, size), IMAGENET_MEAN, IMAGENET_STD, None, None, classes)
+
+
 def get_dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
     """Metadata of a dataset without loading its images.
 
@@ -140,8 +191,4 @@ def get_dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetIn
     key = canonical_name(name)
     if key in _STATIC:
         return _STATIC[key]
-    from .sources import scan_imagefolder  # local import: sources imports this module
-
-    classes = scan_imagefolder(data_dir)[2]
-    size = IMAGEFOLDER_DEFAULT_SIZE
-    return DatasetInfo("imagefolder", len(classes), 3, (size, size), IMAGENET_MEAN, IMAGENET_STD, None, None, classes)
+    return imagefolder_info(scan_imagefolder(data_dir)[2])

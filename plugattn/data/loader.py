@@ -7,7 +7,8 @@ Two paths share one interface (iterate ``(images, labels)``, ``len``, ``set_epoc
   decoded uint8 tensors stay in memory and each batch is gathered, augmented and normalised with
   batched tensor ops in the calling process (``num_workers`` is ignored).
 * :class:`StreamingLoader` for ``imagefolder``: a :class:`torch.utils.data.DataLoader` with workers
-  decodes and transforms images one by one.
+  decodes and transforms images one by one, with timm's own training transform when timm is
+  installed (``aug.pipeline``, see :func:`use_timm_pipeline`), else with this package's.
 
 Determinism: the epoch's order comes from ``torch.randperm`` with a generator seeded by
 ``seed + epoch`` (the :class:`~torch.utils.data.distributed.DistributedSampler` convention), and
@@ -23,7 +24,9 @@ batch i is therefore exactly batch i of a single-process run with batch W*b, aug
 (augmentation parameters are drawn for the whole global batch and sliced). The only difference is
 the padding, which the single-process run does not need. The streaming path uses DistributedSampler
 itself (rank r gets ``perm[r::W]``), so there the union of batch i is the same set of samples in a
-different order; its augmentations depend on ``(seed, epoch, sample index)`` only.
+different order; its augmentations depend on ``(seed, epoch, sample index)`` only (timm's transform
+included: the global generators it draws from are seeded from that triple for each sample and
+restored afterwards).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import contextlib
 import hashlib
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,10 +48,25 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .augment import AugConfig, BatchAugmenter, Normalizer, sample_resized_crop, slice_params
 from .errors import DataError
-from .info import IMAGEFOLDER_DEFAULT_SIZE, DatasetInfo, canonical_name, get_dataset_info
-from .sources import load_split, scan_imagefolder
+from .info import (
+    IMAGEFOLDER_DEFAULT_SIZE,
+    DatasetInfo,
+    canonical_name,
+    get_dataset_info,
+    imagefolder_info,
+    scan_imagefolder,
+)
+from .sources import load_split
 
-__all__ = ["InMemoryLoader", "Loader", "StreamingLoader", "build_loader", "derive_seed"]
+__all__ = [
+    "InMemoryLoader",
+    "Loader",
+    "StreamingLoader",
+    "build_loader",
+    "derive_seed",
+    "timm_train_transform",
+    "use_timm_pipeline",
+]
 
 _SPLITS = {"train": "train", "test": "test", "val": "test"}
 
@@ -235,7 +253,11 @@ class _SeededSampler(Sampler):
 
 
 class _StreamTransform:
-    """PIL image + seed → normalised float tensor ``(C, size, size)``; all randomness from the seed."""
+    """PIL image + seed → normalised float tensor ``(C, size, size)``; all randomness from the seed.
+
+    Training images go through timm's transform (:func:`timm_train_transform`) when
+    :func:`use_timm_pipeline` says so, else through this module's crop and :class:`BatchAugmenter`.
+    """
 
     def __init__(self, aug: AugConfig, train: bool, info: DatasetInfo, size: int) -> None:
         from torchvision.transforms.v2 import InterpolationMode
@@ -249,15 +271,19 @@ class _StreamTransform:
             "bicubic": InterpolationMode.BICUBIC,
         }[aug.interpolation]
         self.normalize = Normalizer(info.mean, info.std)
+        self.timm = timm_train_transform(aug, info, size) if train and use_timm_pipeline(aug) else None
         self.augmenter = (
             BatchAugmenter(aug, info.mean, info.std, (size, size), resized_crop=False)
-            if train and aug.enabled
+            if train and aug.enabled and self.timm is None
             else None
         )
 
     def __call__(self, img: Any, seed: int) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF
 
+        if self.timm is not None:
+            with _seeded_global_rngs(seed):
+                return self.timm(img)
         g = torch.Generator().manual_seed(seed)
         if self.train and self.aug.random_resized_crop:
             box = sample_resized_crop(1, img.height, img.width, self.aug.scale, self.aug.ratio, g)
@@ -270,6 +296,82 @@ class _StreamTransform:
         if self.augmenter is None:
             return self.normalize(x)[0]
         return self.augmenter.apply(x, self.augmenter.sample(1, g))[0]
+
+
+def use_timm_pipeline(aug: AugConfig) -> bool:
+    """Whether the ``imagefolder`` training transform is timm's, following ``aug.pipeline``.
+
+    ``auto`` picks timm when it is installed and the settings map onto its training transform (a random
+    resized crop, no padded random crop); ``timm`` insists on it.
+
+    Raises:
+        DataError: ``pipeline: timm`` without timm, or with settings timm's training transform cannot express.
+    """
+    import importlib.util
+
+    mappable = aug.random_resized_crop and not aug.random_crop_padding
+    if aug.pipeline == "plugattn":
+        return False
+    if aug.pipeline == "auto":
+        return mappable and importlib.util.find_spec("timm") is not None
+    if not mappable:
+        raise DataError(
+            "aug.pipeline=timm needs random_resized_crop=true and random_crop_padding=0 (timm's training "
+            "transform always starts with a random resized crop); set aug.pipeline=plugattn or auto"
+        )
+    if importlib.util.find_spec("timm") is None:
+        raise DataError("aug.pipeline=timm needs timm, which is not installed: pip install timm (or use plugattn)")
+    return True
+
+
+def timm_train_transform(aug: AugConfig, info: DatasetInfo, size: int) -> Callable[[Any], torch.Tensor]:
+    """timm's own ImageNet training transform for these settings (PIL image -> normalised float tensor).
+
+    ``timm.data.transforms_factory.transforms_imagenet_train`` with the same crop, flip, RandAugment string,
+    interpolation, normalisation and random erasing (``mode='pixel'``). Colour jitter is passed with
+    ``force_color_jitter=True``, so that ``aug.color_jitter`` means the same on both pipelines (timm's
+    ``create_transform`` would drop it under RandAugment; the recipes that reproduce a timm run set it to 0).
+    Its randomness comes from Python's ``random``, numpy and torch: :class:`_StreamTransform` seeds them per
+    sample.
+    """
+    from timm.data.transforms_factory import transforms_imagenet_train
+
+    return transforms_imagenet_train(
+        size,
+        scale=aug.scale,
+        ratio=aug.ratio,
+        hflip=0.5 if aug.hflip else 0.0,
+        vflip=0.0,
+        color_jitter=float(aug.color_jitter) if aug.color_jitter else None,
+        force_color_jitter=True,
+        auto_augment=aug.randaugment,
+        interpolation=aug.interpolation,
+        mean=info.mean,
+        std=info.std,
+        re_prob=float(aug.random_erasing),
+        re_mode="pixel",
+        re_count=1,
+    )
+
+
+@contextlib.contextmanager
+def _seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Seed Python's ``random``, numpy's and torch's global generators, restoring their states afterwards.
+
+    Third-party transforms (timm's) draw from the global generators; seeding them per sample makes each sample's
+    augmentation a function of ``(seed, epoch, index)`` alone, in a worker or in the main process, and restoring
+    the states keeps the caller's own random stream (dropout, for instance) untouched.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class _FolderDataset(Dataset):
@@ -510,7 +612,7 @@ def _build_imagefolder(data_dir: str | Path | None, split: str, aug: AugConfig, 
             "add images as DIR/<split>/<class>/<file>"
         )
     size = aug.image_size or IMAGEFOLDER_DEFAULT_SIZE
-    base = get_dataset_info("imagefolder", data_dir)
+    base = imagefolder_info(classes)  # the folder was scanned once, above
     sizes = {"train_size": len(samples)} if split == "train" else {"test_size": len(samples)}
     info = replace(base, image_size=(size, size), **sizes)
     dataset = _FolderDataset(samples, _StreamTransform(aug, kwargs["train"], info, size))

@@ -8,13 +8,58 @@ position of the batch (``images.flip(0)``), as in ``timm.data.Mixup(mode='batch'
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
 
+from .augment import invalid
 from .errors import DataError
 
-__all__ = ["MixupCutmix", "smooth_one_hot"]
+__all__ = ["MixupConfig", "MixupCutmix", "smooth_one_hot"]
+
+
+@dataclass(frozen=True)
+class MixupConfig:
+    """Mixup / CutMix settings, the ``mixup:`` section of a recipe; the defaults mix nothing.
+
+    The config schema is derived from these fields (type, default, ``metadata['help']``) and the ranges are
+    checked here only. Label smoothing and the class count come from the ``loss`` section and the data.
+
+    Attributes:
+        mixup_alpha: Beta parameter of Mixup; 0 disables Mixup.
+        cutmix_alpha: Beta parameter of CutMix; 0 disables CutMix.
+        prob: Probability of mixing a batch.
+        switch_prob: Probability of CutMix instead of Mixup when both are enabled.
+    """
+
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Beta alpha of Mixup (0: off)"})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "Beta alpha of CutMix (0: off)"})
+    prob: float = field(default=1.0, metadata={"help": "probability of mixing a batch"})
+    switch_prob: float = field(default=0.5, metadata={"help": "probability of CutMix when both are on"})
+
+    def __post_init__(self) -> None:
+        for key, hi in (("mixup_alpha", math.inf), ("cutmix_alpha", math.inf), ("prob", 1.0), ("switch_prob", 1.0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= hi:
+                raise invalid("mixup", key, value, f"use a number in [0, {hi}]")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> MixupConfig:
+        """Build from a mapping (a recipe's ``mixup:`` section); unknown keys raise :class:`DataError`."""
+        data = dict(data or {})
+        valid = [f.name for f in fields(cls)]
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            raise DataError(f"unknown mixup key {unknown[0]!r}: valid keys are {', '.join(valid)}")
+        return cls(**data)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any mixing can happen."""
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
 
 def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
@@ -61,15 +106,9 @@ class MixupCutmix:
         label_smoothing: float = 0.1,
         num_classes: int = 1000,
     ) -> None:
-        for field, value, hi in (
-            ("mixup_alpha", mixup_alpha, math.inf),
-            ("cutmix_alpha", cutmix_alpha, math.inf),
-            ("prob", prob, 1.0),
-            ("switch_prob", switch_prob, 1.0),
-            ("label_smoothing", label_smoothing, 1.0),
-        ):
-            if not 0.0 <= float(value) <= hi:
-                raise DataError(f"mixup {field}={value!r} is invalid: use a number in [0, {hi}]")
+        MixupConfig(mixup_alpha, cutmix_alpha, prob, switch_prob)  # the one place the ranges are checked
+        if isinstance(label_smoothing, bool) or not 0.0 <= float(label_smoothing) <= 1.0:
+            raise invalid("mixup", "label_smoothing", label_smoothing, "use a number in [0, 1]")
         if int(num_classes) < 1:
             raise DataError(f"mixup num_classes={num_classes!r} is invalid: use a positive integer")
         self.mixup_alpha = float(mixup_alpha)

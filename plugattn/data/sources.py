@@ -29,7 +29,7 @@ import torch
 
 from .errors import DataError
 from .idx import read_idx
-from .info import DATASETS, canonical_name
+from .info import DATASETS, FASHION_MNIST_CLASSES, canonical_name
 from .safe_pickle import safe_load
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "load_digits",
     "load_fashion_mnist",
     "load_split",
-    "scan_imagefolder",
 ]
 
 SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
@@ -177,8 +176,6 @@ def _decode_fashion(images_path: Path, labels_path: Path) -> Split:
         )
     if labels.size and int(labels.max()) > 9:
         raise DataError(f"{labels_path} holds label {int(labels.max())}, Fashion-MNIST labels are 0..9")
-    from .info import FASHION_MNIST_CLASSES
-
     return (
         torch.from_numpy(images).unsqueeze(1),
         torch.from_numpy(labels.astype(np.int64)),
@@ -376,46 +373,6 @@ def load_cifar(name: str, split: str, data_dir: str | Path | None = None, downlo
     meta = folder / spec["meta"][0]
     key_files = [*files, meta] if meta.is_file() else files
     return _cached((name, _file_key(key_files)), lambda: _decode_cifar(name, folder, split))
-
-
-# ----------------------------------------------------------------------------------------- imagefolder
-
-
-def scan_imagefolder(data_dir: str | Path | None) -> tuple[Path, Path, tuple[str, ...]]:
-    """Check an ImageFolder root and list its classes.
-
-    Args:
-        data_dir: Root holding ``train/<class>/*`` and ``val/<class>/*``.
-
-    Returns:
-        ``(train folder, val folder, class names sorted as torchvision sorts them)``.
-
-    Raises:
-        DataError: No root given, or ``train/``/``val/`` missing, empty of class folders, or ``val/``
-            having classes that ``train/`` lacks.
-    """
-    layout = "DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg"
-    if data_dir is None:
-        raise DataError(f"the imagefolder dataset needs --data-dir DIR laid out as {layout}")
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise DataError(f"imagefolder --data-dir {root} does not exist; pass a folder laid out as {layout}")
-    classes = {}
-    for split in ("train", "val"):
-        folder = root / split
-        if not folder.is_dir():
-            raise DataError(f"imagefolder {root} has no {split}/ folder; lay it out as {layout}")
-        names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-        if not names:
-            raise DataError(f"imagefolder {folder} has no class folders; lay it out as {layout}")
-        classes[split] = names
-    extra = sorted(set(classes["val"]) - set(classes["train"]))
-    if extra:
-        raise DataError(
-            f"imagefolder {root}/val has classes missing from train/: {', '.join(extra[:5])}; "
-            "val/ must use the train/ class folder names"
-        )
-    return root / "train", root / "val", tuple(classes["train"])
 
 
 def load_split(name: str, split: str, data_dir: str | Path | None = None, download: bool = True) -> Split:

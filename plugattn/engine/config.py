@@ -1,5 +1,7 @@
 """Run configuration: the schema of known keys, recipe loading, command-line overrides and validation.
 
+The schema is :data:`SCHEMA`; its ``aug`` and ``mixup`` sections are derived from the data layer's settings
+dataclasses (:class:`~plugattn.data.AugConfig`, :class:`~plugattn.data.MixupConfig`), which also check their ranges.
 A config is a nested dict with the sections ``model``, ``data``, ``aug``, ``mixup``, ``loss``, ``optim``,
 ``schedule``, ``ema``, ``train`` and ``output`` plus the top-level ``version``, ``name`` and ``description``.
 Recipes are versioned YAML files in ``plugattn/recipes/``; a recipe only lists what differs from the schema
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import difflib
 import math
 from collections.abc import Iterable, Mapping
@@ -86,24 +89,8 @@ SCHEMA: dict[str, Any] = {
         'num_workers': F('int', 0, 'loader worker processes (imagefolder only)', min=0, flag='--workers'),
         'download': F('bool', True, 'allow downloading a missing built-in dataset'),
     },
-    'aug': {
-        'random_crop_padding': F('int', 0, 'zero padding of the random crop (0: off)', min=0),
-        'hflip': F('bool', False, 'random horizontal flip'),
-        'random_resized_crop': F('bool', False, 'RandomResizedCrop to image_size'),
-        'scale': F('list[float]', [0.08, 1.0], 'area range of the random resized crop', length=2, min=0.0),
-        'ratio': F('list[float]', [0.75, 4.0 / 3.0], 'aspect range of the random resized crop', length=2, min=0.0),
-        'randaugment': F('str', None, "timm RandAugment string, e.g. 'rand-m9-mstd0.5-inc1'", nullable=True),
-        'color_jitter': F('float', 0.0, 'brightness/contrast/saturation jitter strength', min=0.0),
-        'random_erasing': F('float', 0.0, 'random erasing probability', min=0.0, max=1.0),
-        'image_size': F('int', None, 'square input size (null: native size)', nullable=True, min=1),
-        'interpolation': F('str', 'bilinear', 'resampling', choices=('nearest', 'bilinear', 'bicubic')),
-    },
-    'mixup': {
-        'mixup_alpha': F('float', 0.0, 'Beta alpha of Mixup (0: off)', min=0.0),
-        'cutmix_alpha': F('float', 0.0, 'Beta alpha of CutMix (0: off)', min=0.0),
-        'prob': F('float', 1.0, 'probability of mixing a batch', min=0.0, max=1.0),
-        'switch_prob': F('float', 0.5, 'probability of CutMix when both are on', min=0.0, max=1.0),
-    },
+    'aug': {},  # derived from AugConfig below
+    'mixup': {},  # derived from MixupConfig below
     'loss': {
         'label_smoothing': F('float', 0.0, 'label smoothing of the cross-entropy', min=0.0, max=1.0),
     },
@@ -160,6 +147,44 @@ SCHEMA: dict[str, Any] = {
     },
 }
 del F
+
+
+def _schema_kind(annotation: str) -> tuple[str, bool, int | None]:
+    """``(Field.kind, nullable, list length)`` of a section dataclass field's annotation string."""
+    text = annotation.replace(' ', '')
+    nullable = text.endswith('|None')
+    text = text.removesuffix('|None')
+    if text.startswith('tuple['):
+        items = text[len('tuple['):-1].split(',')
+        return f'list[{items[0]}]', nullable, len(items)
+    return text, nullable, None
+
+
+def section_from_dataclass(cls: type) -> dict[str, Field]:
+    """The schema section of a settings dataclass (``AugConfig``, ``MixupConfig``).
+
+    Types, defaults, help lines and string choices come from the dataclass fields (``metadata['help']``,
+    ``metadata['choices']``); the schema checks the types only, and :func:`validate_config` lets the dataclass check
+    the ranges, so that every range is written once, where the settings are used.
+    """
+    section = {}
+    for f in dataclasses.fields(cls):
+        kind, nullable, length = _schema_kind(str(f.type))
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        section[f.name] = Field(kind, default, f.metadata['help'], nullable=nullable or default is None,
+                                choices=f.metadata.get('choices'), length=length)
+    return section
+
+
+def _section_classes() -> dict[str, type]:
+    from ..data import AugConfig, MixupConfig
+
+    return {'aug': AugConfig, 'mixup': MixupConfig}
+
+
+SECTION_CLASSES = _section_classes()
+"""Config sections that are settings dataclasses of the data layer, validated by constructing them."""
+SCHEMA.update({name: section_from_dataclass(cls) for name, cls in SECTION_CLASSES.items()})
 
 # Keys that may change when a run is resumed; anything else must match the saved config.
 RESUME_MUTABLE = frozenset({
@@ -392,18 +417,15 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     if sched['min_lr'] > cfg['optim']['lr']:
         raise EngineError(f'schedule.min_lr ({sched["min_lr"]:g}) exceeds optim.lr ({cfg["optim"]["lr"]:g})',
                           'lower schedule.min_lr or raise --lr')
-    aug = cfg['aug']
-    lo, hi = aug['scale']
-    if not 0.0 < lo <= hi <= 1.0:
-        raise EngineError(f'aug.scale must satisfy 0 < low <= high <= 1, got {aug["scale"]}',
-                          'e.g. --set aug.scale=[0.08,1.0]')
-    if not 0.0 < aug['ratio'][0] <= aug['ratio'][1]:
-        raise EngineError(f'aug.ratio must satisfy 0 < low <= high, got {aug["ratio"]}',
-                          'e.g. --set aug.ratio=[0.75,1.3333]')
-    if aug['randaugment'] is not None:
-        from ..data import parse_randaugment
+    from ..data import DataError
 
-        parse_randaugment(aug['randaugment'])  # raises DataError with its own fix
+    for name, cls in SECTION_CLASSES.items():
+        try:
+            cls.from_dict(cfg[name])  # the dataclass checks its own ranges
+        except DataError as e:
+            key = getattr(e, 'key', None)
+            how = _how(key, _FLAT[key]) if key in _FLAT else f'fix the {name} section'
+            raise EngineError(str(e), how) from None
     device = train['device']
     if device not in ('auto', 'cpu', 'cuda') and not (device.startswith('cuda:') and device[5:].isdigit()):
         raise EngineError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}",

@@ -15,9 +15,24 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
     return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
-def count_params(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (shared parameters counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def count_params(model: nn.Module, trainable_only: bool = False, attention_only: bool = False) -> int:
+    """Number of parameters, each shared parameter counted once.
+
+    Args:
+        model: The model.
+        trainable_only: Count only parameters with ``requires_grad``.
+        attention_only: Count only the parameters inside the model's attention modules
+            (``model.attention_modules()``; 0 for a model without that method).
+
+    Returns:
+        The count.
+    """
+    if attention_only:
+        modules = model.attention_modules().values() if hasattr(model, 'attention_modules') else ()
+        params = {id(p): p for m in modules for p in m.parameters()}.values()
+    else:
+        params = model.parameters()
+    return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
 
 
 @torch.no_grad()

@@ -272,7 +272,8 @@ def _summarise(
         bench: dict[str, Any] | bool,
         echo: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    from ..analysis.complexity import benchmark, count_params
+    from ..analysis.complexity import benchmark
+    from ..engine.metrics import count_params
     from ..models import create_model, get_model_entry
 
     rows = []
@@ -291,7 +292,7 @@ def _summarise(
         rows.append(dict(
             model=name, attn=get_model_entry(name).attn or 'none', seeds=len(mine),
             top1_mean=top1, top1_std=top1_std, best_top1_mean=best, best_top1_std=best_std,
-            params=info['params'], attn_params=count_params(net)[1], macs=info['macs'],
+            params=info['params'], attn_params=count_params(net, attention_only=True), macs=info['macs'],
             train_img_s=train_img_s, infer_img_s=None, infer_ratio=None,
             input_size=info['input_size'], epochs=info['epochs'],
         ))

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...engine.metrics import count_params
 from ...errors import PlugattnError
 from .ddpm import GaussianDiffusion, infinite_batches, train_diffusion
 from .unet import DiffusionUNet
@@ -83,8 +84,7 @@ def run_demo(
 
     model = DiffusionUNet(in_chans=info.in_chans, base_channels=base_channels, num_res_blocks=res_blocks,
                           dropout=dropout, attn='dia' if dia else None)
-    params = sum(p.numel() for p in model.parameters())
-    attn_params = sum(p.numel() for m in model.attention_modules().values() for p in m.parameters())
+    params, attn_params = count_params(model), count_params(model, attention_only=True)
     label = 'DIA-UNet' if dia else 'UNet (no DIA)'
     log(f'{label}: {params:,} parameters ({attn_params:,} in DIA units); {info.name} {h}x{w}, '
         f'{steps} steps of batch {batch_size}, {torch.get_num_threads()} CPU threads')
