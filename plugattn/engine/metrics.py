@@ -40,7 +40,9 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], device: torch
     """Multiply-accumulates of one forward pass at batch 1 in eval mode (``FlopCounterMode`` FLOPs / 2).
 
     Only convolutions, linear layers and matrix products are counted (what the papers call FLOPs); norms, pooling,
-    activations and the attention gating multiplies are not. The model's train/eval mode is restored afterwards.
+    activations and the attention gating multiplies are not. Transformer attention runs as explicit matmuls here
+    (:func:`~plugattn.layers.token.explicit_attention`): the counter does not see the fused kernel. The model's
+    train/eval mode is restored afterwards.
 
     Args:
         model: The model (unwrapped).
@@ -52,11 +54,13 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], device: torch
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    from ..layers.token import explicit_attention
+
     was_training = model.training
     model.eval()
     try:
         x = torch.zeros(1, *input_size, device=device)
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, explicit_attention():  # fused attention is not counted
             model(x)
         return int(counter.get_total_flops()) // 2
     finally:

@@ -10,12 +10,57 @@
   parameter names and counts and the same ``gate`` method for analysis.
 
 The two maps are a ``transpose`` plus ``unsqueeze``/``squeeze``: no copy and no ``.view`` (export-safe).
+
+* :func:`dot_product_attention`: the transformers' attention core, ``F.scaled_dot_product_attention`` (fused
+  kernels where the device has them, as timm's ``fused_attn``), or explicit matmuls inside
+  :func:`explicit_attention`, which MAC counting turns on: ``FlopCounterMode`` does not see fused attention on the
+  CPU, while it counts the two matmuls of the explicit form.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ['Mlp', 'map_to_tokens', 'tokens_to_map']
+__all__ = ['Mlp', 'dot_product_attention', 'explicit_attention', 'map_to_tokens', 'tokens_to_map']
+
+_explicit_depth = 0
+
+
+@contextlib.contextmanager
+def explicit_attention() -> Iterator[None]:
+    """Run :func:`dot_product_attention` as explicit matmuls inside the block (e.g. to count its MACs)."""
+    global _explicit_depth
+    _explicit_depth += 1
+    try:
+        yield
+    finally:
+        _explicit_depth -= 1
+
+
+def dot_product_attention(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        bias: Tensor | None = None,
+        *,
+        scale: float,
+        dropout: nn.Dropout,
+) -> Tensor:
+    """``softmax(q k^T * scale + bias) v`` over heads ``(B, heads, N, d)``, with dropout on the weights in training.
+
+    Fused (``F.scaled_dot_product_attention``) unless inside :func:`explicit_attention`; the two agree to float
+    rounding (tested). ``dropout`` is the module's ``attn_drop`` (its ``p`` in training, none in eval).
+    """
+    if _explicit_depth:
+        attn = (q * scale) @ k.transpose(-2, -1)
+        if bias is not None:
+            attn = attn + bias
+        return dropout(attn.softmax(-1)) @ v
+    p = dropout.p if dropout.training else 0.0
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=scale)
 
 
 def tokens_to_map(x: Tensor) -> Tensor:

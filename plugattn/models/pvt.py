@@ -33,7 +33,8 @@ Differences from the reference:
       the one it was built for; the official code compares every stage's token count with stage 1's, which also
       interpolates (to the same size, an identity) at the native resolution.
     * The official ``reset_classifier`` refers to a missing ``embed_dim`` attribute; ours works.
-    * Self-attention is written as explicit matmuls (as the official code) so that ``FlopCounterMode`` counts it.
+    * Self-attention runs ``F.scaled_dot_product_attention`` (the official code: explicit matmuls, which MAC counting
+      switches back to with :func:`~plugattn.layers.token.explicit_attention`, so ``FlopCounterMode`` counts them).
     * ``features_only`` returns NCHW maps of the first patch embedding and of the four stages (class token dropped).
       Inputs must give every stage at least ``sr_ratio`` tokens per side (32 x 32 and up for the 224 models).
 """
@@ -49,7 +50,7 @@ from torchvision.ops import StochasticDepth
 
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
-from ..layers.token import Mlp, map_to_tokens, tokens_to_map
+from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
 from ._base import AttnNet, FeatureInfo, stage_attn_kwargs
 from ._registry import register_model
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, tokens_to_nchw, transformer_attn_level
@@ -105,8 +106,8 @@ class SRAttention(nn.Module):
         else:
             kv_in = x
         k, v = self.kv(kv_in).reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = self.attn_drop(((q @ k.transpose(-2, -1)) * self.scale).softmax(-1))
-        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(B, N, C)))
+        out = dot_product_attention(q, k, v, scale=self.scale, dropout=self.attn_drop)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
 
 class PVTBlock(nn.Module):

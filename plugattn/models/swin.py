@@ -32,7 +32,8 @@ Differences from the reference:
       and the parameter counts equal timm's at every ``img_size``).
     * ``forward_features`` returns normalised NHWC tokens (timm); ``features_only`` returns NCHW maps of the patch
       embedding and of the four stages (reductions 4, 4, 8, 16, 32).
-    * Self-attention is written as explicit matmuls (timm's non-fused path) so that ``FlopCounterMode`` counts it.
+    * Window attention runs ``F.scaled_dot_product_attention`` with bias and shift mask as its additive mask (timm's
+      fused path); MAC counting switches it to explicit matmuls (:func:`~plugattn.layers.token.explicit_attention`).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from torchvision.ops import StochasticDepth
 
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
-from ..layers.token import Mlp
+from ..layers.token import Mlp, dot_product_attention
 from ._base import AttnNet, FeatureInfo, stage_attn_kwargs
 from ._registry import register_model
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, transformer_attn_level
@@ -143,13 +144,13 @@ class WindowAttention(nn.Module):
         """Attention inside windows ``(B * num_windows, area, C)``; ``mask`` (num_windows, area, area) or None."""
         B_, N = x.shape[0], x.shape[1]
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = (q * self.scale) @ k.transpose(-2, -1) + self.rel_pos_bias(window)
+        bias = self.rel_pos_bias(window)
         if mask is not None:
             num_win = mask.shape[0]
-            attn = attn.reshape(-1, num_win, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
-            attn = attn.reshape(-1, self.num_heads, N, N)
-        attn = self.attn_drop(attn.softmax(-1))
-        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(B_, N, -1)))
+            bias = (bias.unsqueeze(1) + mask.unsqueeze(1).unsqueeze(0)).expand(B_ // num_win, -1, -1, -1, -1)
+            bias = bias.reshape(-1, self.num_heads, N, N)  # (1, heads) bias + (windows, 1) mask, per window
+        out = dot_product_attention(q, k, v, bias.to(q.dtype), scale=self.scale, dropout=self.attn_drop)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B_, N, -1)))
 
 
 class SwinBlock(nn.Module):

@@ -27,8 +27,8 @@ Differences from the reference:
     * Backbone keys equal timm's (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.{i}.{norm1, attn.qkv,
       attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``, ``head``): timm DeiT/ViT weights load with ``strict=True``
       into the plain models (and with only attention keys missing into the attention variants).
-    * Self-attention is written as explicit matmuls (timm's non-fused path) so that ``FlopCounterMode`` counts it on
-      every device (it does not count CPU ``scaled_dot_product_attention``).
+    * Self-attention runs ``F.scaled_dot_product_attention`` (timm's fused path); MAC counting switches it to explicit
+      matmuls (:func:`~plugattn.layers.token.explicit_attention`), which ``FlopCounterMode`` counts on every device.
     * Any input size divisible by the patch size works: the position embedding is resized bicubically when the
       patch grid differs from ``img_size`` (timm's ``dynamic_img_size``), without antialiasing (export-safe; timm
       antialiases when downsampling).
@@ -49,7 +49,7 @@ from torchvision.ops import StochasticDepth
 
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
 from ..layers.registry import AttnSpec
-from ..layers.token import Mlp, map_to_tokens, tokens_to_map
+from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
 from ._base import AttnNet, AttnStage, FeatureInfo, init_attn_modules
 from ._registry import register_model
 
@@ -165,8 +165,8 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(-1))
-        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(B, N, C)))
+        out = dot_product_attention(q, k, v, scale=self.scale, dropout=self.attn_drop)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
 
 class Block(nn.Module):
