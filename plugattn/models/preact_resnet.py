@@ -14,6 +14,8 @@ Differences from the reference:
       DIA-PreResNet and DIA-WRN; ``extra_bn`` turns it on or off for any attention (default: on for DIA only).
     * WRN stages are named ``layer1..3`` (official ``block1..3.layer``), the final norm ``bn`` (official ``bn1``)
       and the DIA unit ``layerS.attn``; the official-checkpoint loader maps them.
+    * Initialisation as the official code: Kaiming fan-out convs, unit BN; WRN starts every Linear bias at zero
+      (the classifier and the DIA gate maps, ``zero_linear_bias``), PreResNet keeps PyTorch's default Linear init.
     * Gate-level, bridge and DIA placements on pre-activation blocks other than the official DIA one are ours.
 """
 from __future__ import annotations
@@ -171,6 +173,9 @@ class PreActResNet(AttnNet):
         attn_kwargs: attention options, one dict or one per stage.
         extra_bn: extra BN at the end of every residual branch; ``None`` = on for stage-level attention (DIA).
         drop_rate: dropout inside WRN blocks.
+        zero_linear_bias: start every Linear bias at zero (classifier and attention maps), as the official WRN
+            (``dia_wrn.py``, bearpaw's ``wrn.py``); None = on for WRN, off for PreResNet (whose official code keeps
+            PyTorch's default Linear init).
     """
 
     def __init__(
@@ -186,8 +191,10 @@ class PreActResNet(AttnNet):
             attn_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
             extra_bn: bool | None = None,
             drop_rate: float = 0.0,
+            zero_linear_bias: bool | None = None,
     ) -> None:
         super().__init__()
+        self.zero_linear_bias = block is WideBasic if zero_linear_bias is None else bool(zero_linear_bias)
         if num_classes < 0 or in_chans < 1:
             raise ValueError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
         self.num_classes = num_classes
@@ -224,6 +231,10 @@ class PreActResNet(AttnNet):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         init_attn_modules(self)
+        if self.zero_linear_bias:
+            for m in self.modules():
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.conv1(x)

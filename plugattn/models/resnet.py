@@ -17,6 +17,8 @@ Differences from the reference:
       ``lstm``. torchvision weights load with ``strict=False`` and only attention keys missing.
     * v1.5 stride placement (stride on the 3x3 conv) by default, as every PyTorch reference; ``stride_in_1x1=True``
       gives v1 (Caffe, the "3.86 GFLOPs" ResNet-50 of the SE/CBAM/ECA papers), specs D1.
+    * The classifier of a CBAM ResNet starts as the official one (Kaiming-normal weight, zero bias; ``head_init``);
+      the other ResNets keep torchvision's default Linear init.
     * CA and ELA have no official ResNet placement; we put them at the SE position (specs D5, D6).
     * DIA on ImageNet widths uses gate-map reduction 16 by default (ours, specs D9); CIFAR networks keep 4.
     * The CIFAR ResNet-20/32/44/56/110 use 1x1 conv + BN projection shortcuts (option B), which is what the BA
@@ -27,19 +29,27 @@ Differences from the reference:
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import attn_level, create_attn
+from ..layers import CBAM, attn_level, create_attn, get_attn
 from ..layers.base import pooled
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, AttnStage, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
 from ._registry import register_model
 
 __all__ = ['BasicBlock', 'Bottleneck', 'ResNet']
+
+
+def _is_cbam(attn: AttnSpec) -> bool:
+    if attn is None:
+        return False
+    factory = get_attn(attn)
+    return (factory.func if isinstance(factory, functools.partial) else factory) is CBAM
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -208,6 +218,9 @@ class ResNet(AttnNet):
         shortcut: ``'conv'`` (1x1 conv + BN projection, option B) or ``'pad'`` (option A, basic blocks).
         zero_init_residual: zero the last BN weight of every block (torchvision option, off as in the references).
         drop_rate: dropout before the classifier.
+        head_init: classifier init, ``'kaiming'`` (Kaiming-normal weight, fan-in, zero bias: the official CBAM
+            ResNet) or ``'default'`` (PyTorch's Linear init, as torchvision); None picks ``'kaiming'`` for CBAM and
+            ``'default'`` otherwise.
     """
 
     def __init__(
@@ -228,8 +241,12 @@ class ResNet(AttnNet):
             shortcut: str = 'conv',
             zero_init_residual: bool = False,
             drop_rate: float = 0.0,
+            head_init: str | None = None,
     ) -> None:
         super().__init__()
+        if head_init not in (None, 'kaiming', 'default'):
+            raise ValueError(f"head_init must be 'kaiming', 'default' or None, got {head_init!r}")
+        self.head_init = head_init or ('kaiming' if _is_cbam(attn) else 'default')
         if len(layers) != len(widths):
             raise ValueError(f'layers {tuple(layers)} and widths {tuple(widths)} must have the same length')
         if stem not in ('imagenet', 'cifar'):
@@ -308,6 +325,9 @@ class ResNet(AttnNet):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         init_attn_modules(self)
+        if self.head_init == 'kaiming' and isinstance(self.fc, nn.Linear):
+            nn.init.kaiming_normal_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
