@@ -202,6 +202,10 @@ def preprocessing_from_meta(meta: Mapping[str, Any], model: nn.Module | None = N
     std = tuple(cfg.get('std', IMAGENET_STD))
     if c == 1 and len(mean) == 3:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    if data.get('input_size'):  # a training record without a data set name
+        _, h, w = data['input_size']
+    elif data.get('image_size'):
+        h = w = data['image_size']
     crop = float(cfg.get('crop_pct', 1.0))
     return Preprocessing((c, int(h), int(w)), mean, std, str(cfg.get('interpolation', 'bilinear')),
                          'shorter' if crop < 1.0 else 'stretch', int(h / crop), crop)
