@@ -116,6 +116,17 @@ def test_checkpoint_and_run_json_describe_the_model(setup):
     assert info['model_kwargs'] == meta['model_kwargs']
 
 
+def test_resume_records_its_command(setup, tmp_path):
+    argv = ['train', '--data', 'imagefolder', '--data-dir', str(setup['folder']), '--model', 'resnet20', '--epochs',
+            '2', '--batch-size', '6', '--threads', '1', '--set', 'aug.image_size=16', '--no-progress', '--output',
+            str(tmp_path), '--name', 'r', '--stop-after', '1']
+    assert main(argv) == 0
+    assert main(['train', '--resume', str(tmp_path / 'r'), '--no-progress']) == 0
+    info = json.loads((tmp_path / 'r' / 'run.json').read_text())
+    assert info['status'] == 'finished' and info['command'].endswith('--stop-after 1')
+    assert info['resumed_with'] == [f'plugattn train --resume {tmp_path / "r"} --no-progress']
+
+
 def _header(path: Path) -> tuple[dict, bytes]:
     raw = path.read_bytes()
     n = struct.unpack('<Q', raw[:8])[0]

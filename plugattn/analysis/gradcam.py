@@ -388,7 +388,7 @@ def run_cam(
         method: A key of :data:`CAM_METHODS`.
         target_layer: Qualified module name (default: see :func:`default_target_layer`).
         class_idx: Class to explain (default: the predicted class).
-        output: Output folder.
+        output: Output folder, or a ``.png`` file for a single image.
         meta: Checkpoint metadata (data set for normalisation, input size and class names).
         img_size: Model input size override (square).
         overlay_only: Write the bare overlay instead of the composite.
@@ -405,8 +405,12 @@ def run_cam(
     mean, std, size = _norm_and_size(model, meta, img_size)
     names = class_names(model, meta)
     # read every image before creating the output folder, so a bad file leaves nothing behind
+    single_file = Path(output).suffix.lower() == '.png'
+    if single_file and len(images) != 1:
+        raise AnalysisError(f'--output {output} names one file but {len(images)} images were given',
+                            'pass an output folder for several images')
     inputs = [(path, *preprocess(path, size, model.in_chans, mean, std)) for path in images]
-    out_dir = Path(output)
+    out_dir = Path(output).parent if single_file else Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path, rgb, x in inputs:
@@ -414,7 +418,7 @@ def run_cam(
         maps, probs = compute_cam(model, x, layer, method, class_idx)
         pred = int(probs[0].argmax())
         target = pred if class_idx is None else class_idx
-        out_path = out_dir / f'{Path(path).stem}_{method.lower()}.png'
+        out_path = Path(output) if single_file else out_dir / f'{Path(path).stem}_{method.lower()}.png'
         overlay = _overlay(rgb, maps[0])
         if not overlay_only:
             caption = f'{method.lower()} on {layer_name} of {getattr(model, "model_name", type(model).__name__)}'

@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
                         help='class to explain (default: the predicted class)')
     parser.add_argument('--img-size', type=positive_int, default=None, metavar='N',
                         help='model input size (default: the training size of a checkpoint, else default_cfg)')
-    parser.add_argument('--output', default='cam', metavar='DIR', help='output folder')
+    parser.add_argument('--output', default='cam', metavar='DIR|FILE.png',
+                        help='output folder, or a .png file when there is one image')
     parser.add_argument('--overlay-only', action='store_true',
                         help='write the bare overlay at the original image size instead of the labelled composite')
     parser.add_argument('--json', action='store_true', help='print one JSON object instead of text')
