@@ -116,6 +116,23 @@ def test_checkpoint_and_run_json_describe_the_model(setup):
     assert info['model_kwargs'] == meta['model_kwargs']
 
 
+def test_loaded_model_cfg_carries_the_preprocessing(setup):
+    """timm's data config of a loaded checkpoint is its training preprocessing, and its transform gives the same
+    input as the evaluation path."""
+    timm_data = pytest.importorskip('timm.data')
+    from PIL import Image
+
+    from plugattn.engine.evaluation import load_checkpoint_model
+
+    model, meta, _ = load_checkpoint_model(setup['run'])
+    cfg = timm_data.resolve_data_config(model=model)
+    assert cfg['input_size'] == (3, 16, 16) and cfg['crop_pct'] == 0.875 and cfg['interpolation'] == 'bilinear'
+    assert model.pretrained_cfg['label_names'] == tuple(CLASSES)
+    x = timm_data.create_transform(**cfg)(Image.open(setup['photo']).convert('RGB'))
+    expected = Preprocessing.from_dict(meta['preprocessing']).load(setup['photo'])
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-5)
+
+
 def test_resume_records_its_command(setup, tmp_path):
     argv = ['train', '--data', 'imagefolder', '--data-dir', str(setup['folder']), '--model', 'resnet20', '--epochs',
             '2', '--batch-size', '6', '--threads', '1', '--set', 'aug.image_size=16', '--no-progress', '--output',

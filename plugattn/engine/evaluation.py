@@ -64,7 +64,26 @@ def load_checkpoint_model(path: str | Path, which: str = 'best') -> tuple[nn.Mod
     net = build_model(name, int(num_classes), int(in_chans), kwargs)
     check_state_dict_fits(net, state, str(file), name, name)
     net.load_state_dict(state)
+    _describe_model(net, meta)
     return net, meta, file
+
+
+def _describe_model(net: nn.Module, meta: dict[str, Any]) -> None:
+    """Put the checkpoint's preprocessing and class names into the model's ``pretrained_cfg`` / ``default_cfg``
+    (timm's keys), so that e.g. ``timm.data.resolve_data_config(model=net)`` sees the training preprocessing."""
+    from .inference import checkpoint_classes, preprocessing_from_meta
+
+    try:
+        prep = preprocessing_from_meta(meta, net)
+    except EngineError:  # e.g. a 4-channel model: no image preprocessing to describe
+        return
+    cfg = dict(getattr(net, 'pretrained_cfg', None) or getattr(net, 'default_cfg', None) or {})
+    cfg.update(input_size=prep.input_size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation,
+               crop_pct=prep.crop_pct, crop_mode='squash' if prep.resize_mode == 'stretch' else 'center')
+    classes = checkpoint_classes(meta)
+    if classes:
+        cfg['label_names'] = tuple(classes)
+    net.pretrained_cfg = net.default_cfg = cfg
 
 
 def _check_same_classes(file: Path, meta: dict[str, Any], info: Any) -> None:
