@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     parser = add_command(
         subparsers, NAME, HELP,
         details='The model is rebuilt from the checkpoint metadata (name, classes, channels); the '
-                'dataset, image size and batch size default\nto those of the training run.',
+                'dataset, image size and batch size default\nto those of the training run. A dataset whose classes '
+                'differ from the checkpoint\'s is refused (--allow-class-mismatch\nevaluates anyway).',
     )
     parser.add_argument('--checkpoint', required=True, metavar='PATH',
                         help='run directory (uses --which) or .safetensors file (required)')
