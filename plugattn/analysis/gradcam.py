@@ -62,9 +62,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 COMPOSITE_SIZE = (760, 400)
 """``(width, height)`` in pixels of the composite :func:`compose_cam` draws."""
 COMPOSITE_LAYOUT: dict[str, tuple[float, float, float, float]] = {
-    'image': (0.02, 0.04, 0.43, 0.74),
-    'overlay': (0.47, 0.04, 0.43, 0.74),
-    'colorbar': (0.915, 0.08, 0.02, 0.66),
+    'image': (0.02, 0.04, 0.43, 0.71),
+    'overlay': (0.47, 0.04, 0.43, 0.71),
+    'colorbar': (0.915, 0.08, 0.02, 0.63),
 }
 """Panel rectangles ``(left, bottom, width, height)`` as fractions of the composite (matplotlib convention)."""
 
@@ -357,7 +357,8 @@ def compose_cam(
     bar.set_label('activation (normalised)', fontsize=8)
     bar.ax.tick_params(labelsize=7)
     fig.text(0.02, 0.95, f'predicted: {pred} (p = {pred_prob:.3f})', fontsize=12, weight='bold', va='top')
-    explained = 'map of: the predicted class' if target == pred else f'map of: {target} (p = {target_prob:.3f})'
+    explained = f'map of: {target} (the predicted class)' if target == pred else \
+        f'map of: {target} (p = {target_prob:.3f})'
     fig.text(0.02, 0.875, explained, fontsize=10, va='top')
     if caption:
         fig.text(0.98, 0.875, caption, fontsize=8, va='top', ha='right', color='0.35')
