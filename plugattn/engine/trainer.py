@@ -376,8 +376,11 @@ class _Trainer:
                               'use --batch-size 2 or more (per process)')
         self.model_kwargs = {'num_classes': self.info.num_classes, 'in_chans': self.info.in_chans, **m['kwargs']}
         self.classes = list(self.info.classes) if self.info.classes else None
-        self.preprocessing = Preprocessing.for_dataset(self.test_loader.info, cfg['aug']['image_size'],
-                                                       cfg['aug']['interpolation']).to_dict()
+        try:
+            self.preprocessing: dict[str, Any] | None = Preprocessing.for_dataset(
+                self.test_loader.info, cfg['aug']['image_size'], cfg['aug']['interpolation']).to_dict()
+        except EngineError:  # images other than grey or RGB: no file preprocessing to describe
+            self.preprocessing = None
         self.environment = environment_info(ctx.device)
         if m['init_checkpoint'] and self.resume_dir is None:
             load_model_weights(model, m['init_checkpoint'], m['name'])
