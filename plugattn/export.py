@@ -3,8 +3,9 @@
 * **ONNX** (optional dependencies ``onnx`` and ``onnxruntime``; the default ``exporter='dynamo'`` also needs
   ``onnxscript``): ``torch.onnx.export`` with the torch.export-based exporter (PyTorch's default since 2.9) or, with
   ``exporter='legacy'``, the deprecated TorchScript-based one (faster, no ``onnxscript``). With ``dynamic=True`` the
-  batch, height and width are symbolic: one file serves every input size. The exported file is run with
-  onnxruntime and compared with the PyTorch model.
+  batch, height and width are symbolic, named ``batch``, ``height`` and ``width`` (the output's first axis is
+  ``batch`` too): one file serves every input size. The exported file is run with onnxruntime and compared with the
+  PyTorch model.
 * **TorchScript**: ``torch.jit.trace`` (the models cannot be scripted: their forward passes use Python lists,
   ``getattr`` stages and postponed annotations). A trace records the operations of one run and freezes every Python
   branch, so the saved module is always re-run at two different input sizes (and batch sizes) and compared with the
@@ -14,15 +15,24 @@
 
 The models are exported in eval mode (BatchNorm uses running statistics; bridge attention's BatchNorm1d accepts
 batch 1 there).
+
+**Metadata.** :func:`export_metadata` describes the model for a runtime that has only the exported file: the model
+name and kwargs, the class names and the preprocessing (input size, colour mode, resize, crop, interpolation,
+mean/std; see :class:`plugattn.engine.inference.Preprocessing`), as string values (JSON where structured). ONNX files
+carry them as ``metadata_props`` (onnxruntime: ``session.get_modelmeta().custom_metadata_map``), TorchScript files
+as extra files of the same names (``torch.jit.load(path, _extra_files=...)``); :func:`read_export_metadata` reads
+either back.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,15 +40,19 @@ from torch import Tensor, nn
 __all__ = [
     'EXPORT_FORMATS',
     'ExportResult',
+    'export_metadata',
     'export_model',
     'export_onnx',
     'export_torchscript',
+    'read_export_metadata',
     'verify_export',
     'verify_shapes',
 ]
 
 EXPORT_FORMATS = ('onnx', 'torchscript')
 ONNX_EXPORTERS = ('dynamo', 'legacy')
+METADATA_JSON_KEYS = ('model_kwargs', 'classes', 'preprocessing')
+"""Metadata entries whose string value is JSON (the others are plain strings)."""
 
 
 @dataclass
@@ -52,6 +66,7 @@ class ExportResult:
         dynamic: Whether batch and spatial size are symbolic.
         input_shape: Shape of the example input used for export.
         checks: ``(input shape, max |exported - PyTorch|)`` of every verification run.
+        metadata: The metadata stored in the file.
     """
 
     path: Path
@@ -60,6 +75,7 @@ class ExportResult:
     dynamic: bool
     input_shape: tuple[int, ...]
     checks: list[tuple[tuple[int, ...], float]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def _outputs(out: Tensor | Sequence[Tensor]) -> list[Tensor]:
@@ -105,6 +121,7 @@ def export_onnx(
         dynamic: bool = True,
         opset: int | None = None,
         exporter: str = 'dynamo',
+        metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``model`` (in eval mode) as ONNX; batch, height and width symbolic when ``dynamic``.
 
@@ -115,6 +132,7 @@ def export_onnx(
         dynamic: Symbolic batch and spatial dimensions.
         opset: ONNX opset (default: the exporter's, 18 for dynamo, 17 for legacy).
         exporter: ``'dynamo'`` (torch.export based, default) or ``'legacy'`` (TorchScript based).
+        metadata: String entries added to the model's ``metadata_props`` (see :func:`export_metadata`).
     """
     if exporter not in ONNX_EXPORTERS:
         raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
@@ -124,7 +142,7 @@ def export_onnx(
     names = _output_names(model, example)
     with _quiet_tracing(), torch.no_grad():
         if exporter == 'dynamo':
-            dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+            dims = {0: 'batch', 2: 'height', 3: 'width'}  # named dynamic axes (not s0, s77, ...)
             torch.onnx.export(
                 model, (example,), str(path), dynamo=True, input_names=['input'], output_names=names,
                 dynamic_shapes=(dims,) if dynamic else None, opset_version=opset or 18, external_data=False,
@@ -136,17 +154,101 @@ def export_onnx(
                 model, (example,), str(path), dynamo=False, input_names=['input'], output_names=names,
                 dynamic_axes=axes if dynamic else None, opset_version=opset or 17,
             )
+    if metadata:
+        import onnx
+
+        proto = onnx.load(str(path))
+        props = {p.key: p.value for p in proto.metadata_props}
+        onnx.helper.set_model_props(proto, {**props, **{str(k): str(v) for k, v in metadata.items()}})
+        onnx.save(proto, str(path))
     return path
 
 
-def export_torchscript(model: nn.Module, path: str | Path, example: Tensor) -> Path:
-    """Trace ``model`` (in eval mode) with ``example`` and save it with ``torch.jit.save``."""
+def export_torchscript(
+        model: nn.Module,
+        path: str | Path,
+        example: Tensor,
+        metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Trace ``model`` (in eval mode) with ``example`` and save it with ``torch.jit.save``; ``metadata`` entries
+    become extra files of the same names."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {str(k): str(v) for k, v in (metadata or {}).items()}
     with _quiet_tracing(), torch.no_grad():
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path), _extra_files=extra)
     return path
+
+
+def export_metadata(
+        model: nn.Module,
+        meta: Mapping[str, Any] | None = None,
+        input_size: Sequence[int] | None = None,
+) -> dict[str, str]:
+    """The metadata an exported file carries: model name and kwargs, class names, preprocessing.
+
+    Args:
+        model: The exported model.
+        meta: Its checkpoint metadata (None for a model built by name: the class names are unknown and the
+            preprocessing comes from ``model.default_cfg``).
+        input_size: ``(C, H, W)`` the file is exported for, when it is not the checkpoint's input size (the resize
+            target follows it).
+
+    Returns:
+        String values; ``model_kwargs``, ``classes`` and ``preprocessing`` are JSON.
+    """
+    from dataclasses import replace
+
+    from .engine.inference import checkpoint_classes, preprocessing_from_meta
+    from .version import __version__
+
+    meta = dict(meta or {})
+    prep = preprocessing_from_meta(meta, model)
+    if input_size is not None and tuple(int(v) for v in input_size) != prep.input_size:
+        c, h, w = (int(v) for v in input_size)
+        prep = replace(prep, input_size=(c, h, w), resize_size=int(h / prep.crop_pct))
+    kwargs = meta.get('model_kwargs') or {'num_classes': int(getattr(model, 'num_classes', 0)),
+                                          'in_chans': int(getattr(model, 'in_chans', prep.input_size[0]))}
+    out = {
+        'model': str(meta.get('model') or getattr(model, 'model_name', type(model).__name__)),
+        'model_kwargs': json.dumps(kwargs),
+        'classes': json.dumps(checkpoint_classes(meta) if meta else None),
+        'preprocessing': json.dumps(prep.to_dict()),
+        'weights': 'trained' if meta else 'random',
+        'plugattn_version': __version__,
+    }
+    if meta.get('sha256'):
+        out['checkpoint_sha256'] = str(meta['sha256'])
+    return out
+
+
+def read_export_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of an exported ``.onnx`` or TorchScript file, JSON entries decoded.
+
+    Raises:
+        ValueError: The file is neither, or cannot be read.
+    """
+    path = Path(path)
+    raw: dict[str, str]
+    if path.suffix.lower() == '.onnx':
+        import onnx
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf raises its own error types
+            raise ValueError(f'cannot read ONNX file {path} ({type(e).__name__})') from None
+        raw = {p.key: p.value for p in proto.metadata_props}
+    else:
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = {n.rsplit('/extra/', 1)[1]: n for n in z.namelist() if '/extra/' in n}
+                raw = {k: z.read(n).decode('utf-8') for k, n in names.items()}
+        except (OSError, zipfile.BadZipFile) as e:
+            raise ValueError(f'cannot read TorchScript file {path} ({type(e).__name__})') from None
+    return {k: json.loads(v) if k in METADATA_JSON_KEYS else v for k, v in raw.items()}
 
 
 def _run_exported(path: Path, fmt: str) -> Callable[[Tensor], list[Tensor]]:
@@ -232,6 +334,7 @@ def export_model(
         verify: bool = True,
         rtol: float = 1e-3,
         atol: float = 1e-4,
+        metadata: Mapping[str, str] | None = None,
 ) -> ExportResult:
     """Export a model to ONNX or TorchScript and check the exported graph against PyTorch.
 
@@ -251,6 +354,8 @@ def export_model(
         verify: Compare the exported graph with PyTorch.
         rtol: Relative tolerance of the comparison.
         atol: Absolute tolerance of the comparison.
+        metadata: String entries stored in the file (ONNX ``metadata_props``, TorchScript extra files); see
+            :func:`export_metadata`.
 
     Returns:
         The :class:`ExportResult`.
@@ -270,12 +375,12 @@ def export_model(
     model = model.to('cpu').eval()
     example = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0))
     if fmt == 'onnx':
-        out = export_onnx(model, path, example, dynamic=dynamic, opset=opset, exporter=exporter)
+        out = export_onnx(model, path, example, dynamic=dynamic, opset=opset, exporter=exporter, metadata=metadata)
         method = exporter
     else:
-        out = export_torchscript(model, path, example)
+        out = export_torchscript(model, path, example, metadata)
         method = 'trace'
-    result = ExportResult(out, fmt, method, generalises, tuple(example.shape))
+    result = ExportResult(out, fmt, method, generalises, tuple(example.shape), metadata=dict(metadata or {}))
     if verify:
         result.checks = verify_export(out, model, verify_shapes(example.shape, generalises), fmt=fmt, rtol=rtol,
                                       atol=atol)

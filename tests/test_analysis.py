@@ -123,7 +123,7 @@ def test_cam_writes_overlay_of_image_size(tmp_path: Path, name: str):
     Image.fromarray(img).save(path)
     torch.manual_seed(0)
     model = plugattn.create_model(name).eval()
-    results = run_cam(model, [path], method='gradcam', output=tmp_path / 'out')
+    results = run_cam(model, [path], method='gradcam', output=tmp_path / 'out', overlay_only=True)
     out = Image.open(results[0].output)
     assert Path(results[0].output).name == 'blob_gradcam.png'
     assert out.size == (61, 45)
@@ -135,6 +135,11 @@ def test_cam_writes_overlay_of_image_size(tmp_path: Path, name: str):
     assert maps.shape == (1, 32, 32) and maps.std() > 1e-3  # the heatmap is not constant
     overlay = np.asarray(out, dtype=np.float32)
     assert overlay[..., 0].std() > 1.0
+    pytest.importorskip('matplotlib')
+    from plugattn.analysis.gradcam import COMPOSITE_SIZE
+
+    composite = run_cam(model, [path], output=tmp_path / 'composite')[0]
+    assert Image.open(composite.output).size == COMPOSITE_SIZE and composite.pred_class == results[0].pred_class
     with pytest.raises(AnalysisError, match=r'missing\.png'):  # a bad image among good ones: nothing is written
         run_cam(model, [path, tmp_path / 'missing.png'], output=tmp_path / 'none')
     assert not (tmp_path / 'none').exists()

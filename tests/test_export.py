@@ -76,8 +76,16 @@ def test_mobile_and_regnet_export(name, tmp_path):
 @needs_onnx
 def test_dynamo_exporter(tmp_path):
     pytest.importorskip('onnxscript')
-    result = export_model(tiny('ca'), tmp_path / 'm.onnx', fmt='onnx', input_size=(3, 32, 32), exporter='dynamo')
+    import onnx
+
+    result = export_model(tiny('ca'), tmp_path / 'm.onnx', fmt='onnx', input_size=(3, 32, 32), exporter='dynamo',
+                          metadata={'classes': '["a"]'})
     assert result.method == 'dynamo' and len(result.checks) == 2 and all(err < 1e-4 for _, err in result.checks)
+    proto = onnx.load(str(result.path))
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*proto.graph.input,
+                                                                                          *proto.graph.output)]
+    assert dims == [['batch', 3, 'height', 'width'], ['batch', 10]]  # named axes, not s0, s77, ...
+    assert {p.key: p.value for p in proto.metadata_props}['classes'] == '["a"]'
 
 
 @needs_onnx

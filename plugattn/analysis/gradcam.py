@@ -7,9 +7,13 @@ than called, so hooks on them never fire: there the default is the stage itself,
 output.
 
 Preprocessing: the image is converted to RGB (3-channel models) or grey (1-channel models), resized to the model's
-input size (without cropping, so the map covers the whole image) and normalised with the training data's mean/std
-when a checkpoint names its data set, else with the ImageNet mean/std (their average for grey images). The map is
+input size (without cropping, so the map covers the whole image) and normalised with the mean/std a checkpoint
+records (its training data's), else with the ImageNet mean/std (their average for grey images). The map is
 resized back to the original image size and overlaid on it.
+
+Output: one labelled composite per image (:func:`compose_cam`, needs matplotlib): the original image, the overlay,
+the predicted class name and probability, the class the map explains, and a colour bar of the map's scale (the
+overlay uses OpenCV's JET colour map through grad-cam, the bar matplotlib's ``jet``, the same map).
 """
 from __future__ import annotations
 
@@ -27,7 +31,17 @@ from ..layers import StageAttention
 from ..models import AttnStage
 from ._common import AnalysisError, require
 
-__all__ = ['CAM_METHODS', 'CamResult', 'compute_cam', 'default_target_layer', 'preprocess', 'run_cam']
+__all__ = [
+    'CAM_METHODS',
+    'COMPOSITE_LAYOUT',
+    'COMPOSITE_SIZE',
+    'CamResult',
+    'compose_cam',
+    'compute_cam',
+    'default_target_layer',
+    'preprocess',
+    'run_cam',
+]
 
 # CLI name -> class name in pytorch_grad_cam.
 CAM_METHODS: dict[str, str] = {
@@ -45,6 +59,15 @@ CAM_METHODS: dict[str, str] = {
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+COMPOSITE_SIZE = (760, 400)
+"""``(width, height)`` in pixels of the composite :func:`compose_cam` draws."""
+COMPOSITE_LAYOUT: dict[str, tuple[float, float, float, float]] = {
+    'image': (0.02, 0.04, 0.43, 0.71),
+    'overlay': (0.47, 0.04, 0.43, 0.71),
+    'colorbar': (0.915, 0.08, 0.02, 0.63),
+}
+"""Panel rectangles ``(left, bottom, width, height)`` as fractions of the composite (matplotlib convention)."""
+
 
 @dataclass
 class CamResult:
@@ -59,6 +82,8 @@ class CamResult:
         pred_name: Its name, when known (ImageNet classes for 1000-class models, or the checkpoint's data set).
         pred_prob: Softmax probability of the predicted class.
         target_class: Class the map explains (``pred_class`` unless ``--class`` was given).
+        target_name: Its name, when known.
+        target_prob: Softmax probability of the target class.
     """
 
     image: str
@@ -69,6 +94,8 @@ class CamResult:
     pred_name: str | None
     pred_prob: float
     target_class: int
+    target_name: str | None = None
+    target_prob: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,7 +240,12 @@ def compute_cam(
 
 
 def class_names(model: nn.Module, meta: dict[str, Any] | None = None) -> list[str] | None:
-    """Class names of a checkpoint's data set, or the ImageNet classes for 1000-class models."""
+    """Class names a checkpoint records (or its data set's), or the ImageNet classes for 1000-class models."""
+    from ..engine.inference import checkpoint_classes
+
+    recorded = checkpoint_classes(meta or {})
+    if recorded:
+        return recorded
     data = _meta_data_name(meta or {})
     if data is not None:
         try:
@@ -258,6 +290,10 @@ def _norm_and_size(model: nn.Module, meta: dict[str, Any], img_size: int | None)
             pass
     if data.get('input_size'):
         h, w = (int(v) for v in data['input_size'][1:])
+    prep = meta.get('preprocessing')
+    if isinstance(prep, dict) and int(prep['input_size'][0]) == model.in_chans:
+        mean, std = tuple(prep['mean']), tuple(prep['std'])
+        h, w = (int(v) for v in prep['input_size'][1:])
     if img_size:
         h = w = img_size
     return mean, std, (h, w)
@@ -272,6 +308,65 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return show_cam_on_image(rgb, m, use_rgb=True, image_weight=0.5)
 
 
+def _label(names: list[str] | None, index: int) -> str:
+    return names[index] if names and 0 <= index < len(names) else f'class {index}'
+
+
+def compose_cam(
+        rgb: np.ndarray,
+        overlay: np.ndarray,
+        *,
+        pred: str,
+        pred_prob: float,
+        target: str,
+        target_prob: float,
+        caption: str = '',
+) -> np.ndarray:
+    """One labelled figure: original | overlay | colour bar, with the prediction and the explained class.
+
+    Args:
+        rgb: Original image, float RGB in [0, 1] ``(H, W, 3)``.
+        overlay: Overlay at the same size, uint8 RGB.
+        pred: Predicted class name.
+        pred_prob: Its probability.
+        target: Name of the class the map explains.
+        target_prob: Its probability.
+        caption: Small text under the title (method, layer, model).
+
+    Returns:
+        uint8 RGB ``(height, width, 3)`` of :data:`COMPOSITE_SIZE`.
+    """
+    require('matplotlib', 'plugattn cam')
+    import matplotlib as mpl
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width, height = COMPOSITE_SIZE
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    # nearest-neighbour display keeps tiny images (8x8, 28x28) sharp; larger ones are shown at about 1:1
+    interp = 'nearest' if max(rgb.shape[:2]) < 128 else 'antialiased'
+    for key, img, title in (('image', rgb, 'input'), ('overlay', overlay, 'class-activation map')):
+        ax = fig.add_axes(COMPOSITE_LAYOUT[key])
+        ax.imshow(img, interpolation=interp)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    cax = fig.add_axes(COMPOSITE_LAYOUT['colorbar'])
+    bar = fig.colorbar(mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, 1), cmap='jet'), cax=cax)
+    bar.set_label('activation (normalised)', fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.text(0.02, 0.95, f'predicted: {pred} (p = {pred_prob:.3f})', fontsize=12, weight='bold', va='top')
+    explained = f'map of: {target} (the predicted class)' if target == pred else \
+        f'map of: {target} (p = {target_prob:.3f})'
+    fig.text(0.02, 0.875, explained, fontsize=10, va='top')
+    if caption:
+        fig.text(0.98, 0.875, caption, fontsize=8, va='top', ha='right', color='0.35')
+    canvas.draw()
+    out = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    return out
+
+
 def run_cam(
         model: nn.Module,
         images: Sequence[str | Path],
@@ -282,8 +377,11 @@ def run_cam(
         output: str | Path = 'cam',
         meta: dict[str, Any] | None = None,
         img_size: int | None = None,
+        overlay_only: bool = False,
 ) -> list[CamResult]:
-    """Write ``<stem>_<method>.png`` (original size, heatmap overlaid) for every image (``plugattn cam``).
+    """Write ``<stem>_<method>.png`` for every image (``plugattn cam``): a labelled composite (:func:`compose_cam`:
+    original, overlay, predicted class and probability, explained class, colour bar), or with ``overlay_only`` the
+    bare overlay at the original image size.
 
     Args:
         model: A plugattn model (eval mode is set).
@@ -291,13 +389,16 @@ def run_cam(
         method: A key of :data:`CAM_METHODS`.
         target_layer: Qualified module name (default: see :func:`default_target_layer`).
         class_idx: Class to explain (default: the predicted class).
-        output: Output folder.
+        output: Output folder, or a ``.png`` file for a single image.
         meta: Checkpoint metadata (data set for normalisation, input size and class names).
         img_size: Model input size override (square).
+        overlay_only: Write the bare overlay instead of the composite.
     """
     from PIL import Image
 
     require('pytorch_grad_cam', 'plugattn cam')
+    if not overlay_only:
+        require('matplotlib', 'plugattn cam')
     if not images:
         raise AnalysisError('no image given', 'pass --image PATH (one or more)')
     meta = meta or {}
@@ -305,19 +406,34 @@ def run_cam(
     mean, std, size = _norm_and_size(model, meta, img_size)
     names = class_names(model, meta)
     # read every image before creating the output folder, so a bad file leaves nothing behind
+    single_file = Path(output).suffix.lower() == '.png'
+    if single_file and len(images) != 1:
+        raise AnalysisError(f'--output {output} names one file but {len(images)} images were given',
+                            'pass an output folder for several images')
     inputs = [(path, *preprocess(path, size, model.in_chans, mean, std)) for path in images]
-    out_dir = Path(output)
+    out_dir = Path(output).parent if single_file else Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path, rgb, x in inputs:
         x = x.to(next(model.parameters()).device)
         maps, probs = compute_cam(model, x, layer, method, class_idx)
         pred = int(probs[0].argmax())
-        out_path = out_dir / f'{Path(path).stem}_{method.lower()}.png'
-        Image.fromarray(_overlay(rgb, maps[0])).save(out_path)
+        target = pred if class_idx is None else class_idx
+        out_path = Path(output) if single_file else out_dir / f'{Path(path).stem}_{method.lower()}.png'
+        overlay = _overlay(rgb, maps[0])
+        if not overlay_only:
+            caption = f'{method.lower()} on {layer_name} of {getattr(model, "model_name", type(model).__name__)}'
+            if not meta:
+                caption += ' (random weights)'
+            overlay = compose_cam(rgb, overlay, pred=_label(names, pred), pred_prob=float(probs[0, pred]),
+                                  target=_label(names, target), target_prob=float(probs[0, target]),
+                                  caption=caption)
+        Image.fromarray(overlay).save(out_path)
         results.append(CamResult(
             image=str(path), output=str(out_path), method=method.lower(), target_layer=layer_name,
             pred_class=pred, pred_name=names[pred] if names and pred < len(names) else None,
-            pred_prob=float(probs[0, pred]), target_class=pred if class_idx is None else class_idx,
+            pred_prob=float(probs[0, pred]), target_class=target,
+            target_name=names[target] if names and target < len(names) else None,
+            target_prob=float(probs[0, target]),
         ))
     return results

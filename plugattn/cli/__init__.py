@@ -19,7 +19,7 @@ __all__ = ['SUBCOMMANDS', 'build_parser', 'main']
 
 # Module names (relative to this package) of the subcommands, in help order.
 SUBCOMMANDS: tuple[str, ...] = (
-    'train', 'evaluate', 'list_models', 'bench', 'cam', 'attn_corr', 'compare', 'export', 'diffusion_demo',
+    'train', 'evaluate', 'list_models', 'predict', 'bench', 'cam', 'attn_corr', 'compare', 'export', 'diffusion_demo',
 )
 
 EXIT_USER_ERROR = 2
@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         command = args.command
         args.t_start = t_start
+        args.argv = [PROG, *argv]
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f'{PROG}: interrupted', file=sys.stderr)

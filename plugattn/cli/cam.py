@@ -17,10 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     parser = add_command(
         subparsers, NAME, HELP,
         details=(
-            "Needs the grad-cam package (pip install 'plugattn[viz]'). Writes OUTPUT/<image stem>_<method>.png at\n"
-            'the original image size. The default target layer is the last block of the last stage (the stage\n'
-            'itself for DIA). Images are resized to the model input and normalised with the training data\n'
-            'statistics of a checkpoint, else with the ImageNet mean/std. A model built by name has random weights:\n'
+            "Needs grad-cam and matplotlib (pip install 'plugattn[viz]'). Writes one labelled composite per image,\n"
+            'OUTPUT/<image stem>_<method>.png: the input, the map overlaid on it, the predicted class name and\n'
+            'probability, the class the map explains and a colour bar (--overlay-only: the bare overlay at the\n'
+            'original image size). The default target layer is the last block of the last stage (the stage\n'
+            'itself for DIA). Images are resized to the model input and normalised with the mean/std a checkpoint\n'
+            'records, else with the ImageNet mean/std; class names come from the checkpoint. A model built by\n'
+            'name has random weights:\n'
             'its map is meaningless and only shows the output format.'
         ),
         epilog='examples:\n'
@@ -39,7 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
                         help='class to explain (default: the predicted class)')
     parser.add_argument('--img-size', type=positive_int, default=None, metavar='N',
                         help='model input size (default: the training size of a checkpoint, else default_cfg)')
-    parser.add_argument('--output', default='cam', metavar='DIR', help='output folder')
+    parser.add_argument('--output', default='cam', metavar='DIR|FILE.png',
+                        help='output folder, or a .png file when there is one image')
+    parser.add_argument('--overlay-only', action='store_true',
+                        help='write the bare overlay at the original image size instead of the labelled composite')
     parser.add_argument('--json', action='store_true', help='print one JSON object instead of text')
     parser.set_defaults(func=run)
     return parser
@@ -51,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis._common import require
 
     require('pytorch_grad_cam', 'plugattn cam')
+    if not args.overlay_only:
+        require('matplotlib', 'plugattn cam')
     model, meta = load_model(args.model, args.checkpoint, which=args.which)
     results = run_cam(model, args.image, method=args.method, target_layer=args.target_layer,
-                      class_idx=args.class_idx, output=args.output, meta=meta, img_size=args.img_size)
+                      class_idx=args.class_idx, output=args.output, meta=meta, img_size=args.img_size,
+                      overlay_only=args.overlay_only)
     if args.json:
         print(json.dumps(dict(model=model.model_name, checkpoint=meta.get('checkpoint'),
                               results=[r.to_dict() for r in results])))
@@ -62,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     print(f'model {source}, {results[0].method} on {results[0].target_layer}')
     for r in results:
         name = f' ({r.pred_name})' if r.pred_name else ''
-        explained = '' if r.target_class == r.pred_class else f', map of class {r.target_class}'
+        target = f'{r.target_class} ({r.target_name})' if r.target_name else f'{r.target_class}'
+        explained = '' if r.target_class == r.pred_class else f', map of class {target}'
         print(f'{r.image}: predicted class {r.pred_class}{name} (p = {r.pred_prob:.3f}){explained} -> {r.output}')
     return 0

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     parser = add_command(
         subparsers, NAME, HELP,
         details='The model is rebuilt from the checkpoint metadata (name, classes, channels); the '
-                'dataset, image size and batch size default\nto those of the training run.',
+                'dataset, image size and batch size default\nto those of the training run. A dataset whose classes '
+                'differ from the checkpoint\'s is refused (--allow-class-mismatch\nevaluates anyway).',
     )
     parser.add_argument('--checkpoint', required=True, metavar='PATH',
                         help='run directory (uses --which) or .safetensors file (required)')
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
                         help='torch CPU threads (default: torch default)')
     parser.add_argument('--amp', action='store_true', help='bfloat16 (CPU) / float16 (CUDA) autocast')
     parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
+    parser.add_argument('--allow-class-mismatch', action='store_true',
+                        help="evaluate even on a dataset whose classes differ from the checkpoint's (refused by "
+                             'default: the accuracy would be meaningless)')
     parser.add_argument('--json', action='store_true', help='print one JSON object instead of text')
     parser.set_defaults(func=run)
     return parser
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.checkpoint, which=args.which, model=args.model, data=args.data, data_dir=args.data_dir,
         batch_size=args.batch_size, device=args.device, amp=args.amp, channels_last=args.channels_last,
-        progress=stdout_is_tty() and not args.json,
+        progress=stdout_is_tty() and not args.json, allow_class_mismatch=args.allow_class_mismatch,
     )
     if args.json:
         print(json.dumps(result))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ._common import ArgumentParser, CliError, add_command, positive_int
@@ -19,7 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
             'and onnxscript; legacy: the deprecated TorchScript-based one, needs onnx and onnxruntime) and is checked\n'
             'with onnxruntime. TorchScript uses torch.jit.trace (the models cannot be scripted); a trace freezes\n'
             'Python branches, so it is always checked at two input sizes. With --dynamic the ONNX batch, height and\n'
-            'width are symbolic and the check runs at the export size and at a larger non-square size.'
+            'width are symbolic (axes named batch, height, width) and the check runs at the export size and at a\n'
+            'larger non-square size. The file carries the model name and kwargs, the class names and the\n'
+            'preprocessing (input size, colour mode, resize, crop, interpolation, mean/std) as ONNX metadata_props\n'
+            'or TorchScript extra files, so a runtime needs nothing else.'
         ),
         epilog='examples:\n'
                '  plugattn export --model bav2_resnet50 --format onnx --dynamic\n'
@@ -52,31 +56,40 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn export``."""
-    from ..export import export_model
+    from ..engine.inference import preprocessing_from_meta
+    from ..export import export_metadata, export_model
     from ..models import create_model
 
+    meta = None
     if args.checkpoint is not None:
         if args.num_classes is not None:
             raise CliError('--num-classes applies to --model only', 'the checkpoint fixes the number of classes')
         from ..engine.evaluation import load_checkpoint_model
 
         model, meta, _ = load_checkpoint_model(args.checkpoint, args.which)
-        name, img_size = meta['model'], (meta.get('data') or {}).get('image_size')
+        name = meta['model']
     else:
         kwargs = {} if args.num_classes is None else {'num_classes': args.num_classes}
-        model, name, img_size = create_model(args.model, **kwargs), args.model, None
-    _, height, width = model.default_cfg['input_size']
-    size = args.img_size or img_size
-    input_size = (model.in_chans, size or height, size or width)
+        model, name = create_model(args.model, **kwargs), args.model
+    # the training run's input size (native-size datasets included), else the model's default
+    _, height, width = preprocessing_from_meta(meta or {}, model).input_size
+    if args.img_size:
+        height = width = args.img_size
+    input_size = (model.in_chans, height, width)
     output = Path(args.output or f'{name}.{"onnx" if args.format == "onnx" else "pt"}')
     result = export_model(
         model, output, fmt=args.format, input_size=input_size, dynamic=args.dynamic, batch_size=args.batch_size,
         exporter=args.exporter, opset=args.opset, verify=not args.no_verify,
+        metadata=export_metadata(model, meta, input_size),
     )
     shapes = 'dynamic batch/height/width' if args.format == 'onnx' and args.dynamic else \
         'shape-generic trace' if args.format == 'torchscript' else f'static input {result.input_shape}'
     size_mb = result.path.stat().st_size / 2**20
     print(f'wrote  {result.path} ({name}, {args.format} via {result.method}, {shapes}, {size_mb:.1f} MiB)')
+    prep = json.loads(result.metadata['preprocessing'])
+    classes = json.loads(result.metadata['classes'])
+    print(f'meta   {len(classes) if classes else "no"} class names, input {"x".join(map(str, prep["input_size"]))}, '
+          f'{prep["resize_mode"]} resize ({prep["interpolation"]}), mean {prep["mean"]}, std {prep["std"]}')
     for shape, err in result.checks:
         print(f'check  input {shape}: max |{args.format} - PyTorch| = {err:.2e}')
     if not result.checks:

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     progress = False if args.no_progress else stdout_is_tty()
     result = train(cfg, resume_dir=args.resume, stop_after=args.stop_after, progress=progress,
-                   t_start=getattr(args, 't_start', None))
+                   t_start=getattr(args, 't_start', None), command=getattr(args, 'argv', None))
     if result.is_main:
         print(format_summary(result, cfg), flush=True)
     return 0

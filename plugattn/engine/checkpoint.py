@@ -5,7 +5,8 @@ A run directory holds:
 * ``run.json``: marks the folder as a plugattn run (status, recipe, model, completed epochs);
 * ``config.yaml``: the resolved config;
 * ``last.safetensors`` / ``best.safetensors``: model weights with JSON metadata in the safetensors header (model
-  name and kwargs, recipe, epoch, metrics, plugattn version, a SHA-256 of the tensor data);
+  name and kwargs, class names, preprocessing, recipe, epoch, metrics, plugattn version, a SHA-256 of the tensor
+  data and a SHA-256 of the metadata itself, so an edited field is detected as well as damaged weights);
 * ``last_state.pt``: everything else needed to resume bit for bit (model weights again, optimizer, schedule,
   GradScaler, EMA weights, RNG states, epoch, step, metric history), read with ``torch.load(weights_only=True)``.
 
@@ -53,6 +54,10 @@ RUN_FORMAT = 'plugattn-run'
 WEIGHTS_FORMAT = 'plugattn-weights'
 STATE_FORMAT = 'plugattn-state'
 META_KEY = 'plugattn'
+META_DIGEST_KEY = 'metadata_sha256'
+# Fields that only checkpoints with a metadata checksum carry: one of them without the checksum means the header was
+# edited (older checkpoints, written before the metadata checksum existed, have none of them and stay readable).
+CHECKSUMMED_FIELDS = ('classes', 'preprocessing')
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
@@ -163,19 +168,29 @@ def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _meta_digest(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``meta`` without its own digest field (the tensor digest is inside)."""
+    body = {k: v for k, v in meta.items() if k != META_DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(',', ':'), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(text.encode('ascii')).hexdigest()
+
+
 def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     """Save model weights as safetensors with plugattn metadata, atomically.
 
     Args:
         path: Target ``.safetensors`` file.
         state_dict: Model state dict (any device, any memory format).
-        meta: JSON-serialisable metadata (model name and kwargs, recipe, epoch, metrics, ...); the format tag,
-            plugattn version and a SHA-256 of the tensor data are added.
+        meta: JSON-serialisable metadata (model name and kwargs, class names, preprocessing, recipe, epoch,
+            metrics, ...); the format tag, plugattn version, a SHA-256 of the tensor data and a SHA-256 of the whole
+            metadata (``metadata_sha256``) are added.
     """
     from safetensors.torch import save
 
     tensors = {k: v.detach().to('cpu', copy=True).contiguous() for k, v in state_dict.items()}
     full = {'format': WEIGHTS_FORMAT, 'plugattn_version': __version__, **meta, 'sha256': _tensor_digest(tensors)}
+    full = json.loads(json.dumps(full))  # the digest is of what a reader gets back (tuples -> lists, str keys)
+    full[META_DIGEST_KEY] = _meta_digest(full)
     atomic_write_bytes(path, save(tensors, metadata={META_KEY: json.dumps(full), 'format': 'pt'}))
 
 
@@ -189,7 +204,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         ``(state_dict, metadata)`` with CPU tensors.
 
     Raises:
-        EngineError: Missing or unreadable file, truncated or corrupted data (checksum mismatch), or a file without
+        EngineError: Missing or unreadable file, truncated or corrupted data (checksum mismatch), edited metadata
+            (metadata checksum mismatch, or class names / preprocessing without a checksum), or a file without
             plugattn metadata.
     """
     from safetensors import safe_open
@@ -219,6 +235,12 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise EngineError(f'checkpoint {path} has corrupted metadata', fix)
     if meta.get('sha256') != _tensor_digest(tensors):
         raise EngineError(f'checkpoint {path} is corrupted (tensor data checksum mismatch)', fix)
+    if META_DIGEST_KEY in meta:
+        if meta[META_DIGEST_KEY] != _meta_digest(meta):
+            raise EngineError(f'checkpoint {path} has altered metadata (metadata checksum mismatch)', fix)
+    elif any(k in meta for k in CHECKSUMMED_FIELDS):
+        raise EngineError(f'checkpoint {path} has altered metadata (class names or preprocessing without the '
+                          'metadata checksum)', fix)
     return tensors, meta
 
 

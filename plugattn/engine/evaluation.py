@@ -64,7 +64,47 @@ def load_checkpoint_model(path: str | Path, which: str = 'best') -> tuple[nn.Mod
     net = build_model(name, int(num_classes), int(in_chans), kwargs)
     check_state_dict_fits(net, state, str(file), name, name)
     net.load_state_dict(state)
+    _describe_model(net, meta)
     return net, meta, file
+
+
+def _describe_model(net: nn.Module, meta: dict[str, Any]) -> None:
+    """Put the checkpoint's preprocessing and class names into the model's ``pretrained_cfg`` / ``default_cfg``
+    (timm's keys), so that e.g. ``timm.data.resolve_data_config(model=net)`` sees the training preprocessing."""
+    from .inference import checkpoint_classes, preprocessing_from_meta
+
+    try:
+        prep = preprocessing_from_meta(meta, net)
+    except EngineError:  # e.g. a 4-channel model: no image preprocessing to describe
+        return
+    cfg = dict(getattr(net, 'pretrained_cfg', None) or getattr(net, 'default_cfg', None) or {})
+    cfg.update(input_size=prep.input_size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation,
+               crop_pct=prep.crop_pct, crop_mode='squash' if prep.resize_mode == 'stretch' else 'center')
+    classes = checkpoint_classes(meta)
+    if classes:
+        cfg['label_names'] = tuple(classes)
+    net.pretrained_cfg = net.default_cfg = cfg
+
+
+def _check_same_classes(file: Path, meta: dict[str, Any], info: Any) -> None:
+    """Refuse a dataset whose classes are not the checkpoint's (see :func:`evaluate_checkpoint`)."""
+    from .inference import checkpoint_classes
+
+    trained = checkpoint_classes(meta)
+    given = list(info.classes) if info.classes else None
+    trained_on = (meta.get('data') or {}).get('name')
+    fix = (f'evaluate on the data it was trained on ({trained_on}), or pass --allow-class-mismatch to evaluate '
+           'anyway')
+    if trained is not None and given is not None:
+        if trained == given:
+            return
+        diff = next((i for i, (a, b) in enumerate(zip(trained, given)) if a != b), min(len(trained), len(given)))
+        shown = (f'class {diff} is {trained[diff]!r} in the checkpoint but {given[diff]!r} in {info.name}'
+                 if diff < min(len(trained), len(given)) else f'{len(trained)} vs {len(given)} classes')
+        raise EngineError(f'checkpoint {file} was trained on other classes than {info.name} has ({shown})', fix)
+    if trained_on is not None and info.name != trained_on:
+        raise EngineError(f'checkpoint {file} was trained on {trained_on}, not {info.name}, and the class names to '
+                          'compare are unknown', fix)
 
 
 def evaluate_checkpoint(
@@ -79,8 +119,12 @@ def evaluate_checkpoint(
         amp: bool = False,
         channels_last: bool = False,
         progress: bool = False,
+        allow_class_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Top-1, top-5 and loss of a checkpoint on a dataset's test split.
+
+    A dataset whose classes differ from the checkpoint's (other names or order; or, when either side does not know
+    its names, another dataset) is refused unless ``allow_class_mismatch``: its accuracy would be meaningless.
 
     Args:
         path: Run directory or ``.safetensors`` file.
@@ -93,12 +137,13 @@ def evaluate_checkpoint(
         amp: bfloat16 (CPU) / float16 (CUDA) autocast.
         channels_last: channels_last inputs and weights.
         progress: Show a progress bar.
+        allow_class_mismatch: Evaluate even when the dataset's classes differ from the checkpoint's.
 
     Returns:
         ``{'checkpoint', 'model', 'data', 'epoch', 'top1', 'top5', 'test_loss', 'samples'}``.
 
     Raises:
-        EngineError: Unusable checkpoint, wrong architecture, class-count mismatch, or a data problem.
+        EngineError: Unusable checkpoint, wrong architecture, class-count or class-name mismatch, or a data problem.
     """
     from ..data import AugConfig, build_loader, get_dataset_info
 
@@ -128,6 +173,8 @@ def evaluate_checkpoint(
     same_dir = data_dir or (dmeta.get('data_dir') if data_name == dmeta.get('name') else None)
     loader = build_loader(data_name, 'test', batch_size=batch_size or int(meta.get('eval_batch_size') or 256),
                           train=False, data_dir=same_dir, aug=aug, drop_last=False)
+    if not allow_class_mismatch:
+        _check_same_classes(file, meta, loader.info)
     amp_dtype = torch.float16 if dev.type == 'cuda' else torch.bfloat16
     metrics = evaluate(net, loader, DistContext(device=dev), amp=(amp, amp_dtype), channels_last=channels_last,
                        progress=progress)

@@ -11,7 +11,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,11 @@ from .distributed import (
 )
 from .ema import ModelEma
 from .errors import EngineError
+from .inference import Preprocessing
 from .logger import Progress, RunLogger
 from .metrics import count_macs, count_params, topk_correct
 from .optim import create_optimizer
+from .provenance import command_line, environment_info
 from .scheduler import LRSchedule
 
 __all__ = [
@@ -310,8 +312,11 @@ class _Trainer:
             progress: bool | None,
             echo: Callable[[str], None],
             t_start: float,
+            command: str,
     ) -> None:
         self.cfg = cfg
+        self.command = command
+        self.resumed_with: list[str] = []
         self.ctx = ctx
         self.resume_dir = resume_dir
         self.stop_after = stop_after
@@ -366,6 +371,13 @@ class _Trainer:
             raise EngineError(f'{m["name"]} has BatchNorm layers, which cannot train on a batch of one sample',
                               'use --batch-size 2 or more (per process)')
         self.model_kwargs = {'num_classes': self.info.num_classes, 'in_chans': self.info.in_chans, **m['kwargs']}
+        self.classes = list(self.info.classes) if self.info.classes else None
+        try:
+            self.preprocessing: dict[str, Any] | None = Preprocessing.for_dataset(
+                self.test_loader.info, cfg['aug']['image_size'], cfg['aug']['interpolation']).to_dict()
+        except EngineError:  # images other than grey or RGB: no file preprocessing to describe
+            self.preprocessing = None
+        self.environment = environment_info(ctx.device)
         if m['init_checkpoint'] and self.resume_dir is None:
             load_model_weights(model, m['init_checkpoint'], m['name'])
         self.params = count_params(model)
@@ -520,6 +532,8 @@ class _Trainer:
             'step': self.step,
             'weights': weights,
             'metrics': {k: v for k, v in record.items() if isinstance(v, (int, float))},
+            'classes': self.classes,
+            'preprocessing': self.preprocessing,
             'data': {
                 'name': self.info.name,
                 'num_classes': self.info.num_classes,
@@ -546,6 +560,12 @@ class _Trainer:
             'world_size': self.ctx.world_size,
             'created': self.created,
             'updated': _dt.datetime.now().isoformat(timespec='seconds'),
+            'command': self.command,
+            'resumed_with': self.resumed_with,
+            'environment': self.environment,
+            'model_kwargs': self.model_kwargs,
+            'classes': self.classes,
+            'preprocessing': self.preprocessing,
         }
 
     def _save(self, epoch: int, record: dict[str, Any], improved: str | None) -> None:
@@ -592,7 +612,11 @@ class _Trainer:
             return
         if self.resume_dir is not None:
             self.run_dir = self.resume_dir
-            self.created = read_run_info(self.run_dir).get('created')
+            previous = read_run_info(self.run_dir)
+            self.created = previous.get('created')
+            # the run keeps its first command line; each resume adds its own
+            self.resumed_with = [*(previous.get('resumed_with') or []), self.command]
+            self.command = previous.get('command') or self.command
             remove_stale_temps(self.run_dir)
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         else:
@@ -711,6 +735,7 @@ def train(
         progress: bool | None = None,
         echo: Callable[[str], None] = print,
         t_start: float | None = None,
+        command: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train a model from a config (see :mod:`plugattn.engine.config`), single-process or under torchrun.
 
@@ -722,6 +747,7 @@ def train(
         progress: Force (True) or disable (False) the tqdm bar; default: when stdout is a terminal.
         echo: Line printer of rank 0.
         t_start: ``time.perf_counter()`` value the wall time is measured from (default: now).
+        command: The command line recorded in ``run.json`` (default: ``sys.argv``).
 
     Returns:
         The :class:`TrainResult`.
@@ -739,7 +765,7 @@ def train(
     ctx = init_distributed(cfg['train']['device'])
     try:
         trainer = _Trainer(cfg, ctx, resume_dir=Path(resume_dir) if resume_dir else None, stop_after=stop_after,
-                           progress=progress, echo=echo, t_start=t_start)
+                           progress=progress, echo=echo, t_start=t_start, command=command_line(command))
         return trainer.run()
     finally:
         cleanup_distributed()
