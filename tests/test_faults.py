@@ -1,0 +1,348 @@
+"""Faults and odd inputs: signals and preemption, mid-epoch resume, early kills, disk full, bad images, wrongly typed
+values, pickle payloads, and the compare/resume edge cases. Everything runs on the CPU with a CIFAR ResNet-20 on the
+8x8 ``digits`` data set.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from plugattn.cli import main
+from plugattn.engine import EngineError, load_resume_config, load_state, read_weights, resolve_config, train
+from plugattn.engine import trainer as trainer_mod
+
+pytest.importorskip('sklearn')  # the digits dataset comes from scikit-learn
+
+ROOT = Path(__file__).resolve().parents[1]
+# 1437 // 64 = 22 steps per epoch; eval on the whole 360-image test split in one batch.
+TINY = ['--data', 'digits', '--model', 'resnet20', '--batch-size', '64', '--threads', '1', '--no-progress',
+        '--set', 'train.eval_batch_size=360', '--set', 'aug.random_crop_padding=1']
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith('plugattn: error: ') and '; ' in lines[0], lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def tiny_cfg(tmp_path: Path, **overrides) -> dict:
+    base = {'data.name': 'digits', 'model.name': 'resnet20', 'train.batch_size': 64, 'train.eval_batch_size': 360,
+            'train.epochs': 1, 'train.log_interval': 10_000, 'train.threads': 1, 'aug.random_crop_padding': 1,
+            'output.dir': str(tmp_path)}
+    base.update({k.replace('__', '.'): v for k, v in overrides.items()})
+    return resolve_config('fashion-mnist', list(base.items()))
+
+
+def quiet_train(cfg: dict, **kwargs):
+    return train(cfg, progress=False, echo=lambda _line: None, **kwargs)
+
+
+def signal_at_forward(monkeypatch, n: int, signum: int = signal.SIGTERM, action=None) -> None:
+    """Send ``signum`` to this process during the n-th training forward pass of the next built model."""
+    build = trainer_mod.build_model
+    calls = {'n': 0}
+
+    def hook(module, _inputs):
+        if module.training:
+            calls['n'] += 1
+            if calls['n'] == n:
+                if action is not None:
+                    action()
+                else:
+                    os.kill(os.getpid(), signum)
+
+    def patched(*args, **kwargs):
+        model = build(*args, **kwargs)
+        if not next(model.parameters()).is_meta:
+            model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(trainer_mod, 'build_model', patched)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, _ = read_weights(a / 'last.safetensors')
+    wb, _ = read_weights(b / 'last.safetensors')
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    sa, sb = load_state(a / 'last_state.pt'), load_state(b / 'last_state.pt')
+    for k, v in sa['optimizer']['state'].items():
+        assert torch.equal(v['momentum_buffer'], sb['optimizer']['state'][k]['momentum_buffer']), k
+    assert sa['step'] == sb['step']
+    ha = [(r['epoch'], r['train_loss'], r['top1'], r['test_loss']) for r in sa['history']]
+    hb = [(r['epoch'], r['train_loss'], r['top1'], r['test_loss']) for r in sb['history']]
+    assert ha == hb
+
+
+# --------------------------------------------------------------------------------------------- signals, mid-epoch
+
+
+def test_sigterm_mid_epoch_saves_and_resumes_bit_exactly(tmp_path, monkeypatch):
+    # Mixup/CutMix (its own generator), EMA, label smoothing and dropout-free BAv2 with BatchNorm1d: all of the
+    # state a mid-epoch resume must restore.
+    over = dict(model__name='bav2_resnet20', train__epochs=2, ema__enabled=True, ema__decay=0.9,
+                loss__label_smoothing=0.1, mixup__mixup_alpha=0.2, mixup__cutmix_alpha=1.0, aug__hflip=True)
+    straight = quiet_train(tiny_cfg(tmp_path, output__name='straight', **over))
+    signal_at_forward(monkeypatch, 22 + 10)  # the 10th step of epoch 2
+    first = quiet_train(tiny_cfg(tmp_path, output__name='split', **over))
+    monkeypatch.undo()
+    assert first.stop_signal == signal.SIGTERM and first.exit_code == 143 and not first.finished
+    assert first.resume_command == f'plugattn train --resume {first.run_dir}'
+    info = json.loads((first.run_dir / 'run.json').read_text())
+    assert info['status'] == 'stopped' and info['epochs_done'] == 1
+    state = load_state(first.run_dir / 'last_state.pt')
+    assert state['epoch'] == 1 and state['step'] == 32 and state['partial'][0]['batch'] == 10
+    _, meta = read_weights(first.run_dir / 'last.safetensors')
+    assert meta['epoch'] == 1  # the weights files keep the last finished epoch
+    resumed = quiet_train(load_resume_config(first.run_dir, []), resume_dir=first.run_dir)
+    assert resumed.finished and resumed.stop_signal is None and resumed.exit_code == 0
+    assert_same_run(straight.run_dir, resumed.run_dir)
+    sa, sb = load_state(straight.run_dir / 'last_state.pt'), load_state(resumed.run_dir / 'last_state.pt')
+    for key in sa['ema']:
+        assert torch.equal(sa['ema'][key], sb['ema'][key]), key
+
+
+def test_save_every_steps_writes_mid_epoch_states(tmp_path, monkeypatch):
+    saved = []
+    real = trainer_mod.save_state
+    monkeypatch.setattr(trainer_mod, 'save_state', lambda path, state: (saved.append(
+        (state['step'], (state['partial'] or [{}])[0].get('batch'))), real(path, state)))
+    result = quiet_train(tiny_cfg(tmp_path, train__save_every_steps=8, train__epochs=2))
+    # steps 8, 16 (epoch 1), epoch end 22, steps 24, 32, 40 (epoch 2), epoch end 44
+    assert saved == [(8, 8), (16, 16), (22, None), (24, 2), (32, 10), (40, 18), (44, None)]
+    assert result.finished and load_state(result.run_dir / 'last_state.pt')['partial'] is None
+
+
+def _wait_for(proc: subprocess.Popen, fragment: str, timeout: float = 120.0) -> list[str]:
+    lines, t0 = [], time.monotonic()
+    for line in proc.stdout:
+        lines.append(line)
+        if fragment in line:
+            return lines
+        assert time.monotonic() - t0 < timeout, ''.join(lines)
+    raise AssertionError(f'{fragment!r} never printed: {"".join(lines)}')
+
+
+@pytest.fixture(scope='module')
+def stopped_run(tmp_path_factory) -> Path:
+    """A run of 2 epochs stopped after the first (copy it before changing it)."""
+    out = tmp_path_factory.mktemp('stopped')
+    assert main(['train', *TINY, '--epochs', '2', '--stop-after', '1', '--output', str(out), '--name', 'r']) == 0
+    return out / 'r'
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+@pytest.fixture(scope='module')
+def straight_cli_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp('straight')
+    assert main(['train', *TINY, '--epochs', '2', '--output', str(out), '--name', 'ref']) == 0
+    return out / 'ref'
+
+
+@pytest.mark.parametrize(('signum', 'code'), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_to_cli_train_stops_cleanly_and_resumes_bit_exactly(straight_cli_run, tmp_path, signum, code):
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1'}
+    cmd = [sys.executable, '-m', 'plugattn', 'train', *TINY, '--epochs', '2', '--output', str(tmp_path),
+           '--name', 'run', '--set', 'train.log_interval=1']
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_for(proc, '[5/22]' if signum == signal.SIGTERM else 'epoch 2/2  [3/22]')
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    run = tmp_path / 'run'
+    assert proc.returncode == code, err
+    assert 'Traceback' not in err
+    name = 'SIGTERM' if signum == signal.SIGTERM else 'SIGINT'
+    assert err.strip().splitlines()[-1] == (
+        f'plugattn: stopped by {name}; the resume state in {run} is saved and run.json says "stopped"; '
+        f'continue with: plugattn train --resume {run}')
+    assert 'stopping: saved the resume state at epoch' in out
+    assert json.loads((run / 'run.json').read_text())['status'] == 'stopped'
+    assert load_state(run / 'last_state.pt')['partial'][0]['batch'] > 0
+    assert main(['train', '--resume', str(run), '--no-progress']) == 0
+    assert json.loads((run / 'run.json').read_text())['status'] == 'finished'
+    assert_same_run(straight_cli_run, run)
+
+
+def test_run_killed_before_first_checkpoint_can_resume_or_restart(tmp_path, monkeypatch, capsys):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    signal_at_forward(monkeypatch, 3, action=interrupt)
+    code = main(['train', *TINY, '--output', str(tmp_path), '--name', 'early'])
+    monkeypatch.undo()
+    run = tmp_path / 'early'
+    assert code == 130 and not (run / 'last_state.pt').exists()
+    assert json.loads((run / 'run.json').read_text())['status'] == 'interrupted'
+    capsys.readouterr()
+    assert main(['train', '--resume', str(run)]) == 0
+    assert 'stopped before its first checkpoint: starting it from the beginning' in capsys.readouterr().out
+    assert json.loads((run / 'run.json').read_text())['status'] == 'finished'
+    # The same name again, without --resume: a run without a checkpoint is restarted in place ...
+    (run / 'last_state.pt').unlink()
+    (run / 'last.safetensors').unlink()
+    (run / 'best.safetensors').unlink()
+    info = json.loads((run / 'run.json').read_text())
+    (run / 'run.json').write_text(json.dumps({**info, 'status': 'failed', 'epochs_done': 0}))
+    assert main(['train', *TINY, '--output', str(tmp_path), '--name', 'early']) == 0
+    # ... but a run with a checkpoint is never overwritten.
+    code = main(['train', *TINY, '--output', str(tmp_path), '--name', 'early'])
+    assert_one_line_error(code, capsys.readouterr().err, 'already exists', f'--resume {run}')
+
+
+def test_resume_with_other_epochs_needs_reschedule(stopped_run, tmp_path, capsys):
+    run = copy_run(stopped_run, tmp_path)
+    capsys.readouterr()
+    code = main(['train', '--resume', str(run), '--epochs', '3'])
+    assert_one_line_error(code, capsys.readouterr().err,
+                          '--epochs 3 re-times the cosine learning-rate schedule', 'planned for 2 epochs',
+                          'pass --reschedule')
+    # A step schedule keeps the learning rates of the coming steps: no flag needed.
+    assert main(['train', *TINY, '--epochs', '2', '--stop-after', '1', '--output', str(tmp_path), '--name', 's',
+                 '--set', 'schedule.name=step', '--set', 'schedule.milestones=[5]']) == 0
+    assert main(['train', '--resume', str(tmp_path / 's'), '--epochs', '3', '--stop-after', '2']) == 0
+    capsys.readouterr()
+    assert main(['train', '--resume', str(run), '--epochs', '3', '--reschedule', '--stop-after', '2']) == 0
+    assert 'note: --epochs 3 re-times the cosine' in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------- types, print-config
+
+
+def test_wrongly_typed_constructor_arguments_name_the_parameter():
+    from plugattn.layers import create_attn
+    from plugattn.models import create_model
+
+    with pytest.raises(TypeError, match=r"SqueezeExcite: reduction must be an int, got '16' \(str\); "
+                                        r"pass reduction=16"):
+        create_attn('se', 64, reduction='16')
+    with pytest.raises(TypeError, match=r"ResNet: num_classes must be an int, got '10' \(str\)"):
+        create_model('resnet20', num_classes='10')
+    with pytest.raises(TypeError, match=r'ResNet: num_classes must be an int, got 2.5 \(float\)'):
+        create_model('resnet20', num_classes=2.5)
+    with pytest.raises(TypeError, match=r'ResNet: num_classes must be an int, got True \(bool\)'):
+        create_model('resnet20', num_classes=True)
+    with pytest.raises(TypeError, match=r"BridgeAttentionV2: inner_channels must be a sequence of ints"):
+        create_attn('bav2', 64, inner_channels='64')
+    with pytest.raises(TypeError, match=r"SqueezeExcite: reduction must be an int, got '8'"):
+        create_model('se_resnet20', attn_kwargs={'reduction': '8'})
+    assert sum(p.numel() for p in create_attn('se', 64, reduction=8).parameters()) == 2 * 64 * 8  # still works
+    assert create_model('resnet20', num_classes=7, drop_rate=0).num_classes == 7
+
+
+def test_config_model_kwargs_checked_before_any_output(tmp_path, capsys):
+    code = main(['train', *TINY, '--output', str(tmp_path), '--set', 'model.kwargs={"drop_rate": "0.5"}'])
+    assert_one_line_error(code, capsys.readouterr().err, "drop_rate must be a number, got '0.5' (str)",
+                          'pass drop_rate=0.5')
+    assert not list(tmp_path.iterdir())
+    code = main(['train', *TINY, '--output', str(tmp_path), '--set', 'model.kwargs={"bogus": 1}'])
+    assert_one_line_error(code, capsys.readouterr().err, "unexpected keyword argument 'bogus'")
+
+
+def test_print_config_validates_names_like_train(capsys):
+    code = main(['train', '--model', 'resnet2O', '--print-config'])
+    assert_one_line_error(code, capsys.readouterr().err, "unknown model 'resnet2O'", 'list-models')
+    code = main(['train', '--data', 'cifar1O', '--print-config'])
+    assert_one_line_error(code, capsys.readouterr().err, "unknown dataset 'cifar1O'")
+    code = main(['train', '--print-config', '--set', 'model.kwargs={"drop_rate": "x"}'])
+    assert_one_line_error(code, capsys.readouterr().err, 'drop_rate must be a number')
+    assert main(['train', '--print-config', '--model', 'se_resnet20']) == 0
+    assert 'name: se_resnet20' in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------- disk, pickle
+
+
+def test_file_size_limit_during_save_is_a_clear_line_and_keeps_the_checkpoint(stopped_run, tmp_path):
+    run = copy_run(stopped_run, tmp_path)
+    before = (run / 'last_state.pt').read_bytes()
+    limit = len(before) // 2  # run.json and config.yaml fit, the resume state does not
+
+    def limit_file_size():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    # --save-every-steps 1: the first save comes after one step of epoch 2
+    proc = subprocess.run([sys.executable, '-m', 'plugattn', 'train', '--resume', str(run), '--no-progress',
+                           '--save-every-steps', '1'],
+                          capture_output=True, text=True, env=env, preexec_fn=limit_file_size, timeout=300)
+    assert_one_line_error(proc.returncode, proc.stderr, f'cannot save {run / "last_state.pt"}',
+                          'more than the file-size limit', 'the previous last_state.pt is intact', '--resume')
+    assert (run / 'last_state.pt').read_bytes() == before
+    assert load_state(run / 'last_state.pt')['epoch'] == 1
+    assert not list(run.glob('.*.tmp'))
+    assert json.loads((run / 'run.json').read_text())['status'] == 'failed'
+
+
+def test_write_error_efbig_and_enospc_become_one_line(tmp_path, monkeypatch):
+    import errno
+    import resource
+    from shutil import _ntuple_diskusage as shutil_usage
+
+    from plugattn.engine import checkpoint as ckpt
+
+    path = tmp_path / 'last_state.pt'
+    ckpt.save_state(path, {'x': torch.zeros(10)})
+    before = path.read_bytes()
+    # The write itself fails (no size hint): torch.save's RuntimeError is traced back to EFBIG.
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, old_limit[1]))
+    try:
+        with pytest.raises(EngineError, match='file-size limit') as exc:
+            ckpt.atomic_write(path, lambda f: torch.save({'x': torch.zeros(100_000)}, f))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert '\n' not in str(exc.value) and 'inline_container' not in str(exc.value)
+    assert path.read_bytes() == before and not list(tmp_path.glob('.*.tmp'))
+    # A full disk is refused before writing when the size is known ...
+    monkeypatch.setattr(ckpt.shutil, 'disk_usage', lambda _p: shutil_usage(total=10**9, used=10**9, free=1000))
+    with pytest.raises(EngineError, match=r'it needs 0.4 MiB and .* has 0.0 MiB free; nothing was replaced'):
+        ckpt.save_state(path, {'x': torch.zeros(100_000)})
+    monkeypatch.undo()
+    # ... and ENOSPC during the write is named too.
+    def full(_f):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    with pytest.raises(EngineError, match=r'the disk is full; nothing was replaced, the previous last_state\.pt'):
+        ckpt.atomic_write(path, full)
+    assert path.read_bytes() == before
+
+
+def test_pickle_payload_in_resume_state_is_one_clear_line(stopped_run, tmp_path, capsys):
+    run = copy_run(stopped_run, tmp_path)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ('echo pwned',))
+
+    torch.save({'format': 'plugattn-state', 'x': Payload()}, run / 'last_state.pt')
+    capsys.readouterr()
+    code = main(['train', '--resume', str(run)])
+    out, err = capsys.readouterr()
+    assert_one_line_error(code, err, 'holds a pickled Python object (posix.system)', 'refused without running it',
+                          'start a new run')
+    assert 'pwned' not in out
