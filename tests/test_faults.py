@@ -346,3 +346,41 @@ def test_pickle_payload_in_resume_state_is_one_clear_line(stopped_run, tmp_path,
     assert_one_line_error(code, err, 'holds a pickled Python object (posix.system)', 'refused without running it',
                           'start a new run')
     assert 'pwned' not in out
+
+
+# --------------------------------------------------------------------------------------------- compare
+
+
+def test_compare_failed_after_last_epoch_counts_as_finished_and_other_epochs_are_refused(tmp_path):
+    from plugattn.analysis import AnalysisError
+    from plugattn.analysis.compare import compare
+
+    common = dict(batch_size=128, output=tmp_path, device='cpu', threads=1, bench=False, echo=lambda s: None,
+                  progress=False)
+    first = compare(['resnet20'], 'digits', 1, epochs=1, **common)
+    assert first.trained == 1 and first.runs[0]['epochs'] == 1
+    run = tmp_path / 'resnet20' / 'seed0'
+    info = json.loads((run / 'run.json').read_text())
+    (run / 'run.json').write_text(json.dumps({**info, 'status': 'failed'}))  # died after its last save
+    again = compare(['resnet20'], 'digits', 1, epochs=1, **common)
+    assert again.trained == 0 and again.runs[0]['action'] == 'skipped'
+    assert again.rows[0]['top1_mean'] == first.rows[0]['top1_mean']
+    with pytest.raises(AnalysisError, match=r'planned for 1 epochs, but this comparison asks for 2 .*; use another '
+                                            r'--output folder for 2 epochs, or --epochs 1'):
+        compare(['resnet20'], 'digits', 1, epochs=2, **common)
+    assert json.loads((run / 'run.json').read_text())['epochs_done'] == 1  # nothing was trained
+
+
+def test_compare_stops_at_a_signal_and_continues_when_run_again(tmp_path, monkeypatch, capsys):
+    common = ['compare', '--models', 'resnet20', '--data', 'digits', '--epochs', '1', '--batch-size', '128',
+              '--threads', '1', '--no-bench', '--no-progress', '--output', str(tmp_path)]
+    signal_at_forward(monkeypatch, 4)
+    assert main(common) == 143
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith('plugattn: compare stopped by SIGTERM; ') and 'same plugattn compare command' in err
+    run = tmp_path / 'resnet20' / 'seed0'
+    assert json.loads((run / 'run.json').read_text())['status'] == 'stopped'
+    assert not (tmp_path / 'results.md').exists()
+    assert main(common) == 0
+    assert 'resuming' in capsys.readouterr().out and (tmp_path / 'results.md').is_file()
