@@ -384,3 +384,119 @@ def test_compare_stops_at_a_signal_and_continues_when_run_again(tmp_path, monkey
     assert not (tmp_path / 'results.md').exists()
     assert main(common) == 0
     assert 'resuming' in capsys.readouterr().out and (tmp_path / 'results.md').is_file()
+
+
+# --------------------------------------------------------------------------------------------- images
+
+
+def make_folder(root: Path, n: int = 4) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for c in ('ant', 'bee'):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)).save(
+                    root / split / c / f'{i}.png')
+    return root
+
+
+def test_image_modes_convert_to_8bit_rgb_without_clipping(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from plugattn.data.images import open_rgb
+
+    def rgb(img, name):
+        img.save(tmp_path / name)
+        return np.asarray(open_rgb(tmp_path / name))
+
+    grey16 = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    out = rgb(Image.fromarray(grey16), 'g16.png')
+    assert Image.open(tmp_path / 'g16.png').mode == 'I;16'
+    assert out.shape == (1, 4, 3) and out[0, :, 0].tolist() == [0, 1, 128, 255] and (out[..., 0] == out[..., 2]).all()
+    assert np.asarray(Image.open(tmp_path / 'g16.png').convert('RGB'))[0, :, 0].tolist() == [0, 255, 255, 255]
+
+    pal = Image.new('P', (2, 1))
+    pal.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    pal.putpixel((1, 0), 1)
+    assert rgb(pal, 'p.png').tolist() == [[[10, 20, 30], [200, 100, 50]]]
+    pal.info['transparency'] = 0  # palette index 0 transparent: white background
+    assert rgb(pal, 'pt.png').tolist() == [[[255, 255, 255], [200, 100, 50]]]
+
+    rgba = Image.fromarray(np.array([[[0, 0, 0, 0], [0, 0, 0, 255], [100, 50, 0, 128]]], dtype=np.uint8), 'RGBA')
+    assert rgb(rgba, 'a.png').tolist() == [[[255, 255, 255], [0, 0, 0], [177, 152, 127]]]
+    la = Image.fromarray(np.array([[[40, 0], [40, 255]]], dtype=np.uint8), 'LA')
+    assert rgb(la, 'la.png').tolist() == [[[255, 255, 255], [40, 40, 40]]]
+
+    cmyk = Image.new('CMYK', (2, 1))
+    cmyk.putpixel((0, 0), (0, 0, 0, 0))
+    cmyk.putpixel((1, 0), (0, 255, 255, 0))  # full magenta + yellow = red
+    out = rgb(cmyk, 'c.tiff')
+    assert out.tolist() == [[[255, 255, 255], [255, 0, 0]]]
+    assert rgb(Image.fromarray(np.array([[7, 250]], dtype=np.uint8), 'L'), 'l.png').tolist() == [
+        [[7, 7, 7], [250, 250, 250]]]
+
+
+def test_decompression_bomb_is_refused_by_name(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from plugattn.data import DataError
+    from plugattn.data.images import open_rgb
+
+    Image.new('L', (40, 40)).save(tmp_path / 'big.png')  # 1600 pixels
+    for limit in (1000, 500):  # above the limit (Pillow warns) and above twice the limit (Pillow raises)
+        monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', limit)
+        with pytest.raises(DataError) as exc:
+            open_rgb(tmp_path / 'big.png')
+        assert str(exc.value) == (
+            f"image {tmp_path / 'big.png'} is a decompression bomb (1,600 pixels, Pillow's limit is {limit:,}); "
+            'remove the file, or raise PIL.Image.MAX_IMAGE_PIXELS if it is a genuine image')
+
+
+def test_preflight_names_bad_files_and_is_cached_by_folder_state(tmp_path, monkeypatch):
+    from plugattn.data import DataError
+    from plugattn.data.images import preflight_imagefolder
+
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    root = make_folder(tmp_path / 'imgs')
+    good = (root / 'train' / 'ant' / '0.png').read_bytes()
+    (root / 'train' / 'bee' / 'notes.jpg').write_text('not an image')
+    (root / 'val' / 'ant' / 'cut.png').write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError) as exc:
+        preflight_imagefolder(root, threads=2)
+    msg = str(exc.value)
+    assert msg.startswith(f'imagefolder {root} has 2 unreadable images: {root}/train/bee/notes.jpg (not an image '
+                          f'file Pillow can read), {root}/val/ant/cut.png (cannot be decoded')
+    assert msg.endswith('; remove or replace them (or skip this check with --no-preflight)') and '\n' not in msg
+    (root / 'train' / 'bee' / 'notes.jpg').unlink()
+    (root / 'val' / 'ant' / 'cut.png').write_bytes(good)
+    lines = []
+    first = preflight_imagefolder(root, threads=2, echo=lines.append)
+    assert (first.files, first.decoded) == (17, 17) and 'images decoded' in lines[0]
+    second = preflight_imagefolder(root, echo=lines.append)
+    assert second.decoded == 0 and lines[1].endswith('17 images unchanged since the last check')
+    (root / 'train' / 'bee' / '1.png').write_text('changed')  # one folder changes: only it is decoded again
+    with pytest.raises(DataError, match=r'has 1 unreadable image: .*/train/bee/1\.png'):
+        preflight_imagefolder(root)
+    (root / 'train' / 'bee' / '1.png').write_bytes(good)
+    assert preflight_imagefolder(root).decoded == 4
+
+
+def test_bad_image_stops_train_before_output_and_worker_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    root = make_folder(tmp_path / 'imgs')
+    (root / 'train' / 'bee' / 'notes.jpg').write_text('not an image')
+    argv = ['train', '--data', 'imagefolder', '--data-dir', str(root), '--model', 'resnet20', '--epochs', '1',
+            '--batch-size', '3', '--threads', '1', '--no-progress', '--set', 'aug.image_size=8',
+            '--output', str(tmp_path / 'runs')]
+    code = main(argv)
+    assert_one_line_error(code, capsys.readouterr().err, 'has 1 unreadable image', 'notes.jpg (not an image file',
+                          '--no-preflight')
+    assert not (tmp_path / 'runs').exists()
+    code = main([*argv, '--no-preflight', '--workers', '2'])
+    assert_one_line_error(code, capsys.readouterr().err,
+                          f"image {root / 'train' / 'bee' / 'notes.jpg'}: not an image file Pillow can read; "
+                          'remove or replace the file')

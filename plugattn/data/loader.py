@@ -300,16 +300,11 @@ class _FolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, item: tuple[int, int] | int) -> tuple[torch.Tensor, int]:
-        from PIL import Image, UnidentifiedImageError
+        from .images import open_rgb
 
         index, seed = (item, derive_seed(0, 0, "sample", int(item))) if isinstance(item, int) else item
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"cannot decode image {path} ({exc}); remove or replace the file") from None
-        return self.transform(img, seed), label
+        return self.transform(open_rgb(path), seed), label  # DataError naming the file when it is unusable
 
 
 def _worker_message(exc: BaseException) -> str:

@@ -393,6 +393,8 @@ class _Trainer:
 
     def setup(self) -> None:
         from ..data import AugConfig, MixupCutmix, build_loader
+        from ..data.images import preflight_imagefolder
+        from ..data.info import canonical_name
 
         cfg, ctx, tc = self.cfg, self.ctx, self.cfg['train']
         if tc['threads']:
@@ -405,6 +407,11 @@ class _Trainer:
 
         # Data first: a missing dataset is the most likely user error and must come before any output.
         d = cfg['data']
+        if d['preflight'] and canonical_name(d['name']) == 'imagefolder':
+            if ctx.is_main:  # decode every file once, before any output, and name the bad ones
+                preflight_imagefolder(d['data_dir'], threads=max(1, d['num_workers']) if d['num_workers'] else None,
+                                      echo=self.echo)
+            barrier(ctx)
         aug = AugConfig.from_dict(cfg['aug'])
         common = dict(data_dir=d['data_dir'], aug=aug, seed=self.seed, rank=ctx.rank, world_size=ctx.world_size,
                       num_workers=d['num_workers'], download=d['download'])
