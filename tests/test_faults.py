@@ -123,6 +123,9 @@ def test_save_every_steps_writes_mid_epoch_states(tmp_path, monkeypatch):
     # steps 8, 16 (epoch 1), epoch end 22, steps 24, 32, 40 (epoch 2), epoch end 44
     assert saved == [(8, 8), (16, 16), (22, None), (24, 2), (32, 10), (40, 18), (44, None)]
     assert result.finished and load_state(result.run_dir / 'last_state.pt')['partial'] is None
+    saved.clear()
+    quiet_train(tiny_cfg(tmp_path, train__save_every_minutes=1e-9, output__name='timed'))
+    assert saved == [(s, s) for s in range(1, 22)] + [(22, None)]  # interval always passed: after every step
 
 
 def _wait_for(proc: subprocess.Popen, fragment: str, timeout: float = 120.0) -> list[str]:
@@ -500,3 +503,24 @@ def test_bad_image_stops_train_before_output_and_worker_errors_are_one_line(tmp_
     assert_one_line_error(code, capsys.readouterr().err,
                           f"image {root / 'train' / 'bee' / 'notes.jpg'}: not an image file Pillow can read; "
                           'remove or replace the file')
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path):
+    # Schedulers signal every process of the job: the DataLoader workers must leave the stop to the main process.
+    root = make_folder(tmp_path / 'imgs', n=30)
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1', 'XDG_CACHE_HOME': str(tmp_path / 'c')}
+    cmd = [sys.executable, '-m', 'plugattn', 'train', '--data', 'imagefolder', '--data-dir', str(root), '--model',
+           'resnet20', '--epochs', '1', '--batch-size', '4', '--threads', '1', '--workers', '2', '--no-progress',
+           '--set', 'aug.image_size=8', '--set', 'train.log_interval=1', '--output', str(tmp_path), '--name', 'run']
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        _wait_for(proc, '[3/15]')
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert 'Traceback' not in err and 'DataLoader worker' not in err
+    assert json.loads((tmp_path / 'run' / 'run.json').read_text())['status'] == 'stopped'
+    assert load_state(tmp_path / 'run' / 'last_state.pt')['partial'][0]['batch'] >= 3

@@ -318,7 +318,13 @@ def _worker_message(exc: BaseException) -> str:
 
 
 def _worker_init(worker_id: int) -> None:
-    """Seed numpy and ``random`` in a worker from torch's per-worker seed (for third-party code)."""
+    """Seed numpy and ``random`` in a worker from torch's per-worker seed (for third-party code), and leave
+    SIGINT/SIGTERM to the main process, which stops at its next safe point (Ctrl-C and schedulers signal the whole
+    process group; a worker dying of it would turn that stop into a DataLoader error)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
