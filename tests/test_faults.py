@@ -323,14 +323,14 @@ def test_write_error_efbig_and_enospc_become_one_line(tmp_path, monkeypatch):
     assert path.read_bytes() == before and not list(tmp_path.glob('.*.tmp'))
     # A full disk is refused before writing when the size is known ...
     monkeypatch.setattr(ckpt.shutil, 'disk_usage', lambda _p: shutil_usage(total=10**9, used=10**9, free=1000))
-    with pytest.raises(EngineError, match=r'it needs 0.4 MiB and .* has 0.0 MiB free; nothing was replaced'):
+    with pytest.raises(EngineError, match=r'it needs 0.4 MiB and .* has 0.0 MiB free \(nothing was replaced'):
         ckpt.save_state(path, {'x': torch.zeros(100_000)})
     monkeypatch.undo()
     # ... and ENOSPC during the write is named too.
     def full(_f):
         raise OSError(errno.ENOSPC, 'No space left on device')
 
-    with pytest.raises(EngineError, match=r'the disk is full; nothing was replaced, the previous last_state\.pt'):
+    with pytest.raises(EngineError, match=r'the disk is full \(nothing was replaced: the previous last_state\.pt'):
         ckpt.atomic_write(path, full)
     assert path.read_bytes() == before
 

@@ -86,7 +86,7 @@ def _mib(n: float) -> str:
 
 
 def _disk_error(path: Path, reason: str) -> EngineError:
-    return EngineError(f'cannot save {path}: {reason}; nothing was replaced, the previous {path.name} is intact',
+    return EngineError(f'cannot save {path}: {reason} (nothing was replaced: the previous {path.name} is intact)',
                        f'free disk space in {path.parent} (or raise the limit) or choose another --output folder, '
                        'then continue the run with --resume')
 
