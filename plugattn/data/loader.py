@@ -12,7 +12,8 @@ Two paths share one interface (iterate ``(images, labels)``, ``len``, ``set_epoc
 Determinism: the epoch's order comes from ``torch.randperm`` with a generator seeded by
 ``seed + epoch`` (the :class:`~torch.utils.data.distributed.DistributedSampler` convention), and
 every augmentation draw from generators seeded by a hash of ``(seed, epoch, batch or sample)``.
-Nothing reads the global RNG, so resuming at epoch ``k`` reproduces an uninterrupted run bit for bit.
+Nothing reads the global RNG, so resuming at epoch ``k`` (or at batch ``j`` of it, ``set_epoch(k, j)``) reproduces
+an uninterrupted run bit for bit.
 
 Sharding: with ``world_size`` W, per-rank batch b and N samples, the epoch's permutation is padded by
 repeating its start to a multiple of W (as DistributedSampler does; the test split is not shuffled,

@@ -2,6 +2,10 @@
 
 :func:`train` is what ``plugattn train`` runs. It works single-process or under ``torchrun`` (one process per
 device, DistributedDataParallel, per-rank data shards, all-reduced metrics, rank 0 writes everything).
+
+Preemption: SIGTERM/SIGINT stop the run after the current optimizer step with the resume state saved, and
+``train.save_every_steps`` / ``train.save_every_minutes`` save it inside epochs too; such a mid-epoch state holds the
+position in the epoch, the running loss sums and the mixup generator, so resuming from it is bit-exact.
 """
 from __future__ import annotations
 
