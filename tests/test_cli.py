@@ -168,7 +168,7 @@ def test_resume_errors(trained_run, capsys, tmp_path):
     (fresh / 'run.json').write_text((trained_run / 'run.json').read_text())
     (fresh / 'config.yaml').write_text((trained_run / 'config.yaml').read_text())
     code, _, err = run_cli(capsys, 'train', '--resume', str(fresh), '--epochs', '3')
-    assert_one_line_error(code, err, 'has not finished an epoch yet')
+    assert_one_line_error(code, err, 'resume state', 'does not exist')
     (fresh / 'last_state.pt').write_bytes((trained_run / 'last_state.pt').read_bytes()[:4000])
     code, _, err = run_cli(capsys, 'train', '--resume', str(fresh), '--epochs', '3')
     assert_one_line_error(code, err, 'truncated or corrupted')

@@ -65,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
         overrides=[parse_set(s) for s in args.overrides], bench=not args.no_bench, bench_batch=args.bench_batch,
         progress=False if args.no_progress else stdout_is_tty() and not args.json, echo=echo,
     )
+    if result.stop_signal is not None:
+        import signal
+
+        name = signal.Signals(result.stop_signal).name
+        print(f'plugattn: compare stopped by {name}; {result.runs[-1]["run_dir"]} saved its resume state; continue '
+              'by running the same plugattn compare command again', file=sys.stderr, flush=True)
+        return 128 + int(result.stop_signal)
     if args.json:
         print(json.dumps(dict(rows=result.rows, runs=result.runs, trained=result.trained, files=result.files)))
         return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
 
@@ -37,6 +38,14 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     '--compile': ('train.compile', {'action': argparse.BooleanOptionalAction, 'help': 'torch.compile the model'}),
     '--channels-last': ('train.channels_last', {'action': argparse.BooleanOptionalAction,
                                                 'help': 'channels_last memory format'}),
+    '--save-every-steps': ('train.save_every_steps', {'type': positive_int, 'metavar': 'N',
+                                                      'help': 'also save the resume state every N steps inside an '
+                                                              'epoch (for preemptible jobs)'}),
+    '--save-every-minutes': ('train.save_every_minutes', {'type': float, 'metavar': 'M',
+                                                          'help': 'also save the resume state every M minutes'}),
+    '--preflight': ('data.preflight', {'action': argparse.BooleanOptionalAction,
+                                       'help': 'imagefolder: decode every image before training and name the bad '
+                                               'ones (cached until the folder changes)'}),
     '--sync-bn': ('train.sync_bn', {'action': argparse.BooleanOptionalAction,
                                     'help': 'synchronise BatchNorm over processes (torchrun; SyncBatchNorm on CUDA, '
                                             'an all-reduce BatchNorm on CPU/gloo)'}),
@@ -124,6 +133,9 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
                         help='continue a run directory from its last checkpoint (bit-exact on the same machine); only '
                              '--epochs, --data-dir, --workers, --device, --threads, --compile, output options and '
                              'matching --set keys may change')
+    parser.add_argument('--reschedule', action='store_true',
+                        help='with --resume and a changed --epochs: accept that the learning-rate schedule of the '
+                             'remaining steps is re-timed for the new length')
     parser.add_argument('--stop-after', type=positive_int, metavar='N', default=None,
                         help='stop after N epochs in total (e.g. to fit a job time limit); continue with --resume')
     parser.add_argument('--print-config', action='store_true',
@@ -150,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn train``."""
     from ..engine import dump_config, format_summary, load_resume_config, resolve_config, train
     from ..engine.errors import EngineError
+    from ..engine.trainer import check_config
 
     overrides = _overrides(args)
     if args.resume is not None:
@@ -159,12 +172,23 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_resume_config(args.resume, overrides)
     else:
         cfg = resolve_config(args.recipe, overrides)
+    if args.reschedule and args.resume is None:
+        raise EngineError('--reschedule only applies to --resume', 'drop --reschedule')
     if args.print_config:
+        check_config(cfg)  # unknown names or wrongly typed model kwargs fail here as they would in training
         sys.stdout.write(dump_config(cfg))
         return 0
+    if hasattr(signal, 'SIGXFSZ'):
+        # Over a file-size limit a write then fails with EFBIG (a clear error) instead of killing the process.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     progress = False if args.no_progress else stdout_is_tty()
     result = train(cfg, resume_dir=args.resume, stop_after=args.stop_after, progress=progress,
-                   t_start=getattr(args, 't_start', None), command=getattr(args, 'argv', None))
+                   t_start=getattr(args, 't_start', None), command=getattr(args, 'argv', None),
+                   reschedule=args.reschedule)
     if result.is_main:
         print(format_summary(result, cfg), flush=True)
-    return 0
+        if result.stop_signal is not None:
+            name = signal.Signals(result.stop_signal).name
+            print(f'{PROG}: stopped by {name}; the resume state in {result.run_dir} is saved and run.json says '
+                  f'"stopped"; continue with: {result.resume_command}', file=sys.stderr, flush=True)
+    return result.exit_code

@@ -13,7 +13,8 @@ Two paths share one interface (iterate ``(images, labels)``, ``len``, ``set_epoc
 Determinism: the epoch's order comes from ``torch.randperm`` with a generator seeded by
 ``seed + epoch`` (the :class:`~torch.utils.data.distributed.DistributedSampler` convention), and
 every augmentation draw from generators seeded by a hash of ``(seed, epoch, batch or sample)``.
-Nothing reads the global RNG, so resuming at epoch ``k`` reproduces an uninterrupted run bit for bit.
+Nothing reads the global RNG, so resuming at epoch ``k`` (or at batch ``j`` of it, ``set_epoch(k, j)``) reproduces
+an uninterrupted run bit for bit.
 
 Sharding: with ``world_size`` W, per-rank batch b and N samples, the epoch's permutation is padded by
 repeating its start to a multiple of W (as DistributedSampler does; the test split is not shuffled,
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -172,6 +174,7 @@ class InMemoryLoader:
         self.world_size = world_size
         self.drop_last = drop_last
         self.epoch = 0
+        self.start_batch = 0
         self.dataset_size = int(images.shape[0])
         self.normalize = Normalizer(info.mean, info.std)
         self.augmenter = (
@@ -192,9 +195,16 @@ class InMemoryLoader:
             self._num_batches = math.ceil(padded / global_batch)
             self.num_samples = padded // world_size
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentations the next iteration produces."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch whose order and augmentations the next iteration produces.
+
+        Args:
+            epoch: 0-based epoch.
+            start_batch: Skip the epoch's first batches in the next iteration only (resuming inside an epoch);
+                the remaining batches are exactly those of an uninterrupted iteration.
+        """
         self.epoch = _check_int("epoch", epoch, 0)
+        self.start_batch = _check_int("start_batch", start_batch, 0)
 
     def __len__(self) -> int:
         return self._num_batches
@@ -222,8 +232,10 @@ class InMemoryLoader:
         return self.augmenter.apply(x, slice_params(params, r * per_rank, (r + 1) * per_rank)), y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
+        epoch, start, self.start_batch = self.epoch, self.start_batch, 0
         for i, idx in enumerate(self.batch_indices(epoch)):
+            if i < start:
+                continue
             with _prep_threads():
                 batch = self._batch(epoch, i, idx)
             yield batch
@@ -239,14 +251,19 @@ class _SeededSampler(Sampler):
         self.base = base
         self.seed = seed
         self.epoch = 0
+        self.skip = 0  # samples skipped by the next iteration only (resuming inside an epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.base.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for idx in self.base:
-            yield idx, derive_seed(self.seed, self.epoch, "sample", int(idx))
+        skip, self.skip = self.skip, 0  # read now: the DataLoader creates the iterator before the first batch
+        return self._pairs(self.epoch, skip)
+
+    def _pairs(self, epoch: int, skip: int) -> Iterator[tuple[int, int]]:
+        for idx in itertools.islice(iter(self.base), skip, None):
+            yield idx, derive_seed(self.seed, epoch, "sample", int(idx))
 
     def __len__(self) -> int:
         return len(self.base)
@@ -386,20 +403,31 @@ class _FolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, item: tuple[int, int] | int) -> tuple[torch.Tensor, int]:
-        from PIL import Image, UnidentifiedImageError
+        from .images import open_rgb
 
         index, seed = (item, derive_seed(0, 0, "sample", int(item))) if isinstance(item, int) else item
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"cannot decode image {path} ({exc}); remove or replace the file") from None
-        return self.transform(img, seed), label
+        return self.transform(open_rgb(path), seed), label  # DataError naming the file when it is unusable
+
+
+def _worker_message(exc: BaseException) -> str:
+    """The original one-line message of an exception re-raised from a DataLoader worker."""
+    text = str(exc)
+    if "DataLoader worker" not in text:
+        return text
+    last = next((line for line in reversed(text.splitlines()) if line.strip()), text)
+    head, sep, tail = last.partition(": ")
+    return tail if sep and head.rsplit(".", 1)[-1].endswith("Error") else last
 
 
 def _worker_init(worker_id: int) -> None:
-    """Seed numpy and ``random`` in a worker from torch's per-worker seed (for third-party code)."""
+    """Seed numpy and ``random`` in a worker from torch's per-worker seed (for third-party code), and leave
+    SIGINT/SIGTERM to the main process, which stops at its next safe point (Ctrl-C and schedulers signal the whole
+    process group; a worker dying of it would turn that stop into a DataLoader error)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -465,16 +493,31 @@ class StreamingLoader:
             generator=torch.Generator().manual_seed(seed),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentations the next iteration produces."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch whose order and augmentations the next iteration produces.
+
+        Args:
+            epoch: 0-based epoch.
+            start_batch: Skip the epoch's first batches in the next iteration only (resuming inside an epoch).
+        """
         self.epoch = _check_int("epoch", epoch, 0)
         self.sampler.set_epoch(self.epoch)
+        self.sampler.skip = _check_int("start_batch", start_batch, 0) * self.batch_size
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self.loader)
+        it = iter(self.loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except DataError as exc:
+                # A worker's error arrives as 'Caught DataError in DataLoader worker ...' plus the traceback.
+                raise DataError(_worker_message(exc)) from None
+            yield batch
 
 
 Loader = InMemoryLoader | StreamingLoader

@@ -17,10 +17,12 @@ and the folder is fsync'ed: a crash or kill during a save leaves the previous fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,6 +40,7 @@ __all__ = [
     'atomic_write',
     'atomic_write_bytes',
     'capture_rng_state',
+    'check_free_space',
     'is_run_dir',
     'load_model_weights',
     'load_state',
@@ -76,32 +79,116 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+_DISK_ERRORS = {
+    errno.ENOSPC: 'the disk is full',
+    errno.EFBIG: 'the file would exceed the file-size limit (ulimit -f) or the file system\'s maximum file size',
+    getattr(errno, 'EDQUOT', -1): 'the disk quota is exceeded',
+}
+
+
+def _mib(n: float) -> str:
+    return f'{n / 2**20:.1f} MiB'
+
+
+def _disk_error(path: Path, reason: str) -> EngineError:
+    return EngineError(f'cannot save {path}: {reason} (nothing was replaced: the previous {path.name} is intact)',
+                       f'free disk space in {path.parent} (or raise the limit) or choose another --output folder, '
+                       'then continue the run with --resume')
+
+
+def check_free_space(path: str | Path, nbytes: int) -> None:
+    """Refuse a write of ``nbytes`` to ``path`` that cannot fit: free space of its file system (with 1 MiB to
+    spare) and the process' file-size limit (``RLIMIT_FSIZE``), where they can be known.
+
+    Raises:
+        EngineError: Names the file, the bytes needed and the bytes available.
+    """
+    path = Path(path)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and nbytes + 2**20 > free:
+        raise _disk_error(path, f'it needs {_mib(nbytes)} and {path.parent} has {_mib(free)} free')
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return
+    if soft != resource.RLIM_INFINITY and nbytes > soft:
+        raise _disk_error(path, f'it needs {_mib(nbytes)}, more than the file-size limit of {_mib(soft)} '
+                                '(ulimit -f)')
+
+
+class _WriteRecorder:
+    """A file wrapper that remembers the OSError of a failed write (torch.save replaces it with a RuntimeError)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], size_hint: int | None = None) -> None:
     """Write a file atomically: temp file in the same folder, flush + fsync, ``os.replace``, fsync the folder.
 
     Args:
         path: Target file.
         write: Called with the open binary temp file; if it raises, the temp file is removed and ``path`` is left
             as it was.
+        size_hint: Expected size in bytes; when given, a write that cannot fit is refused before it starts.
+
+    Raises:
+        EngineError: The disk is full, a quota or the file-size limit is exceeded (checked before the write where
+            ``size_hint`` allows, else when the write fails); ``path`` is then left as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    if size_hint is not None:
+        check_free_space(path, size_hint)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    except OSError as e:
+        if e.errno in _DISK_ERRORS:
+            raise _disk_error(path, _DISK_ERRORS[e.errno]) from None
+        raise
+    recorder = None
     try:
         with os.fdopen(fd, 'wb') as f:
-            write(f)
+            recorder = _WriteRecorder(f)
+            write(recorder)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        cause = recorder.error if recorder is not None and recorder.error is not None else e
+        if isinstance(cause, OSError) and cause.errno in _DISK_ERRORS:
+            raise _disk_error(path, _DISK_ERRORS[cause.errno]) from None
         raise
     _fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """:func:`atomic_write` of a byte string."""
-    atomic_write(path, lambda f: f.write(data))
+    """:func:`atomic_write` of a byte string (its size is checked against the free space first)."""
+    atomic_write(path, lambda f: f.write(data), size_hint=len(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -349,7 +436,18 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
     """Save the resume state with ``torch.save``, atomically (format tag and version added)."""
     full = {'format': STATE_FORMAT, 'plugattn_version': __version__, **state}
-    atomic_write(path, lambda f: torch.save(full, f))
+    atomic_write(path, lambda f: torch.save(full, f), size_hint=_tensor_bytes(full))
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested state (what ``torch.save`` writes, less a small header)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -360,13 +458,26 @@ def load_state(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise EngineError(f'{path} does not exist (the run has not finished an epoch yet)',
-                          'start a new run instead of --resume')
+        raise EngineError(f'the resume state {path} does not exist',
+                          'start a new run instead of --resume (the weights in last.safetensors can still be '
+                          'evaluated)')
+    import pickle
+    import re
+    import warnings
+
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # torch warns in several lines about what it refuses; the error says it
+            warnings.simplefilter('ignore')
+            state = torch.load(path, map_location='cpu', weights_only=True)
     except PermissionError:
         raise EngineError(f'cannot read {path} (permission denied)', 'check the file permissions') from None
-    except Exception as e:  # zip/unpickling errors of a truncated or garbled file
+    except Exception as e:  # zip/unpickling errors of a truncated or garbled file, or a refused pickle payload
+        found = re.search(r'GLOBAL ([\w.]+)', str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if found:
+            raise EngineError(f'resume state {path} holds a pickled Python object ({found.group(1)}) that is not '
+                              'checkpoint data (refused without running it)',
+                              'start a new run, and load this file with weights_only=False only if you trust its '
+                              'source') from None
         reason = ' '.join(str(e).split())[:120] or type(e).__name__
         raise EngineError(f'resume state {path} is truncated or corrupted ({reason})',
                           'start a new run; the weights in last.safetensors/best.safetensors can still be '

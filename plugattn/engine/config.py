@@ -88,6 +88,8 @@ SCHEMA: dict[str, Any] = {
                       flag='--data-dir'),
         'num_workers': F('int', 0, 'loader worker processes (imagefolder only)', min=0, flag='--workers'),
         'download': F('bool', True, 'allow downloading a missing built-in dataset'),
+        'preflight': F('bool', True, 'imagefolder: decode every image once before training and name the bad ones '
+                                     '(cached by folder state)', flag='--preflight'),
     },
     'aug': {},  # derived from AugConfig below
     'mixup': {},  # derived from MixupConfig below
@@ -140,6 +142,12 @@ SCHEMA: dict[str, Any] = {
                        min_exclusive=True),
         'eval_every': F('int', 1, 'evaluate every N epochs (and after the last)', min=1),
         'log_interval': F('int', 50, 'iterations between progress lines when stdout is not a terminal', min=1),
+        'save_every_steps': F('int', None, 'also save the resume state every N optimizer steps inside an epoch '
+                                           '(null: at epoch ends only)', nullable=True, min=1,
+                              flag='--save-every-steps'),
+        'save_every_minutes': F('float', None, 'also save the resume state when this many minutes passed since the '
+                                               'last save (null: off)', nullable=True, min=0.0, min_exclusive=True,
+                                flag='--save-every-minutes'),
     },
     'output': {
         'dir': F('str', 'runs', 'parent folder of run directories', flag='--output'),
@@ -190,6 +198,7 @@ SCHEMA.update({name: section_from_dataclass(cls) for name, cls in SECTION_CLASSE
 RESUME_MUTABLE = frozenset({
     'train.epochs', 'data.data_dir', 'data.num_workers', 'data.download', 'train.device', 'train.threads',
     'train.log_interval', 'train.eval_every', 'train.compile', 'output.dir', 'output.name',
+    'train.save_every_steps', 'train.save_every_minutes', 'data.preflight',
 })
 
 

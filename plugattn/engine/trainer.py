@@ -2,6 +2,10 @@
 
 :func:`train` is what ``plugattn train`` runs. It works single-process or under ``torchrun`` (one process per
 device, DistributedDataParallel, per-rank data shards, all-reduced metrics, rank 0 writes everything).
+
+Preemption: SIGTERM/SIGINT stop the run after the current optimizer step with the resume state saved, and
+``train.save_every_steps`` / ``train.save_every_minutes`` save it inside epochs too; such a mid-epoch state holds the
+position in the epoch, the running loss sums and the mixup generator, so resuming from it is bit-exact.
 """
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import datetime as _dt
 import math
 import os
 import random
+import shlex
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,9 +63,11 @@ __all__ = [
     'TrainResult',
     'amp_settings',
     'build_model',
+    'check_config',
     'evaluate',
     'format_summary',
     'load_resume_config',
+    'resume_command',
     'seed_everything',
     'train',
 ]
@@ -97,6 +106,13 @@ class TrainResult:
     model_name: str = ''
     data_name: str = ''
     is_main: bool = True
+    stop_signal: int | None = None
+    resume_command: str = ''
+
+    @property
+    def exit_code(self) -> int:
+        """0, or ``128 + signal number`` when a signal stopped the run (143 for SIGTERM, 130 for SIGINT)."""
+        return 0 if self.stop_signal is None else 128 + int(self.stop_signal)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -152,6 +168,23 @@ def build_model(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str,
             raise EngineError(msg.split('; ')[0] if '; ' in msg else msg,
                               'run "plugattn list-models" to see the names (or --model NAME)') from None
         raise EngineError(f'cannot build model {name!r}: {msg}', 'check --model and model.kwargs') from None
+
+
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """Check a config's dataset and model names and the model kwargs against the constructors, in well under a
+    second and before any data is read: the model is built on the meta device (no memory, no initialisation).
+
+    Raises:
+        EngineError: Unknown model, wrongly typed or unknown model kwargs (the message names the parameter).
+        DataError: Unknown dataset name.
+    """
+    from ..data.info import canonical_name, get_dataset_info
+
+    data = canonical_name(cfg['data']['name'])
+    info = None if data == 'imagefolder' else get_dataset_info(data)  # imagefolder classes: counted when loading
+    with torch.device('meta'):
+        build_model(cfg['model']['name'], info.num_classes if info else 1000, info.in_chans if info else 3,
+                    cfg['model']['kwargs'])
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -239,7 +272,7 @@ def _new_run_dir(cfg: Mapping[str, Any]) -> Path:
         stamp = _dt.datetime.now().strftime('%Y%m%d-%H%M%S')
         name = f'{cfg["data"]["name"]}-{cfg["model"]["name"]}-{stamp}'
     run_dir = parent / name
-    if explicit and run_dir.exists() and any(run_dir.iterdir()):
+    if explicit and run_dir.exists() and any(run_dir.iterdir()) and not _unstarted_run(run_dir):
         raise EngineError(f'output folder {run_dir} already exists and is not empty',
                           f'continue it with --resume {run_dir}, or choose another --name')
     suffix = 1
@@ -298,6 +331,25 @@ def format_summary(result: TrainResult, cfg: Mapping[str, Any]) -> str:
     return '\n'.join(lines)
 
 
+def resume_command(run_dir: str | Path) -> str:
+    """The shell command that continues a run directory."""
+    return f'plugattn train --resume {shlex.quote(str(run_dir))}'
+
+
+def _unstarted_run(run_dir: Path) -> bool:
+    """A run directory whose run was killed before its first checkpoint (nothing to resume, nothing to lose)."""
+    try:
+        info = read_run_info(run_dir)
+    except EngineError:
+        return False
+    return (not (run_dir / STATE_FILE).exists() and not (run_dir / LAST_FILE).exists()
+            and not info.get('epochs_done') and info.get('status') != 'finished')
+
+
+class _Stop(Exception):
+    """Raised at a safe point after SIGTERM/SIGINT, once the resume state is saved."""
+
+
 # --------------------------------------------------------------------------------------------- trainer
 
 
@@ -313,10 +365,17 @@ class _Trainer:
             echo: Callable[[str], None],
             t_start: float,
             command: str,
+            reschedule: bool = False,
     ) -> None:
         self.cfg = cfg
         self.command = command
         self.resumed_with: list[str] = []
+        self.reschedule = reschedule
+        self.stop_signum: int | None = None
+        self.partial: dict[str, Any] | None = None  # progress inside start_epoch of a mid-epoch resume state
+        self.last_save = time.monotonic()
+        # --resume of a run killed before its first checkpoint: start it from the beginning in place.
+        self.restart = resume_dir is not None and _unstarted_run(resume_dir)
         self.ctx = ctx
         self.resume_dir = resume_dir
         self.stop_after = stop_after
@@ -339,6 +398,8 @@ class _Trainer:
 
     def setup(self) -> None:
         from ..data import AugConfig, MixupCutmix, build_loader
+        from ..data.images import preflight_imagefolder
+        from ..data.info import canonical_name
 
         cfg, ctx, tc = self.cfg, self.ctx, self.cfg['train']
         if tc['threads']:
@@ -351,6 +412,11 @@ class _Trainer:
 
         # Data first: a missing dataset is the most likely user error and must come before any output.
         d = cfg['data']
+        if d['preflight'] and canonical_name(d['name']) == 'imagefolder':
+            if ctx.is_main:  # decode every file once, before any output, and name the bad ones
+                preflight_imagefolder(d['data_dir'], threads=max(1, d['num_workers']) if d['num_workers'] else None,
+                                      echo=self.echo)
+            barrier(ctx)
         aug = AugConfig.from_dict(cfg['aug'])
         common = dict(data_dir=d['data_dir'], aug=aug, seed=self.seed, rank=ctx.rank, world_size=ctx.world_size,
                       num_workers=d['num_workers'], download=d['download'])
@@ -378,7 +444,7 @@ class _Trainer:
         except EngineError:  # images other than grey or RGB: no file preprocessing to describe
             self.preprocessing = None
         self.environment = environment_info(ctx.device)
-        if m['init_checkpoint'] and self.resume_dir is None:
+        if m['init_checkpoint'] and (self.resume_dir is None or self.restart):
             load_model_weights(model, m['init_checkpoint'], m['name'])
         self.params = count_params(model)
         self.macs = count_macs(model, self.input_size)
@@ -400,7 +466,7 @@ class _Trainer:
             self.mixup = MixupCutmix(mx['mixup_alpha'], mx['cutmix_alpha'], mx['prob'], mx['switch_prob'],
                                      cfg['loss']['label_smoothing'], self.info.num_classes)
 
-        if self.resume_dir is not None:
+        if self.resume_dir is not None and not self.restart:
             self._load_resume_state()
         else:
             seed_everything(self.seed + ctx.rank)
@@ -450,9 +516,40 @@ class _Trainer:
         rng = state.get('rng') or []
         if rng:
             restore_rng_state(rng[self.ctx.rank] if len(rng) == self.ctx.world_size else rng[0])
+        partial = state.get('partial')
+        if partial:
+            if len(partial) != self.ctx.world_size:
+                raise EngineError(f'{self.resume_dir / STATE_FILE} was saved inside epoch {self.start_epoch + 1} by '
+                                  f'{len(partial)} processes, this job has {self.ctx.world_size}',
+                                  f'resume it with {len(partial)} processes (the data order depends on it)')
+            self.partial = partial[self.ctx.rank]
         if self.start_epoch >= self.epochs:
             raise EngineError(f'run {self.resume_dir} already finished {self.start_epoch} of {self.epochs} epochs',
                               f'train longer with --resume {self.resume_dir} --epochs N (N > {self.start_epoch})')
+        self._check_schedule(state.get('scheduler') or {})
+
+    def _check_schedule(self, saved: Mapping[str, Any]) -> None:
+        """Refuse (without ``reschedule``) a changed --epochs that changes the learning rate of the coming steps."""
+        from .scheduler import LRSchedule
+
+        old_epochs = int(saved.get('epochs', self.epochs))
+        if old_epochs == self.epochs:
+            return
+        new = self.schedule
+        old = LRSchedule.from_config(self.cfg['schedule'], self.cfg['optim']['lr'], old_epochs,
+                                     new.steps_per_epoch)
+        end = max(old.total_steps, new.total_steps)
+        stride = max(1, (end - self.step) // 100_000)
+        changed = next((s for s in range(self.step, end, stride) if not math.isclose(old(s), new(s))), None)
+        if changed is None:
+            return  # e.g. a step or constant schedule: the coming steps keep their learning rates
+        what = (f'--epochs {self.epochs} re-times the {new.name} learning-rate schedule of {self.resume_dir} '
+                f'(planned for {old_epochs} epochs): from step {changed} on the lr follows {self.epochs} epochs '
+                f'({new(changed):.4g} instead of {old(changed):.4g} at step {changed})')
+        if not self.reschedule:
+            raise EngineError(what, 'pass --reschedule to accept the new schedule, or resume without --epochs '
+                                    '(to split a run into jobs use --stop-after)')
+        self.echo(f'  note: {what}')
 
     # ----------------------------------------------------------------------------------------- train
 
@@ -465,15 +562,22 @@ class _Trainer:
         ctx, tc = self.ctx, self.cfg['train']
         model, loader = self.train_model, self.train_loader
         model.train()
-        loader.set_epoch(epoch)
+        partial, self.partial = self.partial, None
+        start = int(partial['batch']) if partial else 0
+        loader.set_epoch(epoch, start)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 'mixup', ctx.rank)) if self.mixup else None
+        if gen is not None and partial and partial.get('mixup_gen') is not None:
+            gen.set_state(partial['mixup_gen'])
         smoothing = self.cfg['loss']['label_smoothing']
-        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        seen = 0
+        loss_sum = torch.tensor(float(partial['loss_sum']) if partial else 0.0, dtype=torch.float64,
+                                device=ctx.device)
+        seen = int(partial['seen']) if partial else 0
         lr = self.schedule(self.step)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - (float(partial['train_seconds']) if partial else 0.0)
         desc = f'epoch {epoch + 1}/{self.epochs}'
-        with Progress(len(loader), desc, enabled=ctx.is_main, tty=self.tty, interval=tc['log_interval']) as bar:
+        batch, n_batches = start, len(loader)
+        with Progress(n_batches - start, desc, enabled=ctx.is_main, tty=self.tty,
+                      interval=tc['log_interval']) as bar:
             self.bar = bar
             for x, y in loader:
                 lr = self.schedule.apply(self.optimizer, self.step)
@@ -507,6 +611,17 @@ class _Trainer:
                 if value is not None and not math.isfinite(value):
                     self._non_finite(epoch, value)
                 bar.update(1, samples=seen * ctx.world_size, loss=value, lr=lr)
+                batch += 1
+                save, stop = self._checkpoint_due(batch == n_batches)
+                if save:
+                    progress = {'batch': batch, 'loss_sum': loss_sum.item(), 'seen': seen,
+                                'mixup_gen': gen.get_state() if gen is not None else None,
+                                'train_seconds': time.perf_counter() - t0}
+                    self._save(epoch, {}, None, partial=progress, status='stopped' if stop else 'running')
+                    where = f'epoch {epoch + 1}, batch {batch}/{n_batches}, step {self.step}'
+                    bar.write(f'  {"stopping: " if stop else ""}saved the resume state at {where}')
+                if stop:
+                    raise _Stop
         total, count = all_reduce_sum([loss_sum.item(), seen], ctx)
         train_loss = total / max(count, 1.0)
         if not math.isfinite(train_loss):
@@ -514,6 +629,39 @@ class _Trainer:
         seconds = time.perf_counter() - t0
         return {'train_loss': train_loss, 'lr': lr, 'train_seconds': seconds,
                 'samples_per_s': count / max(seconds, 1e-9)}
+
+    def _checkpoint_due(self, epoch_end: bool) -> tuple[bool, bool]:
+        """``(save now, stop now)`` after an optimizer step; all processes get the same answer."""
+        tc = self.cfg['train']
+        stop = self.stop_signum is not None
+        timed = (tc['save_every_minutes'] is not None and self.ctx.is_main
+                 and time.monotonic() - self.last_save >= 60.0 * tc['save_every_minutes'])
+        if self.ctx.distributed:  # a signal may reach only some processes; rank 0's clock decides the timed saves
+            flags = all_reduce_sum([float(stop), float(timed)], self.ctx)
+            stop, timed = flags[0] > 0, flags[1] > 0
+            if stop and self.stop_signum is None:
+                self.stop_signum = signal.SIGTERM
+        every = tc['save_every_steps']
+        due = timed or (every is not None and self.step % every == 0)
+        return stop or (due and not epoch_end), stop
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stop_signum is not None:  # a second signal: stop at once (the last saved state stays valid)
+            raise KeyboardInterrupt
+        self.stop_signum = signum
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Any:
+        """SIGTERM/SIGINT request a stop at the next safe point (installed in the main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _non_finite(self, epoch: int, value: float) -> None:
         raise EngineError(f'the training loss became {value} in epoch {epoch + 1}',
@@ -568,24 +716,38 @@ class _Trainer:
             'preprocessing': self.preprocessing,
         }
 
-    def _save(self, epoch: int, record: dict[str, Any], improved: str | None) -> None:
+    def _save(
+            self,
+            epoch: int,
+            record: dict[str, Any],
+            improved: str | None,
+            partial: dict[str, Any] | None = None,
+            status: str = 'running',
+    ) -> None:
+        """Write the checkpoints after ``epoch`` finished epochs; with ``partial`` (progress inside the next epoch)
+        only the resume state is written (the weights files keep the last finished epoch)."""
         rng = capture_rng_state()
         if self.ctx.distributed:
             import torch.distributed as dist
 
             gathered: list[Any] = [None] * self.ctx.world_size
-            dist.all_gather_object(gathered, rng)
-            rngs = gathered
+            dist.all_gather_object(gathered, (rng, partial))
+            rngs = [g[0] for g in gathered]
+            partials = [g[1] for g in gathered]
         else:
-            rngs = [rng]
+            rngs, partials = [rng], [partial]
+        self.last_save = time.monotonic()
         if not self.ctx.is_main:
             return
         assert self.run_dir is not None
         model_state = self.model.state_dict()
+        if partial is not None:
+            improved = None
         if improved is not None:
             best_state = model_state if improved == 'model' else self.ema.state_dict()  # type: ignore[union-attr]
             save_weights(self.run_dir / BEST_FILE, best_state, self._weights_meta(epoch, record, improved))
-        save_weights(self.run_dir / LAST_FILE, model_state, self._weights_meta(epoch, record, 'model'))
+        if partial is None:
+            save_weights(self.run_dir / LAST_FILE, model_state, self._weights_meta(epoch, record, 'model'))
         state = {
             'model_name': self.cfg['model']['name'],
             'epoch': epoch,
@@ -601,9 +763,10 @@ class _Trainer:
             'best_top1': self.best_top1,
             'best_epoch': self.best_epoch,
             'world_size': self.ctx.world_size,
+            'partial': partials if partial is not None else None,
         }
         save_state(self.run_dir / STATE_FILE, state)
-        write_run_info(self.run_dir, self._run_info('running'))
+        write_run_info(self.run_dir, self._run_info(status))
 
     # ----------------------------------------------------------------------------------------- run
 
@@ -613,7 +776,7 @@ class _Trainer:
         if self.resume_dir is not None:
             self.run_dir = self.resume_dir
             previous = read_run_info(self.run_dir)
-            self.created = previous.get('created')
+            self.created = previous.get('created') or self.created
             # the run keeps its first command line; each resume adds its own
             self.resumed_with = [*(previous.get('resumed_with') or []), self.command]
             self.command = previous.get('command') or self.command
@@ -639,57 +802,24 @@ class _Trainer:
         self.echo(f'  device {ctx.device}, {procs}, {torch.get_num_threads()} threads, batch {tc["batch_size"]}'
                   f'/process{glob}, {self.epochs} epochs x {len(self.train_loader)} steps, '
                   f'{cfg["optim"]["name"]} lr {cfg["optim"]["lr"]:g}, {cfg["schedule"]["name"]} schedule{amp}')
-        if self.resume_dir is not None:
-            self.echo(f'  resuming at epoch {self.start_epoch + 1} (step {self.step})')
+        if self.restart:
+            self.echo(f'  {self.resume_dir} stopped before its first checkpoint: starting it from the beginning')
+        elif self.resume_dir is not None:
+            inside = f', batch {self.partial["batch"] + 1}' if self.partial else ''
+            self.echo(f'  resuming at epoch {self.start_epoch + 1}{inside} (step {self.step})')
         self.echo(f'  run dir {self.run_dir}')
 
     def run(self) -> TrainResult:
         self.setup()
         self._start_output()
         self._banner()
-        ctx, tc = self.ctx, self.cfg['train']
+        ctx = self.ctx
         finished = True
         try:
-            for epoch in range(self.start_epoch, self.epochs):
-                t0 = time.perf_counter()
-                record: dict[str, Any] = {'epoch': epoch + 1}
-                train_stats = self.train_one_epoch(epoch)
-                record.update(train_loss=train_stats['train_loss'])
-                last_epoch = epoch + 1 == self.epochs
-                stop_here = self.stop_after is not None and epoch + 1 >= self.stop_after
-                t_eval = time.perf_counter()
-                if (epoch + 1) % tc['eval_every'] == 0 or last_epoch or stop_here:
-                    amp = (self.amp_enabled, self.amp_dtype)
-                    metrics = evaluate(self.eval_model, self.test_loader, ctx, amp=amp,
-                                       channels_last=tc['channels_last'], progress=bool(self.bar.tty), desc='test')
-                    record.update(test_loss=metrics['test_loss'], top1=metrics['top1'], top5=metrics['top5'])
-                    if self.ema is not None:
-                        em = evaluate(self.ema.module, self.test_loader, ctx, amp=amp,
-                                      channels_last=tc['channels_last'], progress=bool(self.bar.tty),
-                                      desc='test (EMA)')
-                        record.update(ema_test_loss=em['test_loss'], ema_top1=em['top1'], ema_top5=em['top5'])
-                else:
-                    record.update(test_loss=None, top1=None, top5=None)
-                eval_s = time.perf_counter() - t_eval
-                record.update(lr=train_stats['lr'], seconds=time.perf_counter() - t0,
-                              train_seconds=train_stats['train_seconds'], eval_seconds=eval_s,
-                              samples_per_s=train_stats['samples_per_s'], step=self.step)
-                improved = None
-                if record.get('top1') is not None:
-                    candidates = [('model', record['top1'])]
-                    if record.get('ema_top1') is not None:
-                        candidates.append(('ema', record['ema_top1']))
-                    which, top1 = max(candidates, key=lambda kv: kv[1])
-                    if top1 > self.best_top1:
-                        self.best_top1, self.best_epoch, improved = top1, epoch + 1, which
-                self.history.append(record)
-                self._save(epoch + 1, record, improved)
-                if ctx.is_main and self.logger is not None:
-                    self.logger.log_epoch(self.history)
-                self._epoch_line(record)
-                if stop_here and not last_epoch:
-                    finished = False
-                    break
+            with self._signal_handlers():
+                finished = self._epochs()
+        except _Stop:
+            finished = False
         except BaseException as e:
             if ctx.is_main and self.run_dir is not None:
                 status = 'interrupted' if isinstance(e, KeyboardInterrupt) else 'failed'
@@ -715,7 +845,66 @@ class _Trainer:
             model_name=self.cfg['model']['name'],
             data_name=self.info.name,
             is_main=ctx.is_main,
+            stop_signal=self.stop_signum,
+            resume_command=resume_command(self.run_dir) if self.run_dir is not None else '',
         )
+
+    def _epochs(self) -> bool:
+        """Train the remaining epochs; False when stopped early (``stop_after`` or a signal at an epoch end)."""
+        ctx, tc = self.ctx, self.cfg['train']
+        if self.stop_signum is not None:
+            raise _Stop  # signalled during start-up: nothing trained, nothing to save
+        for epoch in range(self.start_epoch, self.epochs):
+            t0 = time.perf_counter()
+            record: dict[str, Any] = {'epoch': epoch + 1}
+            train_stats = self.train_one_epoch(epoch)
+            record.update(train_loss=train_stats['train_loss'])
+            last_epoch = epoch + 1 == self.epochs
+            stop_here = self.stop_after is not None and epoch + 1 >= self.stop_after
+            t_eval = time.perf_counter()
+            if (epoch + 1) % tc['eval_every'] == 0 or last_epoch or stop_here:
+                amp = (self.amp_enabled, self.amp_dtype)
+                metrics = evaluate(self.eval_model, self.test_loader, ctx, amp=amp,
+                                   channels_last=tc['channels_last'], progress=bool(self.bar.tty), desc='test')
+                record.update(test_loss=metrics['test_loss'], top1=metrics['top1'], top5=metrics['top5'])
+                if self.ema is not None:
+                    em = evaluate(self.ema.module, self.test_loader, ctx, amp=amp,
+                                  channels_last=tc['channels_last'], progress=bool(self.bar.tty),
+                                  desc='test (EMA)')
+                    record.update(ema_test_loss=em['test_loss'], ema_top1=em['top1'], ema_top5=em['top5'])
+            else:
+                record.update(test_loss=None, top1=None, top5=None)
+            eval_s = time.perf_counter() - t_eval
+            record.update(lr=train_stats['lr'], seconds=time.perf_counter() - t0,
+                          train_seconds=train_stats['train_seconds'], eval_seconds=eval_s,
+                          samples_per_s=train_stats['samples_per_s'], step=self.step)
+            improved = None
+            if record.get('top1') is not None:
+                candidates = [('model', record['top1'])]
+                if record.get('ema_top1') is not None:
+                    candidates.append(('ema', record['ema_top1']))
+                which, top1 = max(candidates, key=lambda kv: kv[1])
+                if top1 > self.best_top1:
+                    self.best_top1, self.best_epoch, improved = top1, epoch + 1, which
+            self.history.append(record)
+            self._save(epoch + 1, record, improved)
+            if ctx.is_main and self.logger is not None:
+                self.logger.log_epoch(self.history)
+            self._epoch_line(record)
+            if stop_here and not last_epoch:
+                return False
+            if self._epoch_end_stop() and not last_epoch:
+                raise _Stop
+        return True
+
+    def _epoch_end_stop(self) -> bool:
+        """Whether a signal arrived during the epoch's evaluation or save (on any process)."""
+        stop = self.stop_signum is not None
+        if self.ctx.distributed:
+            stop = all_reduce_sum([float(stop)], self.ctx)[0] > 0
+            if stop and self.stop_signum is None:
+                self.stop_signum = signal.SIGTERM
+        return stop
 
     def _epoch_line(self, r: Mapping[str, Any]) -> None:
         parts = [f'epoch {r["epoch"]}/{self.epochs}', f'train loss {r["train_loss"]:.4f}']
@@ -736,6 +925,7 @@ def train(
         echo: Callable[[str], None] = print,
         t_start: float | None = None,
         command: Sequence[str] | None = None,
+        reschedule: bool = False,
 ) -> TrainResult:
     """Train a model from a config (see :mod:`plugattn.engine.config`), single-process or under torchrun.
 
@@ -748,6 +938,12 @@ def train(
         echo: Line printer of rank 0.
         t_start: ``time.perf_counter()`` value the wall time is measured from (default: now).
         command: The command line recorded in ``run.json`` (default: ``sys.argv``).
+        reschedule: Accept that a resume with another ``train.epochs`` changes the learning rate of the coming
+            steps (without it such a resume is refused).
+
+    SIGTERM and SIGINT (when called in the main thread) stop the run at the next safe point: after the current
+    optimizer step the resume state is saved (``last_state.pt``, valid for a bit-exact resume inside the epoch),
+    ``run.json`` says ``stopped`` and the result has ``stop_signal`` set; a second signal interrupts at once.
 
     Returns:
         The :class:`TrainResult`.
@@ -759,13 +955,15 @@ def train(
     cfg = validate_config(cfg)
     if stop_after is not None and stop_after < 1:
         raise EngineError(f'--stop-after must be >= 1, got {stop_after}', 'pass a positive number of epochs')
+    check_config(cfg)
     # Process-wide settings changed by a run are restored afterwards (matters when train() is called as a library).
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled())
     ctx = init_distributed(cfg['train']['device'])
     try:
         trainer = _Trainer(cfg, ctx, resume_dir=Path(resume_dir) if resume_dir else None, stop_after=stop_after,
-                           progress=progress, echo=echo, t_start=t_start, command=command_line(command))
+                           progress=progress, echo=echo, t_start=t_start, command=command_line(command),
+                           reschedule=reschedule)
         return trainer.run()
     finally:
         cleanup_distributed()

@@ -3,8 +3,10 @@
 Every (model, seed) run is trained in-process with the training engine (:func:`plugattn.engine.train`, what
 ``plugattn train`` runs) into ``OUTPUT/<model>/seed<k>``, one after the other. Re-running the same command skips
 the runs whose ``run.json`` says ``finished`` (after checking that their saved config is the requested one), resumes
-interrupted runs from their ``last_state.pt`` (the engine's resume), and restarts runs that died before their first
-checkpoint.
+interrupted runs from their ``last_state.pt`` (the engine's resume, also from inside an epoch), and restarts runs
+that died before their first checkpoint. A run that saved its last epoch but whose status says ``failed`` (it died
+after that save) counts as finished. A different ``--epochs`` than the runs in ``OUTPUT`` were planned for is
+refused: a longer schedule is not the same as continuing a shorter one, so such a comparison needs another folder.
 
 The results are the final-epoch test top-1 (mean ± sample std over seeds; the best epoch is reported too),
 parameters and MACs from the checkpoints, the mean training throughput, and an inference throughput measured with
@@ -43,12 +45,15 @@ class CompareResult:
         runs: One dict per (model, seed): ``model, seed, run_dir, action, top1, best_top1, epochs``.
         trained: Number of runs trained or resumed by this call (0 when everything was finished already).
         files: Written files by kind (``markdown``, ``csv``, ``json``, ``figure``).
+        stop_signal: The signal (SIGTERM/SIGINT) that stopped a run; the comparison then ends there, without
+            tables, and running the same command again continues it.
     """
 
     rows: list[dict[str, Any]]
     runs: list[dict[str, Any]]
     trained: int
     files: dict[str, str] = field(default_factory=dict)
+    stop_signal: int | None = None
 
 
 def _flat(cfg: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -70,7 +75,11 @@ def run_status(run_dir: Path) -> str:
     if not is_run_dir(run_dir):
         raise AnalysisError(f'{run_dir} exists but is not a plugattn run directory',
                             'remove it or choose another --output')
-    if read_run_info(run_dir).get('status') == 'finished' and (run_dir / LAST_FILE).is_file():
+    info = read_run_info(run_dir)
+    done, planned = info.get('epochs_done') or 0, info.get('epochs')
+    # 'failed' or 'interrupted' after the last epoch's checkpoint was written: nothing is left to train
+    last_saved = planned is not None and done >= planned and info.get('status') != 'running'
+    if (info.get('status') == 'finished' or last_saved) and (run_dir / LAST_FILE).is_file():
         return 'finished'
     return 'resumable' if (run_dir / STATE_FILE).is_file() else 'empty'
 
@@ -87,6 +96,11 @@ def _check_same_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:
         raise AnalysisError(f'cannot read {run_dir / "config.yaml"} ({type(e).__name__})',
                             'remove the run directory to train it again') from None
     a, b = _flat(saved), _flat(cfg)
+    if a['train.epochs'] != b['train.epochs']:
+        raise AnalysisError(
+            f'{run_dir} was planned for {a["train.epochs"]} epochs, but this comparison asks for {b["train.epochs"]} '
+            '(its learning-rate schedule spans its own length, so it is not continued or reused)',
+            f'use another --output folder for {b["train.epochs"]} epochs, or --epochs {a["train.epochs"]}')
     for key in sorted(set(a) | set(b)):
         if key in RESUME_MUTABLE or key in ('name', 'description', 'version'):
             continue
@@ -224,30 +238,27 @@ def compare(
         status = run_status(run_dir)
         head = f'[compare {i}/{len(plan)}] {name} seed {seed}'
         if status == 'finished':
-            _check_same_config(run_dir, cfg)
-            done = read_run_result(run_dir).get('epochs') or 0
-            if done == cfg['train']['epochs']:
-                echo(f'{head}: finished earlier, skipped ({run_dir})')
-                runs.append(dict(model=name, seed=seed, run_dir=str(run_dir), action='skipped'))
-                continue
-            if done > cfg['train']['epochs']:
-                raise AnalysisError(f'{run_dir} was trained for {done} epochs, more than the {cfg["train"]["epochs"]} '
-                                    'asked for', 'use another --output folder or the same --epochs')
-            status = 'resumable'  # extend a finished run to more epochs
+            _check_same_config(run_dir, cfg)  # also refuses another --epochs
+            echo(f'{head}: finished earlier, skipped ({run_dir})')
+            runs.append(dict(model=name, seed=seed, run_dir=str(run_dir), action='skipped'))
+            continue
         if status == 'resumable':
             _check_same_config(run_dir, cfg)
             echo(f'{head}: resuming {run_dir}')
             mutable = [(k, v) for k, v in [*base, *overrides] if k in ('train.epochs', 'data.data_dir',
                                                                       'train.device', 'train.threads')]
             rcfg = load_resume_config(run_dir, mutable)
-            train(rcfg, resume_dir=run_dir, echo=echo, progress=progress)
+            outcome = train(rcfg, resume_dir=run_dir, echo=echo, progress=progress)
             action = 'resumed'
         else:
             if status == 'empty':  # died before its first checkpoint: nothing to resume
                 shutil.rmtree(run_dir)
             echo(f'{head}: training into {run_dir}')
-            train(cfg, echo=echo, progress=progress)
+            outcome = train(cfg, echo=echo, progress=progress)
             action = 'trained'
+        if outcome.stop_signal is not None:  # SIGTERM/SIGINT: the run saved its state; stop the whole comparison
+            runs.append(dict(model=name, seed=seed, run_dir=str(run_dir), action='stopped'))
+            return CompareResult(rows=[], runs=runs, trained=trained + 1, stop_signal=outcome.stop_signal)
         trained += 1
         runs.append(dict(model=name, seed=seed, run_dir=str(run_dir), action=action))
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._typecheck import checked_init
+
 __all__ = ['BlockAttention', 'GateAttention', 'StageAttention', 'check_train_batch']
 
 AttnState = tuple[Tensor, Tensor]
@@ -47,6 +49,10 @@ class GateAttention(nn.Module):
 
     channels: int
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        checked_init(cls)  # constructor arguments are type-checked, with messages naming the parameter
+
     def gate(self, x: Tensor) -> Tensor:
         """Gate values for ``x``, not yet applied."""
         raise NotImplementedError
@@ -67,6 +73,10 @@ class BlockAttention(nn.Module):
     channels: int
     inner_channels: tuple[int, ...]
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        checked_init(cls)  # constructor arguments are type-checked, with messages naming the parameter
+
     def gate(self, inner: list[Tensor], x: Tensor) -> Tensor:
         """Channel gate ``(B, C, 1, 1)`` for the block, not yet applied."""
         raise NotImplementedError
@@ -84,6 +94,10 @@ class StageAttention(nn.Module):
     """
 
     channels: int
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        checked_init(cls)  # constructor arguments are type-checked, with messages naming the parameter
 
     def gate(self, x: Tensor, state: AttnState | None) -> tuple[Tensor, AttnState]:
         """Gate ``(B, C, 1, 1)`` and the next state, the gate not yet applied."""

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
+from ..layers._typecheck import checked_init
 from ..layers.registry import AttnSpec
 
 __all__ = ['AttnNet', 'AttnStage', 'FeatureInfo', 'block_attn', 'init_attn_modules', 'stage_attn_kwargs']
@@ -117,6 +118,10 @@ class AttnNet(nn.Module):
     out_indices: tuple[int, ...] | None = None
     first_conv_key: str = 'conv1'  # state_dict prefixes of the first conv and the classifier (timm's cfg keys)
     classifier_key: str = 'fc'
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        checked_init(cls)  # constructor arguments are type-checked, with messages naming the parameter
 
     def forward_stem(self, x: Tensor) -> Tensor:
         raise NotImplementedError
