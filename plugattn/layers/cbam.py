@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import GateAttention, as_channel_gate
+from .fused import BNRecompute, gated_residual, scaled_channel_pool, spatial_amax
 from .registry import register_attn
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
@@ -33,7 +34,7 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         avg = self.mlp(x.mean((2, 3)))
-        mx = self.mlp(x.amax((2, 3)))
+        mx = self.mlp(spatial_amax(x))  # amax; in training its backward keeps indices, not x
         return as_channel_gate((avg + mx).sigmoid())
 
 
@@ -48,6 +49,10 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         z = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
+        return self.gate_from_pooled(z)
+
+    def gate_from_pooled(self, z: Tensor) -> Tensor:
+        """The gate from the ``(B, 2, H, W)`` [max, mean] descriptor."""
         return self.bn(self.conv(z)).sigmoid()
 
 
@@ -89,6 +94,11 @@ class CBAM(GateAttention):
         a_c = self.channel_gate(x)
         return a_c * self.spatial_gate(x * a_c)
 
+    def gate_factors(self, x: Tensor, recompute: BNRecompute | None = None) -> tuple[Tensor, ...]:
+        """``(a_c, a_s)`` with ``a_s`` computed from ``x * a_c`` without keeping that product for backward."""
+        a_c = self.channel_gate(x)
+        return a_c, self.spatial_gate.gate_from_pooled(scaled_channel_pool(x, a_c, recompute))
+
     def forward(self, x: Tensor) -> Tensor:
-        x = x * self.channel_gate(x)
-        return x * self.spatial_gate(x)
+        # (x * a_c) * a_s in one lean node: neither x * a_c nor the pooled maps' inputs are kept for backward
+        return gated_residual(x, self.gate_factors(x))

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from ..layers import EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
+from ..layers.fused import batch_norm_for_gating, gated_residual
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
 from ._registry import register_model
@@ -134,7 +135,8 @@ class InvertedResidual(nn.Module):
             inner = (hidden, hidden) if self.expand else (hidden,)
             self.attn, self.attn_level = block_attn(attn, oup, inner, attn_kwargs)
 
-    def _branch(self, x: Tensor) -> Tensor:
+    def _branch(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
+        """The block's branch; with ``shortcut`` the output-position gate is fused with the residual addition."""
         bridge = self.attn_level == 'block'
         inner: list[Tensor] = []
         if self.expand:
@@ -151,14 +153,17 @@ class InvertedResidual(nn.Module):
                 x = self.attn(x)
             elif bridge:
                 inner.append(pooled(x))
-        x = bn(proj(x))
         if self.attn_position == 'output' and self.attn is not None:
-            x = self.attn(inner, x) if bridge else self.attn(x)
+            y, rec = batch_norm_for_gating(bn, proj(x))
+            gates = self.attn.gate(inner, y) if bridge else self.attn.gate_factors(y, rec)
+            return gated_residual(y, gates, shortcut, recompute=rec)
+        x = bn(proj(x))
+        if shortcut is not None:
+            x += shortcut  # in place, as torchvision: nothing keeps the BN output for backward
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._branch(x)
-        return x + out if self.use_res_connect else out
+        return self._branch(x, x if self.use_res_connect else None)
 
 
 class MobileNetV2(AttnNet):
