@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    'BNRecompute', 'batch_norm_for_gating', 'gated_residual', 'needs_lean_path', 'scaled_channel_pool', 'spatial_amax',
+    'BNRecompute', 'batch_norm_for_gating', 'gated_conv', 'gated_residual', 'needs_lean_path', 'scaled_channel_pool',
+    'spatial_amax',
 ]
 
 
@@ -166,6 +167,55 @@ def gated_residual(
     if r is None:
         return _GatedResidual.apply(y, None, None, None, None, a1, a2, shortcut, relu)
     return _GatedResidual.apply(y, r.z, r.mean, r.scale, r.bias, a1, a2, shortcut, relu)
+
+
+class _GatedConv(torch.autograd.Function):
+    """``conv2d(y * a1 [* a2], weight)`` keeping ``y`` (kept by its activation anyway) instead of the gated input."""
+
+    @staticmethod
+    def forward(ctx, y, a1, a2, weight, stride, padding, groups):
+        o = y * a1 if a2 is None else y * a1 * a2
+        ctx.conv = (stride, padding, groups)
+        ctx.save_for_backward(y, a1, a2, weight)
+        return torch.nn.functional.conv2d(o, weight, None, stride, padding, 1, groups)
+
+    @staticmethod
+    def backward(ctx, g):
+        y, a1, a2, weight = ctx.saved_tensors
+        stride, padding, groups = ctx.conv
+        o = y * a1 if a2 is None else y * a1 * a2
+        need = ctx.needs_input_grad
+        grad_o, grad_w, _ = torch.ops.aten.convolution_backward(
+            g, o, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], groups,
+            [any(need[:3]), need[3], False],
+        )
+        del o
+        grad_y = grad_a1 = grad_a2 = None
+        if grad_o is not None:
+            if a2 is not None:
+                if need[2]:
+                    grad_a2 = _reduce_to(grad_o * (y * a1), a2)
+                grad_o = grad_o * a2
+            if need[1]:
+                grad_a1 = _reduce_to(grad_o * y, a1)
+            if need[0]:
+                grad_y = grad_o * a1
+        return grad_y, grad_a1, grad_a2, grad_w, None, None, None
+
+
+def gated_conv(y: Tensor, gates: tuple[Tensor, ...] | list[Tensor], conv: nn.Conv2d) -> Tensor:
+    """``conv(y * a1 [* a2])`` for a bias-free, undilated conv; in training the gated input is not kept.
+
+    The conv needs its input for the weight gradient; this node keeps ``y`` and the small gates instead and
+    recomputes the gated input in backward (one multiply). Use it where ``y`` is kept anyway, e.g. an in-place
+    activation's output (MobileNetV2's hidden-width attention before the projection conv).
+    """
+    a1, a2 = gates[0], gates[1] if len(gates) == 2 else None
+    lean = needs_lean_path(y) or any(needs_lean_path(a) for a in gates) or needs_lean_path(conv.weight)
+    if not lean or conv.bias is not None or conv.dilation != (1, 1) or conv.padding_mode != 'zeros' \
+            or isinstance(conv.padding, str):
+        return conv(y * a1 if a2 is None else y * a1 * a2)
+    return _GatedConv.apply(y, a1, a2, conv.weight, conv.stride, conv.padding, conv.groups)
 
 
 class _ScaledChannelPool(torch.autograd.Function):

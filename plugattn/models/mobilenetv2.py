@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ..layers import EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
-from ..layers.fused import batch_norm_for_gating, gated_residual
+from ..layers.fused import batch_norm_for_gating, gated_conv, gated_residual
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
 from ._registry import register_model
@@ -136,7 +136,7 @@ class InvertedResidual(nn.Module):
             self.attn, self.attn_level = block_attn(attn, oup, inner, attn_kwargs)
 
     def _branch(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
-        """The block's branch; with ``shortcut`` the output-position gate is fused with the residual addition."""
+        """The block's output; ``shortcut`` is added in place, fused with an output-position gate."""
         bridge = self.attn_level == 'block'
         inner: list[Tensor] = []
         if self.expand:
@@ -144,20 +144,26 @@ class InvertedResidual(nn.Module):
             if bridge:
                 inner.append(pooled(x))
         dw, proj, bn = self.conv[-3], self.conv[-2], self.conv[-1]
-        if self.attn_position == 'hidden' and bridge:
+        hidden = self.attn_position == 'hidden'
+        if hidden and bridge:
             # BAv1's MobileNetV3 design: gate the depthwise BN output, then apply its activation.
             x = dw[2](self.attn(inner, dw[1](dw[0](x))))
+        elif hidden and self.attn is not None:
+            # the gate fused with the projection conv: only the ReLU6 output (which ReLU6 keeps) is kept
+            x = dw(x)
+            return self._merge(bn(gated_conv(x, self.attn.gate_factors(x), proj)), shortcut)
         else:
             x = dw(x)
-            if self.attn_position == 'hidden' and self.attn is not None:
-                x = self.attn(x)
-            elif bridge:
+            if bridge:
                 inner.append(pooled(x))
-        if self.attn_position == 'output' and self.attn is not None:
+        if not hidden and self.attn is not None:
             y, rec = batch_norm_for_gating(bn, proj(x))
             gates = self.attn.gate(inner, y) if bridge else self.attn.gate_factors(y, rec)
             return gated_residual(y, gates, shortcut, recompute=rec)
-        x = bn(proj(x))
+        return self._merge(bn(proj(x)), shortcut)
+
+    @staticmethod
+    def _merge(x: Tensor, shortcut: Tensor | None) -> Tensor:
         if shortcut is not None:
             x += shortcut  # in place, as torchvision: nothing keeps the BN output for backward
         return x
