@@ -8,6 +8,11 @@ biases and is shared by the average- and max-pooled vectors (summed before the s
 [max, mean] over channels in that order, runs a bias-free 7x7 conv and a BatchNorm2d(1) (momentum 0.01) whose
 weight starts at 0, so the spatial gate starts at sigmoid(0) = 0.5 (specs D4). Module names differ
 (``channel_gate.mlp``, ``spatial_gate.conv`` / ``.bn``); the official-checkpoint loader maps them.
+
+In training (whenever a gradient is needed) the two max-pools keep their argmax indices instead of their inputs,
+and ``(x * a_c) * a_s`` runs as one node that keeps only ``x`` (in a residual block: the BatchNorm input), so CBAM
+adds no full-size tensor to training memory. Outputs are unchanged; the gradients too, except on exact ties of a
+maximum, where ``amax`` splits the gradient evenly and the indices give it to one element.
 """
 from __future__ import annotations
 
