@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import GateAttention, as_channel_gate
-from .fused import BNRecompute, gated_residual, scaled_channel_pool, spatial_amax
+from .fused import BNRecompute, gated_residual, scaled_channel_pool, spatial_amax, use_fused_path
 from .registry import register_attn
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
@@ -105,5 +105,8 @@ class CBAM(GateAttention):
         return a_c, self.spatial_gate.gate_from_pooled(scaled_channel_pool(x, a_c, recompute))
 
     def forward(self, x: Tensor) -> Tensor:
+        if not use_fused_path(self.channel_gate, self.spatial_gate):  # the submodule calls, e.g. for their hooks
+            x = x * self.channel_gate(x)
+            return x * self.spatial_gate(x)
         # (x * a_c) * a_s in one lean node: neither x * a_c nor the pooled maps' inputs are kept for backward
         return gated_residual(x, self.gate_factors(x))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 __all__ = [
     'BNRecompute', 'batch_norm_for_gating', 'gated_conv', 'gated_residual', 'needs_lean_path', 'scaled_channel_pool',
-    'spatial_amax',
+    'spatial_amax', 'use_fused_path',
 ]
 
 
@@ -51,6 +51,28 @@ def needs_lean_path(x: Tensor) -> bool:
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
         return False
     return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Hooks on ``m`` (or an instance-level ``forward``) that a fused path, which skips ``m(...)``, would bypass."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or 'forward' in vars(m))
+
+
+def use_fused_path(*modules: nn.Module | None) -> bool:
+    """Whether a block may compute its gate and merge without calling ``modules`` through ``__call__``.
+
+    Not while tracing or exporting (TorchScript, FX, ONNX, ``torch.export`` see the plain module calls), and not
+    when one of the modules has forward hooks or a patched ``forward`` (analysis hooks keep firing).
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
+        return False
+    if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+        return False
+    from torch.nn.modules import module as _module
+
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return False
+    return not any(_hooked(m) for m in modules if m is not None)
 
 
 def batch_norm_for_gating(bn: nn.Module, z: Tensor) -> tuple[Tensor, BNRecompute | None]:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
 from ..layers.base import AttnState
-from ..layers.fused import gated_residual
+from ..layers.fused import gated_residual, use_fused_path
 from ..layers.registry import AttnSpec
 
 __all__ = [
@@ -88,8 +88,11 @@ def gated_block_forward(block: nn.Module, x: Tensor, *, relu: bool) -> Tensor:
     norm's input instead of ``y``; without attention it is the block's in-place ``merge``.
     """
     gated = block.attn is not None and block.attn_level in ('gate', 'block')
-    y, shortcut, inner, rec = block._pre_gate(x, gated)
-    if not gated:
+    fused = gated and use_fused_path(block.attn)
+    y, shortcut, inner, rec = block._pre_gate(x, fused)
+    if not fused:
+        if gated:  # the module call (tracing, export, hooks): the plain formulation
+            y = block.attn(inner, y) if block.attn_level == 'block' else block.attn(y)
         return block.merge(y, shortcut)
     gates = block.attn.gate(inner, y) if block.attn_level == 'block' else block.attn.gate_factors(y, rec)
     return gated_residual(y, gates, shortcut, relu=relu, recompute=rec)
@@ -132,7 +135,7 @@ class AttnStage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         state = None
         for block in self:
-            if hasattr(block, 'forward_staged'):  # gate fused with the residual merge
+            if hasattr(block, 'forward_staged') and use_fused_path(self.attn):  # gate fused with the merge
                 x, state = block.forward_staged(x, self.attn, state)
                 continue
             branch, shortcut = block.forward_branch(x)

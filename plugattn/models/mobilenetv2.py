@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ..layers import EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
-from ..layers.fused import batch_norm_for_gating, gated_conv, gated_residual
+from ..layers.fused import batch_norm_for_gating, gated_conv, gated_residual, use_fused_path
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
 from ._registry import register_model
@@ -148,14 +148,19 @@ class InvertedResidual(nn.Module):
         if hidden and bridge:
             # BAv1's MobileNetV3 design: gate the depthwise BN output, then apply its activation.
             x = dw[2](self.attn(inner, dw[1](dw[0](x))))
-        elif hidden and self.attn is not None:
+        elif hidden and self.attn is not None and use_fused_path(self.attn, proj):
             # the gate fused with the projection conv: only the ReLU6 output (which ReLU6 keeps) is kept
             x = dw(x)
             return self._merge(bn(gated_conv(x, self.attn.gate_factors(x), proj)), shortcut)
         else:
             x = dw(x)
-            if bridge:
+            if hidden and self.attn is not None:  # the module call (tracing, export, hooks)
+                x = self.attn(x)
+            elif bridge:
                 inner.append(pooled(x))
+        if not hidden and self.attn is not None and not use_fused_path(self.attn, bn):
+            x = bn(proj(x))
+            return self._merge(self.attn(inner, x) if bridge else self.attn(x), shortcut)
         if not hidden and self.attn is not None:
             y, rec = batch_norm_for_gating(bn, proj(x))
             gates = self.attn.gate(inner, y) if bridge else self.attn.gate_factors(y, rec)

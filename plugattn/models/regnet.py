@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..layers import GateAttention, attn_level, create_attn, list_attn
 from ..layers.base import AttnState, pooled
-from ..layers.fused import BNRecompute, batch_norm_for_gating, gated_residual
+from ..layers.fused import BNRecompute, batch_norm_for_gating, gated_residual, use_fused_path
 from ..layers.registry import AttnSpec
 from ._base import (
     AttnNet,
@@ -187,15 +187,17 @@ class RegNetBottleneck(nn.Module):
             out = self.se(out)
         if self.attn_level == 'gate':
             out = self.attn(out)
-        z = self.conv3.conv(out)
-        y, rec = batch_norm_for_gating(self.conv3.bn, z) if gated else (self.conv3.bn(z), None)
+        if not gated:
+            return self.conv3(out), shortcut, inner, None
+        y, rec = batch_norm_for_gating(self.conv3.bn, self.conv3.conv(out))
         return self.conv3.act(y), shortcut, inner, rec
 
     def forward(self, x: Tensor) -> Tensor:
         bridge = self.attn_level == 'block'
-        y, shortcut, inner, rec = self._pre_gate(x, bridge)
-        if not bridge:
-            return self.merge(y, shortcut)
+        fused = bridge and use_fused_path(self.attn, self.conv3)
+        y, shortcut, inner, rec = self._pre_gate(x, fused)
+        if not fused:
+            return self.merge(self.attn(inner, y) if bridge else y, shortcut)
         return gated_residual(y, self.attn.gate(inner, y), shortcut, relu=True, recompute=rec)
 
     def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
