@@ -356,3 +356,21 @@ def test_block_level_public_interface_unchanged():
     assert isinstance(m, BlockAttention)
     inner, x = [torch.randn(2, 8)], torch.randn(2, 16, 4, 4)
     torch.testing.assert_close(m(inner, x), x * m.gate(inner, x))
+
+
+@pytest.mark.parametrize('attn', ['se', 'ca', 'dia'])
+def test_hooked_attention_is_called_and_numbers_unchanged(attn: str):
+    """A forward hook on an attention module (gate recording, #attn-corr) makes the block call it, in training too."""
+    torch.manual_seed(0)
+    model = ResNet(BasicBlock, (2, 1), widths=(8, 16), num_classes=3, stem='cifar', attn=attn).train().double()
+    lean = copy.deepcopy(model)
+    calls = []
+    for m in model.attention_modules().values():
+        m.register_forward_hook(lambda mod, args, out: calls.append(type(mod).__name__))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.double)
+    out, grads, _ = _run(model, x)
+    out_l, grads_l, _ = _run(lean, x)
+    assert len(calls) == 3  # one call per block (DIA: per block of its stage)
+    torch.testing.assert_close(out, out_l, rtol=1e-6, atol=1e-9)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, grads_l[name], rtol=1e-6, atol=1e-9)
