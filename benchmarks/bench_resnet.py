@@ -1,12 +1,13 @@
-"""Measure the cost of every attention module in two ResNet families and write ``benchmarks/RESULTS.md``.
+"""Measure the cost of every attention module on ResNet-50, ResNet-20 and MobileNetV2; write ``benchmarks/RESULTS.md``.
 
-Each family is measured as one interleaved group (the plain backbone first, then every attention variant, repeated
-A B C ... A B C ... after a warm-up), so the ratios to the backbone come from the same run under the same machine
-load. Usage::
+Each family is measured as one interleaved group (the plain backbone first, then torchvision's model of the same
+architecture and every attention variant, repeated A B C ... A B C ... after a warm-up), so the ratios to the
+backbone come from the same run under the same machine load. On the CPU the clock is the process CPU time at one
+thread (other processes' use of the cores does not count), channels_last, five rounds by default. Usage::
 
-    python benchmarks/bench_resnet.py                  # ResNet-20 at 32x32 (batch 32) + ResNet-50 at 224 (batch 4)
-    python benchmarks/bench_resnet.py --quick          # fewer models and repetitions (about a minute on 2 cores)
-    python benchmarks/bench_resnet.py --device cuda --r50-batch 64
+    python benchmarks/bench_resnet.py                  # R50 224 px batch 8, R20 32 px batch 32, MBv2 224 px batch 8
+    python benchmarks/bench_resnet.py --quick          # fewer models and rounds
+    python benchmarks/bench_resnet.py --device cuda --r50-batch 128 --mbv2-batch 128
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ HERE = Path(__file__).resolve().parent
 
 R20 = ['resnet20', 'se_resnet20', 'eca_resnet20', 'cbam_resnet20', 'ca_resnet20', 'ela_b_resnet20', 'ela_s_resnet20',
        'ela_l_resnet20', 'bav1_resnet20', 'bav2_resnet20', 'dia_resnet20']
-R50 = ['resnet50', 'se_resnet50', 'eca_resnet50', 'cbam_resnet50', 'ca_resnet50', 'ela_t_resnet50', 'ela_b_resnet50',
-       'ela_s_resnet50', 'ela_l_resnet50', 'bav1_resnet50', 'bav2_resnet50', 'dia_resnet50']
-QUICK = {'se', 'eca', 'cbam', 'ca', 'ela_b', 'bav2', 'dia', 'none'}
+R50 = ['resnet50', 'torchvision:resnet50', 'se_resnet50', 'eca_resnet50', 'cbam_resnet50', 'ca_resnet50',
+       'ela_t_resnet50', 'ela_b_resnet50', 'ela_s_resnet50', 'ela_l_resnet50', 'bav1_resnet50', 'bav2_resnet50',
+       'dia_resnet50']
+MBV2 = ['mobilenetv2', 'torchvision:mobilenet_v2', 'ca_mobilenetv2']
+QUICK = {'se', 'eca', 'cbam', 'ca', 'ela_b', 'bav1', 'bav2', 'dia', 'none'}
 
 
 def _load() -> str:
@@ -44,39 +47,46 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--quick', action='store_true', help='a subset of the modules, fewer repetitions')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
-    parser.add_argument('--reps', type=int, default=None, help='interleaved repetitions (default 5, quick 3)')
+    parser.add_argument('--threads', type=int, default=None, help='torch threads (default: 1 on the CPU)')
+    parser.add_argument('--reps', type=int, default=5, help='interleaved rounds (default 5)')
     parser.add_argument('--r20-batch', type=int, default=32)
-    parser.add_argument('--r50-batch', type=int, default=4)
-    parser.add_argument('--skip-r50', action='store_true')
+    parser.add_argument('--r50-batch', type=int, default=8)
+    parser.add_argument('--mbv2-batch', type=int, default=8)
+    parser.add_argument('--skip', nargs='*', default=[], choices=('r20', 'r50', 'mbv2'), help='families to skip')
     parser.add_argument('--r50-subset', action='store_true', help='only the --quick subset of ResNet-50 variants')
+    parser.add_argument('--no-channels-last', dest='channels_last', action='store_false')
     parser.add_argument('--output', type=Path, default=HERE / 'RESULTS.md')
     parser.add_argument('--figure', type=Path, default=HERE / 'bench_ratios.png')
     parser.add_argument('--json', type=Path, default=HERE / 'results.json', help='the records as JSON')
     args = parser.parse_args(argv)
 
-    reps = args.reps or (3 if args.quick else 5)
+    reps = args.reps
 
     def pick(names: list[str], subset: bool = False) -> list[str]:
         from plugattn.analysis._common import model_attn
 
-        return [n for n in names if not (args.quick or subset) or model_attn(n) in QUICK]
+        return [n for n in names if not (args.quick or subset) or n.startswith('torchvision:')
+                or model_attn(n) in QUICK]
 
     def log(msg: str) -> None:
         print(f'[{time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr, flush=True)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (1 if args.device == 'cpu' else None)
+    if threads:
+        torch.set_num_threads(threads)  # also what machine_description reports
+    common = dict(reps=reps, device=args.device, threads=threads, channels_last=args.channels_last, progress=log)
     load_before = _load()
     t0 = time.perf_counter()
     parts = []
-    r20 = benchmark(pick(R20), batch_size=args.r20_batch, reps=reps, warmup=2, min_time=0.2, device=args.device,
-                    progress=log)
-    parts.append(('CIFAR ResNet-20 family, 32x32 input, 10 classes', r20))
-    if not args.skip_r50:
-        r50 = benchmark(pick(R50, args.r50_subset), batch_size=args.r50_batch, reps=reps, warmup=1, min_time=0.0,
-                        device=args.device, progress=log)
+    if 'r50' not in args.skip:
+        r50 = benchmark(pick(R50, args.r50_subset), batch_size=args.r50_batch, warmup=1, min_time=0.0, **common)
         parts.append(('ImageNet ResNet-50 family, 224x224 input, 1000 classes', r50))
+    if 'r20' not in args.skip:
+        r20 = benchmark(pick(R20), batch_size=args.r20_batch, warmup=2, min_time=0.2, **common)
+        parts.append(('CIFAR ResNet-20 family, 32x32 input, 10 classes', r20))
+    if 'mbv2' not in args.skip:
+        mbv2 = benchmark(MBV2, batch_size=args.mbv2_batch, warmup=1, min_time=0.0, **common)
+        parts.append(('MobileNetV2, 224x224 input, 1000 classes', mbv2))
     wall = time.perf_counter() - t0
 
     lines = [
@@ -86,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         f'{dt.date.today().isoformat()} (plugattn {plugattn.__version__}); {wall / 60:.1f} min in total.',
         '',
         f'* Machine: {machine_description(args.device)}.',
-        f'* Load average when the run started: {load_before}; at the end: {_load()}. The machine was shared, so '
-        'absolute times are noisy; the ratios (xbb) are more robust because every model is measured interleaved '
-        'with its backbone (A B C ... repeated), and the medians over repetitions are reported.',
+        f'* Load average when the run started: {load_before}; at the end: {_load()}. Times are '
+        f'{parts[0][1][0].clock if parts else "process CPU time"} per batch (on the CPU: what this process '
+        'computed, so waiting for a shared core does not count), median and min-max over the rounds; every model is '
+        'measured interleaved with its backbone (A B C ... repeated), so the ratios (xbb) come from the same '
+        'machine state.',
         '* Inference: eval mode, `torch.inference_mode()`, one forward of the batch. Training step: train mode, '
         'forward + cross-entropy + backward + SGD (momentum) step; batch at least 2 (bridge attention has BatchNorm1d, '
         'specs D10).',
@@ -98,16 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for title, recs in parts:
         lines += [f'## {title}', '', format_records(recs, 'table').split('\n\n')[0], '']
-        threads = recs[0].threads
+        n = recs[0].threads
+        layout = 'channels_last' if recs[0].channels_last else 'NCHW'
         lines.append(f'Inference batch {recs[0].batch_size}, training batch {recs[0].train_batch_size}, '
-                     f'{threads} thread{"" if threads == 1 else "s"}, {recs[0].reps} interleaved repetitions.')
+                     f'{n} thread{"" if n == 1 else "s"}, {layout}, {recs[0].reps} interleaved rounds'
+                     + ('.' if recs[0].load_before is None else f'; load average {recs[0].load_before:.2f} at the '
+                        f'start of this family, {recs[0].load_after:.2f} at its end.'))
         lines.append('')
     try:
         from plugattn.analysis.plots import plot_bench
 
         rows = [r.to_dict() for _, recs in parts for r in recs if r.attn != 'none']
         plot_bench(rows, args.figure, title=f'Time relative to the plain backbone ({args.device}, medians of '
-                                            f'{reps} interleaved repetitions)')
+                                            f'{reps} interleaved rounds)')
         lines += [f'![time ratios]({args.figure.name})', '']
     except ValueError as e:  # matplotlib missing
         log(f'no figure: {e}')

@@ -101,6 +101,20 @@ def test_bench_timing_is_interleaved_and_reported(monkeypatch):
     assert 'MACs' in table and 'not counted' in table and 'bav2_resnet20' in table
 
 
+def test_bench_reports_spread_load_layout_and_torchvision():
+    recs = benchmark(['torchvision:resnet18', 'resnet18'], img_size=16, batch_size=2, reps=2, warmup=1, min_time=0.0,
+                     memory=True)
+    tv, ours = recs
+    assert (tv.backbone, tv.attn, tv.params) == ('resnet18', 'none', ours.params)  # same architecture, same count
+    for r in recs:
+        assert r.infer_ms_min <= r.infer_ms <= r.infer_ms_max and r.train_ms_min <= r.train_ms <= r.train_ms_max
+        assert r.threads == 1 and r.channels_last and r.clock == 'process CPU time' and r.reps == 2
+    assert ours.train_mem_ratio == 1.0 and tv.train_mem_ratio == pytest.approx(tv.train_mem_mb / ours.train_mem_mb)
+    table = format_records(recs, 'table')
+    assert 'min-max' in table and 'channels_last' in table and '1 thread,' in table
+    assert ('Load average' in table) == (recs[0].load_before is not None)
+
+
 # --------------------------------------------------------------------------------------------- cam
 
 

@@ -5,8 +5,13 @@ MACs follow specs D11: multiply-adds of the conv, linear and matmul ops, counted
 activations and the element-wise gating multiplies and additions are *not* counted (the counter ignores them), so an
 attention module's overhead is its convs and linears only.
 
-Timing: every model is measured in the same run as its plain backbone, with interleaved repetitions after a warm-up
-(``A B C A B C ...``), and the report gives the median per-batch time and its ratio to the backbone's median.
+Timing: every model is measured in the same run as its plain backbone, with interleaved rounds after a warm-up
+(``A B C A B C ...``, at least five by default), and the report gives the minimum, median and maximum per-batch time
+and the ratio of the medians to the backbone's. On the CPU the clock is the process CPU time
+(:func:`time.process_time`) at one intra-op thread by default, so time the process spends waiting for a core on a
+shared machine is not counted; on CUDA it is the wall clock between synchronisations. Models and inputs are in
+``channels_last`` memory format by default (the layout fast convolution kernels prefer). The load average before and
+after the run is recorded with the results.
 Memory is the peak of what torch's allocator holds *above what was live before the measured call* (activations,
 gradients, temporaries; not the weights and the optimizer state): ``torch.cuda.max_memory_allocated`` on CUDA, and on
 the CPU the running sum of the allocation and free events that ``torch.profiler`` records (``profile_memory=True``).
@@ -34,6 +39,7 @@ from ._common import AnalysisError
 __all__ = [
     'MACS_NOTE',
     'MEMORY_NOTE',
+    'TORCHVISION_PREFIX',
     'BenchRecord',
     'benchmark',
     'count_macs',
@@ -54,6 +60,19 @@ MEMORY_NOTE = (
 )
 
 
+TORCHVISION_PREFIX = 'torchvision:'
+# torchvision names that differ from plugattn's for the same architecture
+_TORCHVISION_ALIASES = {'mobilenet_v2': 'mobilenetv2'}
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15 minute load averages, or ``None`` where the platform has none."""
+    try:
+        return os.getloadavg()
+    except (OSError, AttributeError):
+        return None
+
+
 @dataclass
 class BenchRecord:
     """One measured model.
@@ -69,16 +88,26 @@ class BenchRecord:
         attn_params: Parameters inside attention modules.
         macs: MACs per image (see :data:`MACS_NOTE`).
         macs_ratio: ``macs`` / backbone MACs.
-        infer_ms: Median time of one inference forward of ``batch_size`` images (milliseconds).
+        infer_ms: Median time of one inference forward of ``batch_size`` images (milliseconds; process CPU time on
+            the CPU, wall time on CUDA).
+        infer_ms_min: Fastest round of the inference forward.
+        infer_ms_max: Slowest round of the inference forward.
         infer_ratio: ``infer_ms`` / backbone ``infer_ms`` (same run).
         infer_img_s: Throughput, ``batch_size / infer_ms`` in images per second.
         train_ms: Median time of one training step (forward, cross-entropy, backward, SGD step), milliseconds.
+        train_ms_min: Fastest round of the training step.
+        train_ms_max: Slowest round of the training step.
         train_ratio: ``train_ms`` / backbone ``train_ms``.
         infer_mem_mb: Peak inference memory above the resident weights (MiB, see :data:`MEMORY_NOTE`).
         train_mem_mb: Peak training-step memory above weights and optimizer state (MiB).
+        train_mem_ratio: ``train_mem_mb`` / backbone ``train_mem_mb``.
         device: Device string.
         threads: torch intra-op threads.
-        reps: Interleaved repetitions behind each median.
+        reps: Interleaved rounds behind each median.
+        channels_last: Model and inputs in ``torch.channels_last`` memory format.
+        clock: ``'process CPU time'`` or ``'wall'``.
+        load_before: 1-minute load average when the group's measurement started (``None``: unknown).
+        load_after: 1-minute load average when it ended.
     """
 
     model: str
@@ -93,14 +122,23 @@ class BenchRecord:
     macs_ratio: float
     infer_ms: float | None = None
     infer_ratio: float | None = None
+    infer_ms_min: float | None = None
+    infer_ms_max: float | None = None
     infer_img_s: float | None = None
     train_ms: float | None = None
     train_ratio: float | None = None
+    train_ms_min: float | None = None
+    train_ms_max: float | None = None
     infer_mem_mb: float | None = None
     train_mem_mb: float | None = None
+    train_mem_ratio: float | None = None
     device: str = 'cpu'
     threads: int = 1
     reps: int = 0
+    channels_last: bool = True
+    clock: str = 'process CPU time'
+    load_before: float | None = None
+    load_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,14 +181,20 @@ class _Runner:
         self.optimizer.step()
 
 
+def _clock(device: torch.device) -> Callable[[], float]:
+    """Process CPU time on the CPU (waiting for a core does not count), wall time on accelerators."""
+    return time.perf_counter if device.type == 'cuda' else time.process_time
+
+
 def _time(fn: Callable[[], None], inner: int, device: torch.device) -> float:
     """Mean seconds per call over ``inner`` back-to-back calls."""
+    clock = _clock(device)
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(inner):
         fn()
     _sync(device)
-    return (time.perf_counter() - t0) / inner
+    return (clock() - t0) / inner
 
 
 def _calibrate(fn: Callable[[], None], warmup: int, min_time: float, device: torch.device) -> int:
@@ -228,11 +272,36 @@ def machine_description(device: str | torch.device = 'cpu') -> str:
 # --------------------------------------------------------------------------------------------- benchmark
 
 
+def _backbone_of(name: str) -> str:
+    if name.startswith(TORCHVISION_PREFIX):  # torchvision's model, measured next to plugattn's of the same name
+        tv_name = name[len(TORCHVISION_PREFIX):]
+        return _TORCHVISION_ALIASES.get(tv_name, tv_name)
+    return get_model_entry(name).backbone
+
+
+def _build(name: str, model_kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[int, int, int], str]:
+    """The model, its default input size and its attention key."""
+    if name.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        tv_name = name[len(TORCHVISION_PREFIX):]
+        try:
+            model = torchvision.models.get_model(tv_name, weights=None, **model_kwargs)
+        except ValueError as e:
+            raise AnalysisError(f'unknown torchvision model {tv_name!r}', 'see torchvision.models.list_models()') \
+                from e
+        if not hasattr(model, 'num_classes'):
+            model.num_classes = model_kwargs.get('num_classes', 1000)
+        return model, tuple(get_model_entry(_backbone_of(name)).cfg['input_size']), 'none'
+    model = create_model(name, **model_kwargs)
+    return model, tuple(model.default_cfg['input_size']), get_model_entry(name).attn or 'none'
+
+
 def _group_by_backbone(names: Sequence[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for name in names:
-        entry = get_model_entry(name)
-        group = groups.setdefault(entry.backbone, [entry.backbone])
+        backbone = _backbone_of(name)
+        group = groups.setdefault(backbone, [backbone])
         if name not in group:
             group.append(name)
     return groups
@@ -245,6 +314,7 @@ def benchmark(
         batch_size: int = 8,
         threads: int | None = None,
         reps: int = 5,
+        channels_last: bool = True,
         warmup: int = 2,
         min_time: float = 0.1,
         device: str | torch.device = 'cpu',
@@ -258,15 +328,18 @@ def benchmark(
 
     Models are grouped by backbone; each group (the backbone first, then the requested variants in order) is
     warmed up, then measured ``reps`` times in turn (``A B C A B C ...``), inference and training step alike.
-    Each measurement averages enough back-to-back calls to last ``min_time`` seconds; the record holds the median
-    over repetitions. The backbone is always measured, and reported only if it was requested.
+    Each measurement averages enough back-to-back calls to last ``min_time`` seconds; the record holds the minimum,
+    median and maximum over the rounds. The backbone is always measured, and reported only if it was requested.
+    ``torchvision:NAME`` measures torchvision's model of that name next to plugattn's ``NAME``.
 
     Args:
         names: Registered model names.
         img_size: Input height = width (default: each model's ``default_cfg['input_size']``).
         batch_size: Inference batch size (the training step uses ``max(batch_size, 2)``).
-        threads: torch intra-op threads during the run (default: leave as is).
-        reps: Interleaved repetitions.
+        threads: torch intra-op threads during the run (default: 1 on the CPU, where one thread is the least
+            disturbed by other processes; the torch default on CUDA).
+        reps: Interleaved rounds.
+        channels_last: Put models and inputs in ``torch.channels_last`` memory format.
         warmup: Untimed calls per model and measurement before the first repetition.
         min_time: Minimum seconds per measurement.
         device: ``'cpu'`` or a CUDA device.
@@ -285,6 +358,8 @@ def benchmark(
         raise AnalysisError(f'batch size and repetitions must be >= 1, got {batch_size} and {reps}')
     device = torch.device(device)
     old_threads = torch.get_num_threads()
+    if threads is None and device.type == 'cpu':
+        threads = 1
     if threads is not None:
         if threads < 1:
             raise AnalysisError(f'--threads must be >= 1, got {threads}')
@@ -295,7 +370,7 @@ def benchmark(
             if progress is not None:
                 progress(f'measuring {", ".join(group)}')
             for rec in _bench_group(group, img_size, batch_size, reps, warmup, min_time, device,
-                                    timing, train, memory, model_kwargs or {}):
+                                    timing, train, memory, model_kwargs or {}, channels_last):
                 records[rec.model] = rec
         return [records[n] for n in dict.fromkeys(names)]
     finally:
@@ -314,23 +389,27 @@ def _bench_group(
         train: bool,
         memory: bool,
         model_kwargs: dict[str, Any],
+        channels_last: bool = True,
 ) -> list[BenchRecord]:
     train_batch = max(batch_size, 2)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     runners: list[_Runner] = []
     static: list[dict[str, Any]] = []
     for name in group:
         torch.manual_seed(0)
-        model = create_model(name, **model_kwargs).to(device)
-        c, h, w = model.default_cfg['input_size']
+        model, (c, h, w), attn = _build(name, model_kwargs)
+        model = model.to(device)
         size = (c, img_size, img_size) if img_size else (c, h, w)
         params, attn_params = count_params(model), count_params(model, attention_only=True)
         macs = count_macs(model, size, device)
-        static.append(dict(model=name, backbone=group[0], attn=get_model_entry(name).attn or 'none',
+        model = model.to(memory_format=fmt)
+        static.append(dict(model=name, backbone=group[0], attn=attn,
                            img_size=size[1], params=params, attn_params=attn_params, macs=macs))
         gen = torch.Generator().manual_seed(1)
-        x = torch.randn((train_batch, *size), generator=gen).to(device)
+        x = torch.randn((train_batch, *size), generator=gen).to(device).contiguous(memory_format=fmt)
         runners.append(_Runner(name, model, x[:batch_size], x, model.num_classes))
 
+    load_before = load_average()
     if timing:
         for r in runners:
             r.infer_inner = _calibrate(r.infer, warmup, min_time, device)
@@ -343,8 +422,13 @@ def _bench_group(
                 for r in runners:
                     r.train_times.append(_time(r.train_step, r.train_inner, device))
 
+    load_after = load_average()
+
     def median_ms(times: list[float]) -> float | None:
         return statistics.median(times) * 1e3 if times else None
+
+    def extreme_ms(times: list[float], pick: Callable[[list[float]], float]) -> float | None:
+        return pick(times) * 1e3 if times else None
 
     base = runners[0]
     base_infer, base_train = median_ms(base.infer_times), median_ms(base.train_times)
@@ -359,7 +443,11 @@ def _bench_group(
             infer_img_s=batch_size / infer_ms * 1e3 if infer_ms else None,
             train_ms=train_ms,
             train_ratio=train_ms / base_train if train_ms is not None else None,
+            infer_ms_min=extreme_ms(r.infer_times, min), infer_ms_max=extreme_ms(r.infer_times, max),
+            train_ms_min=extreme_ms(r.train_times, min), train_ms_max=extreme_ms(r.train_times, max),
             device=str(device), threads=torch.get_num_threads(), reps=reps if timing else 0,
+            channels_last=channels_last, clock='wall' if device.type == 'cuda' else 'process CPU time',
+            load_before=load_before[0] if load_before else None, load_after=load_after[0] if load_after else None,
         )
         if memory:
             rec.infer_mem_mb = _peak_mb(r.infer, device)
@@ -367,28 +455,38 @@ def _bench_group(
                 r.train_step()  # optimizer state exists before the measured step
                 rec.train_mem_mb = _peak_mb(r.train_step, device)
         out.append(rec)
+    if memory and train and out[0].train_mem_mb:
+        for rec in out:
+            rec.train_mem_ratio = rec.train_mem_mb / out[0].train_mem_mb
     return out
 
 
 # --------------------------------------------------------------------------------------------- formatting
 
 _COLUMNS = [
-    # key, header, format
+    # key, header, format; '*_range' cells show the fastest and slowest round
     ('model', 'model', '{}'),
     ('params', 'params (M)', '{:.3f}'),
     ('attn_params', 'attn params', '{:,}'),
     ('macs', 'MACs (G)', '{:.4f}'),
     ('infer_ms', 'infer (ms)', '{:.2f}'),
+    ('infer_range', 'infer min-max (ms)', '{:.1f}-{:.1f}'),
     ('infer_ratio', 'infer xbb', '{:.3f}'),
     ('infer_img_s', 'img/s', '{:.1f}'),
     ('train_ms', 'train step (ms)', '{:.2f}'),
+    ('train_range', 'train min-max (ms)', '{:.1f}-{:.1f}'),
     ('train_ratio', 'train xbb', '{:.3f}'),
     ('infer_mem_mb', 'infer peak (MiB)', '{:.1f}'),
     ('train_mem_mb', 'train peak (MiB)', '{:.1f}'),
+    ('train_mem_ratio', 'train peak xbb', '{:.3f}'),
 ]
 
 
-def _cell(key: str, fmt: str, value: Any) -> str:
+def _cell(key: str, fmt: str, row: dict[str, Any]) -> str:
+    if key.endswith('_range'):
+        lo, hi = row[key.replace('_range', '_ms_min')], row[key.replace('_range', '_ms_max')]
+        return '-' if lo is None else fmt.format(lo, hi)
+    value = row[key]
     if value is None:
         return '-'
     if key == 'params':
@@ -396,6 +494,11 @@ def _cell(key: str, fmt: str, value: Any) -> str:
     elif key == 'macs':
         value = value / 1e9
     return fmt.format(value)
+
+
+def _measured(key: str, rows: list[dict[str, Any]]) -> bool:
+    key = key.replace('_range', '_ms_min') if key.endswith('_range') else key
+    return any(row[key] is not None for row in rows)
 
 
 def format_records(records: Sequence[BenchRecord], fmt: str = 'table') -> str:
@@ -418,22 +521,29 @@ def format_records(records: Sequence[BenchRecord], fmt: str = 'table') -> str:
         return buf.getvalue()
     if fmt != 'table':
         raise AnalysisError(f'unknown format {fmt!r}', 'use table, csv or json')
-    cols = [c for c in _COLUMNS if any(row[c[0]] is not None for row in rows)]
+    cols = [c for c in _COLUMNS if _measured(c[0], rows)]
     if len({(r.img_size, r.batch_size) for r in records}) > 1:
         cols[1:1] = [('img_size', 'input', '{}'), ('batch_size', 'batch', '{}')]
     header = '| ' + ' | '.join(h for _, h, _ in cols) + ' |'
     align = '|' + '|'.join(':---' if k == 'model' else '---:' for k, _, _ in cols) + '|'
     lines = [header, align]
     for row in rows:
-        lines.append('| ' + ' | '.join(_cell(k, f, row[k]) for k, _, f in cols) + ' |')
+        lines.append('| ' + ' | '.join(_cell(k, f, row) for k, _, f in cols) + ' |')
     r0 = records[0] if records else None
     if r0 is not None:
         lines.append('')
         if r0.reps:
+            layout = 'channels_last' if r0.channels_last else 'contiguous (NCHW)'
             lines.append(f'Inference batch {r0.batch_size}, training-step batch {r0.train_batch_size}, '
                          f'{r0.img_size}x{r0.img_size} input unless the table says otherwise, {r0.device}, '
-                         f'{r0.threads} threads; times are medians of {r0.reps} interleaved repetitions; '
-                         'xbb = ratio to the plain backbone measured in the same run.')
+                         f'{r0.threads} thread{"" if r0.threads == 1 else "s"}, {layout}; times are {r0.clock} per '
+                         f'batch, medians (and min-max) of {r0.reps} interleaved rounds; xbb = ratio of the medians '
+                         'to the plain backbone measured in the same run.')
+            loads = [r.load_before for r in records if r.load_before is not None]
+            loads += [r.load_after for r in records if r.load_after is not None]
+            if loads:
+                lines.append(f'Load average (1 min) during the measurement: {min(loads):.2f}-{max(loads):.2f} on '
+                             f'{os.cpu_count()} logical cores.')
         else:
             lines.append(f'{r0.img_size}x{r0.img_size} input unless the table says otherwise.')
         lines.append(MACS_NOTE)

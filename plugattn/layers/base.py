@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ._typecheck import checked_init
+from .fused import BNRecompute
 
 __all__ = ['BlockAttention', 'GateAttention', 'StageAttention', 'check_train_batch']
 
@@ -56,6 +57,15 @@ class GateAttention(nn.Module):
     def gate(self, x: Tensor) -> Tensor:
         """Gate values for ``x``, not yet applied."""
         raise NotImplementedError
+
+    def gate_factors(self, x: Tensor, recompute: BNRecompute | None = None) -> tuple[Tensor, ...]:
+        """The gate as one or two factors applied in order (``x * a1 * a2``), for the fused residual merge.
+
+        Modules whose gate is a product (CA, ELA: row x column; CBAM: channel x spatial) return the factors, so
+        the product is never materialised at full size. ``recompute`` describes ``x`` as a BatchNorm output
+        (:func:`~plugattn.layers.fused.batch_norm_for_gating`) for modules whose gate itself needs ``x`` in backward.
+        """
+        return (self.gate(x),)
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(x)

@@ -8,6 +8,11 @@ biases and is shared by the average- and max-pooled vectors (summed before the s
 [max, mean] over channels in that order, runs a bias-free 7x7 conv and a BatchNorm2d(1) (momentum 0.01) whose
 weight starts at 0, so the spatial gate starts at sigmoid(0) = 0.5 (specs D4). Module names differ
 (``channel_gate.mlp``, ``spatial_gate.conv`` / ``.bn``); the official-checkpoint loader maps them.
+
+In training (whenever a gradient is needed) the two max-pools keep their argmax indices instead of their inputs,
+and ``(x * a_c) * a_s`` runs as one node that keeps only ``x`` (in a residual block: the BatchNorm input), so CBAM
+adds no full-size tensor to training memory. Outputs are unchanged; the gradients too, except on exact ties of a
+maximum, where ``amax`` splits the gradient evenly and the indices give it to one element.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import GateAttention, as_channel_gate
+from .fused import BNRecompute, gated_residual, scaled_channel_pool, spatial_amax, use_fused_path
 from .registry import register_attn
 
 __all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
@@ -33,7 +39,7 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         avg = self.mlp(x.mean((2, 3)))
-        mx = self.mlp(x.amax((2, 3)))
+        mx = self.mlp(spatial_amax(x))  # amax; in training its backward keeps indices, not x
         return as_channel_gate((avg + mx).sigmoid())
 
 
@@ -48,6 +54,10 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         z = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
+        return self.gate_from_pooled(z)
+
+    def gate_from_pooled(self, z: Tensor) -> Tensor:
+        """The gate from the ``(B, 2, H, W)`` [max, mean] descriptor."""
         return self.bn(self.conv(z)).sigmoid()
 
 
@@ -89,6 +99,14 @@ class CBAM(GateAttention):
         a_c = self.channel_gate(x)
         return a_c * self.spatial_gate(x * a_c)
 
+    def gate_factors(self, x: Tensor, recompute: BNRecompute | None = None) -> tuple[Tensor, ...]:
+        """``(a_c, a_s)`` with ``a_s`` computed from ``x * a_c`` without keeping that product for backward."""
+        a_c = self.channel_gate(x)
+        return a_c, self.spatial_gate.gate_from_pooled(scaled_channel_pool(x, a_c, recompute))
+
     def forward(self, x: Tensor) -> Tensor:
-        x = x * self.channel_gate(x)
-        return x * self.spatial_gate(x)
+        if not use_fused_path(self.channel_gate, self.spatial_gate):  # the submodule calls, e.g. for their hooks
+            x = x * self.channel_gate(x)
+            return x * self.spatial_gate(x)
+        # (x * a_c) * a_s in one lean node: neither x * a_c nor the pooled maps' inputs are kept for backward
+        return gated_residual(x, self.gate_factors(x))

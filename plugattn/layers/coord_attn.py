@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import GateAttention
+from .fused import BNRecompute, gated_residual
 from .registry import register_attn
 
 __all__ = ['CoordAttention']
@@ -68,6 +69,9 @@ class CoordAttention(GateAttention):
         a_h, a_w = self.gate_hw(x)
         return a_h * a_w
 
+    def gate_factors(self, x: Tensor, recompute: BNRecompute | None = None) -> tuple[Tensor, ...]:
+        return self.gate_hw(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        a_h, a_w = self.gate_hw(x)
-        return x * a_h * a_w
+        # x * a_h * a_w, without keeping the full-size x * a_h for backward
+        return gated_residual(x, self.gate_hw(x))

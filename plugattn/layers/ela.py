@@ -20,6 +20,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import GateAttention
+from .fused import BNRecompute, gated_residual
 from .registry import register_attn
 
 __all__ = ['ELA_VARIANTS', 'EfficientLocalAttention']
@@ -102,9 +103,12 @@ class EfficientLocalAttention(GateAttention):
         a_h, a_w = self.gate_hw(x)
         return a_h * a_w
 
+    def gate_factors(self, x: Tensor, recompute: BNRecompute | None = None) -> tuple[Tensor, ...]:
+        return self.gate_hw(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        a_h, a_w = self.gate_hw(x)
-        return x * a_h * a_w
+        # x * a_h * a_w, without keeping the full-size x * a_h for backward
+        return gated_residual(x, self.gate_hw(x))
 
 
 for _variant, (_k, _gc, _ng) in ELA_VARIANTS.items():

@@ -9,9 +9,20 @@ from torch import Tensor, nn
 
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
 from ..layers._typecheck import checked_init
+from ..layers.base import AttnState
+from ..layers.fused import gated_residual, hook_safe, use_fused_path
 from ..layers.registry import AttnSpec
 
-__all__ = ['AttnNet', 'AttnStage', 'FeatureInfo', 'block_attn', 'init_attn_modules', 'stage_attn_kwargs']
+__all__ = [
+    'AttnNet',
+    'AttnStage',
+    'FeatureInfo',
+    'block_attn',
+    'gated_block_forward',
+    'init_attn_modules',
+    'stage_attn_kwargs',
+    'staged_block_forward',
+]
 
 
 class FeatureInfo(list):
@@ -69,6 +80,35 @@ def init_attn_modules(model: nn.Module) -> None:
             m.reset_parameters()
 
 
+def gated_block_forward(block: nn.Module, x: Tensor, *, relu: bool) -> Tensor:
+    """A residual block's forward with its own attention's gate fused into the residual merge.
+
+    ``block._pre_gate(x, gated)`` returns the last norm's output ``y``, the shortcut, the pooled inner features
+    (bridge attention) and the norm's recomputation recipe (``gated``: an attention will gate ``y``). The result is
+    ``relu?(y * gate + shortcut)`` through :func:`~plugattn.layers.fused.gated_residual`, which in training keeps the
+    norm's input instead of ``y``; without attention it is the block's in-place ``merge``.
+    """
+    gated = block.attn is not None and block.attn_level in ('gate', 'block')
+    fused = gated and use_fused_path(block.attn)
+    y, shortcut, inner, rec = block._pre_gate(x, fused)
+    if not fused:
+        if gated:  # the module call (tracing, export, hooks): the plain formulation
+            y = block.attn(inner, y) if block.attn_level == 'block' else block.attn(y)
+            y = hook_safe(y, block.attn)
+        return block.merge(y, shortcut)
+    gates = block.attn.gate(inner, y) if block.attn_level == 'block' else block.attn.gate_factors(y, rec)
+    return gated_residual(y, gates, shortcut, relu=relu, recompute=rec)
+
+
+def staged_block_forward(
+        block: nn.Module, x: Tensor, attn: StageAttention, state: AttnState | None, *, relu: bool,
+) -> tuple[Tensor, AttnState]:
+    """One block of a shared-attention stage: ``attn.gate(y, state)`` fused into the block's residual merge."""
+    y, shortcut, _, rec = block._pre_gate(x, True)
+    a, state = attn.gate(y, state)
+    return gated_residual(y, a, shortcut, relu=relu, recompute=rec), state
+
+
 class AttnStage(nn.Module):
     """A stage of residual blocks that share one stage-level attention unit (DIA).
 
@@ -97,9 +137,12 @@ class AttnStage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         state = None
         for block in self:
+            if hasattr(block, 'forward_staged') and use_fused_path(self.attn):  # gate fused with the merge
+                x, state = block.forward_staged(x, self.attn, state)
+                continue
             branch, shortcut = block.forward_branch(x)
             branch, state = self.attn(branch, state)
-            x = block.merge(branch, shortcut)
+            x = block.merge(hook_safe(branch, self.attn), shortcut)
         return x
 
 

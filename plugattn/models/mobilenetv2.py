@@ -45,6 +45,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from ..layers import EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
+from ..layers.fused import batch_norm_for_gating, gated_conv, gated_residual, use_fused_path
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
 from ._registry import register_model
@@ -128,7 +129,8 @@ class InvertedResidual(nn.Module):
             inner = (hidden, hidden) if self.expand else (hidden,)
             self.attn, self.attn_level = block_attn(attn, oup, inner, attn_kwargs)
 
-    def _branch(self, x: Tensor) -> Tensor:
+    def _branch(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
+        """The block's output; ``shortcut`` is added in place, fused with an output-position gate."""
         bridge = self.attn_level == 'block'
         inner: list[Tensor] = []
         if self.expand:
@@ -136,23 +138,37 @@ class InvertedResidual(nn.Module):
             if bridge:
                 inner.append(pooled(x))
         dw, proj, bn = self.conv[-3], self.conv[-2], self.conv[-1]
-        if self.attn_position == 'hidden' and bridge:
+        hidden = self.attn_position == 'hidden'
+        if hidden and bridge:
             # BAv1's MobileNetV3 design: gate the depthwise BN output, then apply its activation.
             x = dw[2](self.attn(inner, dw[1](dw[0](x))))
+        elif hidden and self.attn is not None and use_fused_path(self.attn, proj):
+            # the gate fused with the projection conv: only the ReLU6 output (which ReLU6 keeps) is kept
+            x = dw(x)
+            return self._merge(bn(gated_conv(x, self.attn.gate_factors(x), proj)), shortcut)
         else:
             x = dw(x)
-            if self.attn_position == 'hidden' and self.attn is not None:
+            if hidden and self.attn is not None:  # the module call (tracing, export, hooks)
                 x = self.attn(x)
             elif bridge:
                 inner.append(pooled(x))
-        x = bn(proj(x))
-        if self.attn_position == 'output' and self.attn is not None:
-            x = self.attn(inner, x) if bridge else self.attn(x)
+        if not hidden and self.attn is not None and not use_fused_path(self.attn, bn):
+            x = bn(proj(x))
+            return self._merge(self.attn(inner, x) if bridge else self.attn(x), shortcut)
+        if not hidden and self.attn is not None:
+            y, rec = batch_norm_for_gating(bn, proj(x))
+            gates = self.attn.gate(inner, y) if bridge else self.attn.gate_factors(y, rec)
+            return gated_residual(y, gates, shortcut, recompute=rec)
+        return self._merge(bn(proj(x)), shortcut)
+
+    @staticmethod
+    def _merge(x: Tensor, shortcut: Tensor | None) -> Tensor:
+        if shortcut is not None:
+            x += shortcut  # in place, as torchvision: nothing keeps the BN output for backward
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._branch(x)
-        return x + out if self.use_res_connect else out
+        return self._branch(x, x if self.use_res_connect else None)
 
 
 class MobileNetV2(AttnNet):

@@ -27,9 +27,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import attn_level, create_attn
-from ..layers.base import pooled
+from ..layers.base import AttnState, pooled
+from ..layers.fused import BNRecompute, batch_norm_for_gating
 from ..layers.registry import AttnSpec
-from ._base import AttnNet, AttnStage, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
+from ._base import (
+    AttnNet,
+    AttnStage,
+    FeatureInfo,
+    block_attn,
+    gated_block_forward,
+    init_attn_modules,
+    stage_attn_kwargs,
+    staged_block_forward,
+)
 from ._registry import register_model
 
 __all__ = ['PreActBottleneck', 'PreActResNet', 'WideBasic']
@@ -52,10 +62,23 @@ class _PreActBlock(nn.Module):
         return out
 
     def merge(self, branch: Tensor, shortcut: Tensor) -> Tensor:
-        return branch + shortcut
+        branch += shortcut  # in place: nothing keeps the branch output for backward
+        return branch
+
+    def _last(self, out: Tensor, gated: bool) -> tuple[Tensor, BNRecompute | None]:
+        """The branch output (after the extra BN) and, when gated, the extra BN's recomputation recipe."""
+        if self.bn_additional is None:
+            return out, None  # a conv output: the gated merge keeps it (no cheap recomputation)
+        if gated:
+            return batch_norm_for_gating(self.bn_additional, out)
+        return self.bn_additional(out), None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.merge(*self.forward_branch(x))
+        return gated_block_forward(self, x, relu=False)
+
+    def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
+        """The block inside a shared-attention stage: gate with ``attn(., state)``, fused with the merge."""
+        return staged_block_forward(self, x, attn, state, relu=False)
 
 
 class PreActBottleneck(_PreActBlock):
@@ -109,6 +132,17 @@ class PreActBottleneck(_PreActBlock):
             inner.append(pooled(out))
         return self._attend(inner, self.conv3(out)), shortcut
 
+    def _pre_gate(self, x: Tensor, gated: bool) -> tuple[Tensor, Tensor, list[Tensor], BNRecompute | None]:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.conv1(self.relu(self.bn1(x)))
+        out = self.relu(self.bn2(out))
+        inner = [pooled(out)] if self.attn_level == 'block' else []
+        out = self.relu(self.bn3(self.conv2(out)))
+        if self.attn_level == 'block':
+            inner.append(pooled(out))
+        y, rec = self._last(self.conv3(out), gated)
+        return y, shortcut, inner, rec
+
 
 class WideBasic(_PreActBlock):
     """WRN block: BN-ReLU-conv3x3 (stride), BN-ReLU-dropout-conv3x3; the projection sees the activated input.
@@ -157,6 +191,16 @@ class WideBasic(_PreActBlock):
         if self.drop_rate > 0.0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         return self._attend(inner, self.conv2(out)), shortcut
+
+    def _pre_gate(self, x: Tensor, gated: bool) -> tuple[Tensor, Tensor, list[Tensor], BNRecompute | None]:
+        act = self.relu(self.bn1(x))
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(act)
+        out = self.relu(self.bn2(self.conv1(act)))
+        inner = [pooled(out)] if self.attn_level == 'block' else []
+        if self.drop_rate > 0.0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        y, rec = self._last(self.conv2(out), gated)
+        return y, shortcut, inner, rec
 
 
 class PreActResNet(AttnNet):

@@ -39,9 +39,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import GateAttention, attn_level, create_attn, list_attn
-from ..layers.base import pooled
+from ..layers.base import AttnState, pooled
+from ..layers.fused import BNRecompute, batch_norm_for_gating, gated_residual, hook_safe, use_fused_path
 from ..layers.registry import AttnSpec
-from ._base import AttnNet, AttnStage, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
+from ._base import (
+    AttnNet,
+    AttnStage,
+    FeatureInfo,
+    block_attn,
+    init_attn_modules,
+    stage_attn_kwargs,
+    staged_block_forward,
+)
 from ._registry import register_model
 
 __all__ = ['RegNet', 'RegNetBottleneck', 'RegNetCfg', 'RegNetSE']
@@ -162,10 +171,38 @@ class RegNetBottleneck(nn.Module):
         return out, shortcut
 
     def merge(self, branch: Tensor, shortcut: Tensor) -> Tensor:
-        return self.act3(branch + shortcut)
+        branch += shortcut  # in place, as torchvision: nothing keeps the branch output for backward
+        return self.act3(branch)
+
+    def _pre_gate(self, x: Tensor, gated: bool) -> tuple[Tensor, Tensor, list[Tensor], BNRecompute | None]:
+        """conv3's BN output (gate-level attention already applied before conv3), shortcut, inner features."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        bridge = self.attn_level == 'block'
+        out = self.conv1(x)
+        inner = [pooled(out)] if bridge else []
+        out = self.conv2(out)
+        if bridge:
+            inner.append(pooled(out))
+        if self.se is not None:
+            out = self.se(out)
+        if self.attn_level == 'gate':
+            out = self.attn(out)
+        if not gated:
+            return self.conv3(out), shortcut, inner, None
+        y, rec = batch_norm_for_gating(self.conv3.bn, self.conv3.conv(out))
+        return self.conv3.act(y), shortcut, inner, rec
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.merge(*self.forward_branch(x))
+        bridge = self.attn_level == 'block'
+        fused = bridge and use_fused_path(self.attn, self.conv3)
+        y, shortcut, inner, rec = self._pre_gate(x, fused)
+        if not fused:
+            return self.merge(hook_safe(self.attn(inner, y), self.attn) if bridge else y, shortcut)
+        return gated_residual(y, self.attn.gate(inner, y), shortcut, relu=True, recompute=rec)
+
+    def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
+        """The block inside a shared-attention stage: gate with ``attn(., state)``, fused with the merge."""
+        return staged_block_forward(self, x, attn, state, relu=True)
 
 
 class RegNet(AttnNet):

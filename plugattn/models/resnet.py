@@ -37,9 +37,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import CBAM, attn_level, create_attn, get_attn
-from ..layers.base import pooled
+from ..layers.base import AttnState, pooled
+from ..layers.fused import BNRecompute, batch_norm_for_gating
 from ..layers.registry import AttnSpec
-from ._base import AttnNet, AttnStage, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
+from ._base import (
+    AttnNet,
+    AttnStage,
+    FeatureInfo,
+    block_attn,
+    gated_block_forward,
+    init_attn_modules,
+    stage_attn_kwargs,
+    staged_block_forward,
+)
 from ._registry import register_model
 
 __all__ = ['BasicBlock', 'Bottleneck', 'ResNet']
@@ -125,10 +135,23 @@ class BasicBlock(nn.Module):
         return out, shortcut
 
     def merge(self, branch: Tensor, shortcut: Tensor) -> Tensor:
-        return self.relu(branch + shortcut)
+        branch += shortcut  # in place, as torchvision: nothing keeps the branch output for backward
+        return self.relu(branch)
+
+    def _pre_gate(self, x: Tensor, gated: bool) -> tuple[Tensor, Tensor, list[Tensor], BNRecompute | None]:
+        """bn2 output, shortcut, pooled inner features (bridge attention) and the bn2 recomputation recipe."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        inner = [pooled(out)] if self.attn_level == 'block' else []
+        y, rec = batch_norm_for_gating(self.bn2, self.conv2(out)) if gated else (self.bn2(self.conv2(out)), None)
+        return y, shortcut, inner, rec
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.merge(*self.forward_branch(x))
+        return gated_block_forward(self, x, relu=True)
+
+    def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
+        """The block inside a shared-attention stage: gate with ``attn(., state)``, fused with the merge."""
+        return staged_block_forward(self, x, attn, state, relu=True)
 
 
 class Bottleneck(nn.Module):
@@ -192,10 +215,27 @@ class Bottleneck(nn.Module):
         return out, shortcut
 
     def merge(self, branch: Tensor, shortcut: Tensor) -> Tensor:
-        return self.relu(branch + shortcut)
+        branch += shortcut  # in place, as torchvision: nothing keeps the branch output for backward
+        return self.relu(branch)
+
+    def _pre_gate(self, x: Tensor, gated: bool) -> tuple[Tensor, Tensor, list[Tensor], BNRecompute | None]:
+        """bn3 output, shortcut, pooled inner features (bridge attention) and the bn3 recomputation recipe."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        bridge = self.attn_level == 'block'
+        inner = [pooled(out)] if bridge else []
+        out = self.relu(self.bn2(self.conv2(out)))
+        if bridge:
+            inner.append(pooled(out))
+        y, rec = batch_norm_for_gating(self.bn3, self.conv3(out)) if gated else (self.bn3(self.conv3(out)), None)
+        return y, shortcut, inner, rec
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.merge(*self.forward_branch(x))
+        return gated_block_forward(self, x, relu=True)
+
+    def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
+        """The block inside a shared-attention stage: gate with ``attn(., state)``, fused with the merge."""
+        return staged_block_forward(self, x, attn, state, relu=True)
 
 
 class ResNet(AttnNet):

@@ -1,0 +1,307 @@
+"""Lean gating: ``act(y * a [* a2] + shortcut)`` without keeping full-size tensors that backward can recompute.
+
+A gated residual block computes ``y = BN(z)``, a gate ``a`` from ``y`` and ``act(y * a + shortcut)``. Written with
+plain tensor ops, autograd keeps ``y`` (the multiply needs it for the gate's gradient) next to ``z``, which the
+BatchNorm keeps anyway; two-factor gates (CA, ELA, CBAM) also keep ``y * a1``. Those are full-size activation maps,
+one or two per block, about a quarter to a half more training memory than the backbone.
+
+:func:`gated_residual` computes the same numbers in one autograd node that keeps only ``z`` (shared with the
+BatchNorm, so no new memory), the per-channel BatchNorm affine and the small gates, and recomputes
+``y = (z - mean) * scale + bias`` in backward. The gate multiply and the residual addition run as one
+``addcmul``, the activation in place. The node is used only when a gradient is needed (training, Grad-CAM); under
+``torch.no_grad`` / ``inference_mode``, while tracing (TorchScript, FX, ONNX) and for ``torch.export`` the same
+arithmetic runs as plain tensor ops.
+
+:func:`batch_norm_for_gating` runs a block's BatchNorm2d and returns what backward needs for the recomputation;
+other norms (SyncBatchNorm, frozen norms, custom classes) give ``None`` and the fused node keeps ``y`` instead.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    'BNRecompute',
+    'batch_norm_for_gating',
+    'gated_conv',
+    'gated_residual',
+    'hook_safe',
+    'needs_lean_path',
+    'scaled_channel_pool',
+    'spatial_amax',
+    'use_fused_path',
+]
+
+
+class BNRecompute(NamedTuple):
+    """What recomputes a BatchNorm2d output from its input: ``y = (z - mean) * scale + bias`` per channel.
+
+    Attributes:
+        z: the BatchNorm input (kept by the BatchNorm's own autograd node anyway).
+        mean: per-channel mean used by the norm (batch mean in train mode, running mean in eval), detached.
+        scale: per-channel ``weight / sqrt(var + eps)``, detached.
+        bias: per-channel bias (zeros without affine), detached.
+    """
+
+    z: Tensor
+    mean: Tensor
+    scale: Tensor
+    bias: Tensor
+
+
+def needs_lean_path(x: Tensor) -> bool:
+    """Whether the memory-saving autograd node applies: a gradient is wanted and nothing is tracing the graph."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
+        return False
+    return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Hooks on ``m`` (or an instance-level ``forward``) that a fused path, which skips ``m(...)``, would bypass."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or 'forward' in vars(m))
+
+
+def hook_safe(out: Tensor, module: nn.Module) -> Tensor:
+    """``out``, copied when ``module`` is hooked: the block's in-place residual merge would otherwise change the
+    output a forward hook has just seen (and may keep, as the analysis recorders do)."""
+    return out.clone() if _hooked(module) else out
+
+
+def use_fused_path(*modules: nn.Module | None) -> bool:
+    """Whether a block may compute its gate and merge without calling ``modules`` through ``__call__``.
+
+    Not while tracing or exporting (TorchScript, FX, ONNX, ``torch.export`` see the plain module calls), and not
+    when one of the modules has forward hooks or a patched ``forward`` (analysis hooks keep firing).
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
+        return False
+    if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+        return False
+    from torch.nn.modules import module as _module
+
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return False
+    return not any(_hooked(m) for m in modules if m is not None)
+
+
+def batch_norm_for_gating(bn: nn.Module, z: Tensor) -> tuple[Tensor, BNRecompute | None]:
+    """``bn(z)`` and, when the lean gated merge can use it, the recipe to recompute the output in backward.
+
+    For a plain :class:`torch.nn.BatchNorm2d` in train mode the norm runs through ``torch.native_batch_norm``
+    (the kernel ``F.batch_norm`` dispatches to on the CPU), which also returns the batch mean and inverse std, with
+    nn.BatchNorm2d's running-statistics update (momentum, ``num_batches_tracked``) reproduced exactly. Every other
+    case calls the module itself and returns ``None`` when it cannot describe the norm as a per-channel affine.
+    """
+    if type(bn) is not nn.BatchNorm2d or not needs_lean_path(z):
+        return bn(z), None
+    c = z.shape[1]
+    w = bn.weight.detach() if bn.weight is not None else z.new_ones(c)
+    b = bn.bias.detach() if bn.bias is not None else z.new_zeros(c)
+    if bn.training or bn.running_mean is None:
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(bn.num_batches_tracked)
+        y, mean, invstd = torch.native_batch_norm(
+            z, bn.weight, bn.bias, bn.running_mean if bn.training else None,
+            bn.running_var if bn.training else None, True, factor, bn.eps,
+        )
+        mean, invstd = mean.detach(), invstd.detach()
+    else:
+        y = bn(z)
+        mean = bn.running_mean.detach().clone()
+        invstd = torch.rsqrt(bn.running_var.detach() + bn.eps)
+    return y, BNRecompute(z, mean, (w * invstd).detach(), b)
+
+
+def _reduce_to(t: Tensor, like: Tensor) -> Tensor:
+    """Sum ``t`` over the dimensions ``like`` broadcasts (a gate's gradient), in ``like``'s dtype."""
+    return t.sum_to_size(like.shape).to(like.dtype)
+
+
+def _plain(y: Tensor, a1: Tensor, a2: Tensor | None, shortcut: Tensor | None, relu: bool) -> Tensor:
+    """The reference arithmetic: ``y * a1 [* a2] [+ shortcut]``, then ReLU."""
+    if shortcut is None:
+        out = y * a1 if a2 is None else y * a1 * a2
+    elif a2 is None:
+        out = torch.addcmul(shortcut, y, a1)
+    else:
+        out = torch.addcmul(shortcut, y * a1, a2)
+    return out.relu_() if relu else out
+
+
+class _GatedResidual(torch.autograd.Function):
+    """``relu?(y * a1 [* a2] [+ shortcut])`` that keeps the BN input instead of ``y`` for backward."""
+
+    @staticmethod
+    def forward(ctx, y, z, mean, scale, bias, a1, a2, shortcut, relu):
+        out = _plain(y, a1, a2, shortcut, relu)
+        ctx.relu = relu
+        ctx.has_shortcut = shortcut is not None
+        ctx.has_a2 = a2 is not None
+        ctx.recompute = z is not None
+        ctx.y_dtype = y.dtype
+        ctx.save_for_backward(z if z is not None else y, mean, scale, bias, a1, a2, out if relu else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        src, mean, scale, bias, a1, a2, out = ctx.saved_tensors
+        if ctx.relu:
+            g = torch.ops.aten.threshold_backward(g, out, 0)
+        grad_shortcut = g if ctx.has_shortcut and ctx.needs_input_grad[7] else None
+        need_y, need_a1, need_a2 = ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6]
+        y = src
+        if (need_a1 or need_a2) and ctx.recompute:
+            shape = (1, -1) + (1,) * (src.ndim - 2)
+            y = torch.addcmul(bias.view(shape), src - mean.view(shape), scale.view(shape)).to(ctx.y_dtype)
+        grad_y = grad_a1 = grad_a2 = None
+        if ctx.has_a2:
+            if need_a2:
+                grad_a2 = _reduce_to(g * (y * a1), a2)
+            g = g * a2
+        if need_a1:
+            grad_a1 = _reduce_to(g * y, a1)
+        if need_y:
+            grad_y = g * a1
+        return grad_y, None, None, None, None, grad_a1, grad_a2, grad_shortcut, None
+
+
+def gated_residual(
+        y: Tensor,
+        gates: Tensor | tuple[Tensor, ...] | list[Tensor],
+        shortcut: Tensor | None = None,
+        *,
+        relu: bool = False,
+        recompute: BNRecompute | None = None,
+) -> Tensor:
+    """``relu?(y * a1 [* a2] [+ shortcut])`` with the same numbers as those plain ops, lean in training.
+
+    Args:
+        y: the gated tensor (e.g. a BatchNorm output), ``(B, C, ...)``.
+        gates: one or two gate factors broadcastable to ``y`` (applied in order, as ``y * a1 * a2``).
+        shortcut: residual input added after gating, or ``None``.
+        relu: apply ReLU to the result (post-activation residual blocks).
+        recompute: from :func:`batch_norm_for_gating`: recompute ``y`` from the BatchNorm input in backward
+            instead of keeping it. Without it the autograd node keeps ``y`` itself (use it where ``y`` is kept
+            by another node anyway, e.g. an in-place activation's output).
+    """
+    if isinstance(gates, Tensor):
+        gates = (gates,)
+    if not 1 <= len(gates) <= 2:
+        raise ValueError(f'gated_residual takes one or two gate factors, got {len(gates)}')
+    a1, a2 = gates[0], gates[1] if len(gates) == 2 else None
+    if not (needs_lean_path(y) or any(needs_lean_path(a) for a in gates)):
+        return _plain(y, a1, a2, shortcut, relu)
+    r = recompute if recompute is not None and recompute.z.shape == y.shape else None
+    if r is None:
+        return _GatedResidual.apply(y, None, None, None, None, a1, a2, shortcut, relu)
+    return _GatedResidual.apply(y, r.z, r.mean, r.scale, r.bias, a1, a2, shortcut, relu)
+
+
+class _GatedConv(torch.autograd.Function):
+    """``conv2d(y * a1 [* a2], weight)`` keeping ``y`` (kept by its activation anyway) instead of the gated input."""
+
+    @staticmethod
+    def forward(ctx, y, a1, a2, weight, stride, padding, groups):
+        o = y * a1 if a2 is None else y * a1 * a2
+        ctx.conv = (stride, padding, groups)
+        ctx.save_for_backward(y, a1, a2, weight)
+        return torch.nn.functional.conv2d(o, weight, None, stride, padding, 1, groups)
+
+    @staticmethod
+    def backward(ctx, g):
+        y, a1, a2, weight = ctx.saved_tensors
+        stride, padding, groups = ctx.conv
+        o = y * a1 if a2 is None else y * a1 * a2
+        need = ctx.needs_input_grad
+        grad_o, grad_w, _ = torch.ops.aten.convolution_backward(
+            g, o, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], groups,
+            [any(need[:3]), need[3], False],
+        )
+        del o
+        grad_y = grad_a1 = grad_a2 = None
+        if grad_o is not None:
+            if a2 is not None:
+                if need[2]:
+                    grad_a2 = _reduce_to(grad_o * (y * a1), a2)
+                grad_o = grad_o * a2
+            if need[1]:
+                grad_a1 = _reduce_to(grad_o * y, a1)
+            if need[0]:
+                grad_y = grad_o * a1
+        return grad_y, grad_a1, grad_a2, grad_w, None, None, None
+
+
+def gated_conv(y: Tensor, gates: tuple[Tensor, ...] | list[Tensor], conv: nn.Conv2d) -> Tensor:
+    """``conv(y * a1 [* a2])`` for a bias-free, undilated conv; in training the gated input is not kept.
+
+    The conv needs its input for the weight gradient; this node keeps ``y`` and the small gates instead and
+    recomputes the gated input in backward (one multiply). Use it where ``y`` is kept anyway, e.g. an in-place
+    activation's output (MobileNetV2's hidden-width attention before the projection conv).
+    """
+    a1, a2 = gates[0], gates[1] if len(gates) == 2 else None
+    lean = needs_lean_path(y) or any(needs_lean_path(a) for a in gates) or needs_lean_path(conv.weight)
+    if not lean or conv.bias is not None or conv.dilation != (1, 1) or conv.padding_mode != 'zeros' \
+            or isinstance(conv.padding, str):
+        return conv(y * a1 if a2 is None else y * a1 * a2)
+    return _GatedConv.apply(y, a1, a2, conv.weight, conv.stride, conv.padding, conv.groups)
+
+
+class _ScaledChannelPool(torch.autograd.Function):
+    """``cat([amax_C(y * a), mean_C(y * a)])`` keeping the argmax indices and the BN input instead of ``y * a``."""
+
+    @staticmethod
+    def forward(ctx, y, z, mean, scale, bias, a):
+        x1 = y * a
+        mx, idx = x1.max(1, keepdim=True)
+        out = torch.cat([mx, x1.mean(1, keepdim=True)], dim=1)
+        ctx.recompute = z is not None
+        ctx.y_dtype = y.dtype
+        ctx.save_for_backward(z if z is not None else y, mean, scale, bias, a, idx)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        src, mean, scale, bias, a, idx = ctx.saved_tensors
+        channels = src.shape[1]
+        # mean's gradient spread over the channels, plus max's gradient at the argmax (a unique maximum, as amax)
+        gx1 = (g[:, 1:2] / channels).expand(src.shape).clone(memory_format=torch.preserve_format)
+        gx1.scatter_add_(1, idx, g[:, 0:1].to(gx1.dtype))
+        grad_y = gx1 * a if ctx.needs_input_grad[0] else None
+        grad_a = None
+        if ctx.needs_input_grad[5]:
+            y = src
+            if ctx.recompute:
+                shape = (1, -1) + (1,) * (src.ndim - 2)
+                y = torch.addcmul(bias.view(shape), src - mean.view(shape), scale.view(shape)).to(ctx.y_dtype)
+            grad_a = _reduce_to(gx1 * y, a)
+        return grad_y, None, None, None, None, grad_a
+
+
+def scaled_channel_pool(y: Tensor, a: Tensor, recompute: BNRecompute | None = None) -> Tensor:
+    """CBAM's spatial descriptor of ``y * a``: ``cat([amax over C, mean over C])``, ``(B, 2, H, W)``.
+
+    In training it keeps the argmax indices (one int64 map) and, with ``recompute``, the BatchNorm input instead
+    of ``y`` and ``y * a``; the max gradient goes to the (unique) maximum, as ``amax``'s does (on exact ties amax
+    splits it evenly). Elsewhere it is the plain expression.
+    """
+    if not (needs_lean_path(y) or needs_lean_path(a)):
+        x1 = y * a
+        return torch.cat([x1.amax(1, keepdim=True), x1.mean(1, keepdim=True)], dim=1)
+    r = recompute if recompute is not None and recompute.z.shape == y.shape else None
+    if r is None:
+        return _ScaledChannelPool.apply(y, None, None, None, None, a)
+    return _ScaledChannelPool.apply(y, r.z, r.mean, r.scale, r.bias, a)
+
+
+def spatial_amax(x: Tensor) -> Tensor:
+    """``x.amax((2, 3))`` whose backward keeps the argmax indices instead of ``x`` in training."""
+    if not needs_lean_path(x):
+        return x.amax((2, 3))
+    return x.flatten(2).max(-1).values

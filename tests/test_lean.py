@@ -1,0 +1,376 @@
+"""Lean gating: the fused gate + residual merge gives the numbers of the plain formulation and keeps less for backward.
+
+Every block family and attention level is run twice from the same weights: once as is, once with the blocks and the
+attention modules patched back to the straightforward formulation (``x * a_h * a_w``, CBAM's two multiplies with
+``amax``, ``relu(branch + shortcut)``, the DIA stage loop); outputs, every parameter gradient, the input gradient
+and the BatchNorm running statistics must agree. A second set of tests counts the bytes autograd keeps.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plugattn.layers import CBAM, BlockAttention, CoordAttention, EfficientLocalAttention, GateAttention, create_attn
+from plugattn.layers.fused import batch_norm_for_gating, gated_residual
+from plugattn.models import create_model
+from plugattn.models._base import AttnStage
+from plugattn.models.mobilenetv2 import InvertedResidual
+from plugattn.models.preact_resnet import PreActBottleneck, PreActResNet, WideBasic
+from plugattn.models.regnet import RegNetBottleneck
+from plugattn.models.resnet import BasicBlock, Bottleneck, ResNet
+
+# --------------------------------------------------------------------------------------------- reference forwards
+
+
+def _ref_gate_forward(m: GateAttention, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(m, CBAM):
+        mlp = m.channel_gate.mlp
+        a_c = (mlp(x.mean((2, 3))) + mlp(x.amax((2, 3)))).sigmoid()[:, :, None, None]
+        x1 = x * a_c
+        z = torch.cat([x1.amax(1, keepdim=True), x1.mean(1, keepdim=True)], dim=1)
+        sg = m.spatial_gate
+        return x1 * sg.bn(sg.conv(z)).sigmoid()
+    if isinstance(m, (CoordAttention, EfficientLocalAttention)):
+        a_h, a_w = m.gate_hw(x)
+        return x * a_h * a_w
+    return x * m.gate(x)
+
+
+def _ref_mbv2(block: InvertedResidual, x: torch.Tensor) -> torch.Tensor:
+    bridge = block.attn_level == 'block'
+    inner, h = [], x
+    if block.expand:
+        h = block.conv[0](h)
+        if bridge:
+            inner.append(h.mean((2, 3)))
+    dw, proj, bn = block.conv[-3], block.conv[-2], block.conv[-1]
+    hidden = block.attn_position == 'hidden'
+    if hidden and bridge:
+        h = dw[2](block.attn(inner, dw[1](dw[0](h))))
+    else:
+        h = dw(h)
+        if hidden and block.attn is not None:
+            h = block.attn(h)
+        elif bridge:
+            inner.append(h.mean((2, 3)))
+    h = bn(proj(h))
+    if not hidden and block.attn is not None:
+        h = block.attn(inner, h) if bridge else block.attn(h)
+    return x + h if block.use_res_connect else h
+
+
+def _ref_stage(stage: AttnStage, x: torch.Tensor) -> torch.Tensor:
+    state = None
+    for block in stage:
+        branch, shortcut = block.forward_branch(x)
+        a, state = stage.attn.gate(branch, state)
+        x = _ref_merge(block, branch * a, shortcut)
+    return x
+
+
+def _ref_merge(block: nn.Module, branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    out = branch + shortcut
+    return out if isinstance(block, (PreActBottleneck, WideBasic)) else F.relu(out)
+
+
+def _ref_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _ref_merge(block, *block.forward_branch(x))
+
+
+def reference_copy(model: nn.Module) -> nn.Module:
+    """A deep copy whose blocks and attention modules run the plain formulation."""
+    ref = copy.deepcopy(model)
+    for m in ref.modules():
+        if isinstance(m, GateAttention):
+            m.forward = functools.partial(_ref_gate_forward, m)
+        elif isinstance(m, (BasicBlock, Bottleneck, RegNetBottleneck, PreActBottleneck, WideBasic)):
+            m.forward = functools.partial(_ref_block, m)
+        elif isinstance(m, InvertedResidual):
+            m.forward = functools.partial(_ref_mbv2, m)
+        elif isinstance(m, AttnStage):
+            m.forward = functools.partial(_ref_stage, m)
+    return ref
+
+
+def _run(model: nn.Module, x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    torch.manual_seed(seed)  # WRN dropout draws the same mask in both runs
+    out = model(x)
+    # a loss that weighs every output differently, so no gradient cancels by symmetry
+    w = torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (out * w).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads, x.grad.clone()
+
+
+def assert_same_numbers(model: nn.Module, x: torch.Tensor, *, train: bool = True, rtol: float = 1e-6) -> None:
+    model = model.double()
+    x = x.double()
+    ref = reference_copy(model)
+    model.train(train)
+    ref.train(train)
+    out, grads, gx = _run(model, x)
+    out_r, grads_r, gx_r = _run(ref, x)
+    torch.testing.assert_close(out, out_r, rtol=rtol, atol=1e-9)
+    assert grads.keys() == grads_r.keys() and len(grads) == len(list(model.parameters()))
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_r[name], rtol=rtol, atol=1e-9, msg=lambda m, n=name: f'{n}: {m}')
+    torch.testing.assert_close(gx, gx_r, rtol=rtol, atol=1e-9)
+    buffers_r = dict(ref.named_buffers())
+    for name, buf in model.named_buffers():  # running statistics updated identically (train mode)
+        torch.testing.assert_close(buf, buffers_r[name], rtol=rtol, atol=1e-12, msg=lambda m, n=name: f'{n}: {m}')
+
+
+ATTNS = ['none', 'se', 'eca', 'cbam', 'ca', 'ela_b', 'bav1', 'bav2', 'dia']
+
+
+def _attn(a: str) -> str | None:
+    return None if a == 'none' else a
+
+
+# --------------------------------------------------------------------------------------------- families
+
+
+@pytest.mark.parametrize('attn', ATTNS)
+def test_cifar_basic_resnet_same_numbers(attn: str):
+    torch.manual_seed(0)
+    model = ResNet(BasicBlock, (2, 2), widths=(16, 32), num_classes=5, stem='cifar', attn=_attn(attn))
+    assert_same_numbers(model, torch.randn(3, 3, 12, 12))
+
+
+@pytest.mark.parametrize('attn', ATTNS)
+def test_bottleneck_resnet_same_numbers(attn: str):
+    torch.manual_seed(0)
+    model = ResNet(Bottleneck, (2, 1), widths=(16, 32), num_classes=5, attn=_attn(attn),
+                   attn_kwargs={'reduction': 4} if attn == 'dia' else None)
+    assert_same_numbers(model, torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize('attn', ['none', 'se', 'cbam', 'ca', 'bav2', 'dia'])
+def test_resnext_same_numbers(attn: str):
+    torch.manual_seed(0)
+    model = ResNet(Bottleneck, (2, 1), widths=(16, 32), num_classes=5, groups=4, width_per_group=8, attn=_attn(attn))
+    assert_same_numbers(model, torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize('block', [PreActBottleneck, WideBasic])
+@pytest.mark.parametrize('attn', ['none', 'se', 'cbam', 'ca', 'bav1', 'dia'])
+def test_preact_and_wide_same_numbers(block: type, attn: str):
+    torch.manual_seed(0)
+    model = PreActResNet(block, (2, 2), (16, 32), num_classes=5, attn=_attn(attn),
+                         drop_rate=0.3 if block is WideBasic else 0.0)
+    assert_same_numbers(model, torch.randn(2, 3, 12, 12))
+
+
+@pytest.mark.parametrize('attn', ['none', 'eca', 'cbam', 'ca', 'bav2'])
+def test_mobilenetv2_same_numbers(attn: str):
+    torch.manual_seed(0)
+    model = create_model('mobilenetv2', attn=_attn(attn), num_classes=5)
+    # 64 px: at 32 px the last stages are 1x1 and BatchNorm over two values amplifies rounding chaotically
+    assert_same_numbers(model, torch.randn(2, 3, 64, 64))
+
+
+def test_mobilenetv2_output_position_bridge_same_numbers():
+    torch.manual_seed(0)
+    model = create_model('mobilenetv2', attn='bav2', attn_position='output', num_classes=5)
+    assert_same_numbers(model, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize('attn', ['none', 'ca', 'bav1', 'dia'])
+def test_regnety_same_numbers(attn: str):
+    torch.manual_seed(0)
+    model = create_model('regnety_400mf', attn=_attn(attn), num_classes=5)
+    assert_same_numbers(model, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize('attn', ['se', 'cbam', 'ca', 'bav2', 'dia'])
+def test_eval_mode_with_gradients_same_numbers(attn: str):
+    """Grad-CAM runs backward in eval mode: the lean path then recomputes from the running statistics."""
+    torch.manual_seed(0)
+    model = ResNet(Bottleneck, (2, 1), widths=(16, 32), num_classes=5, attn=attn)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 32, 32))  # non-trivial running statistics
+    assert_same_numbers(model, torch.randn(2, 3, 32, 32), train=False)
+
+
+def test_transformer_blocks_unchanged_numbers():
+    torch.manual_seed(0)
+    model = create_model('bav2_deit_tiny', img_size=32, num_classes=5)
+    assert_same_numbers(model, torch.randn(2, 3, 32, 32))
+
+
+# --------------------------------------------------------------------------------------------- the building blocks
+
+
+@pytest.mark.parametrize('relu', [False, True])
+@pytest.mark.parametrize('shape', [(3, 8, 1, 1), ((3, 8, 5, 1), (3, 8, 1, 6)), ((3, 8, 1, 1), (3, 1, 5, 6))])
+def test_gated_residual_matches_plain_ops(shape, relu: bool):
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(8).double().train()
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.uniform_(bn.bias, -0.5, 0.5)
+    ref_bn = copy.deepcopy(bn)
+    z = (torch.randn(3, 8, 5, 6, dtype=torch.double) * 3 + 1).requires_grad_(True)
+    s = torch.randn(3, 8, 5, 6, dtype=torch.double, requires_grad=True)
+    shapes = shape if isinstance(shape[0], tuple) else (shape,)
+    gates = [torch.rand(sh, dtype=torch.double, requires_grad=True) for sh in shapes]
+
+    y, rec = batch_norm_for_gating(bn, z)
+    out = gated_residual(y, gates, s, relu=relu, recompute=rec)
+    y_ref = ref_bn(z)
+    ref = y_ref
+    for a in gates:
+        ref = ref * a
+    ref = ref + s
+    ref = F.relu(ref) if relu else ref
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [z, s, *gates, bn.weight, bn.bias], g)
+    want = torch.autograd.grad(ref, [z, s, *gates, ref_bn.weight, ref_bn.bias], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var, rtol=0, atol=0)
+    assert bn.num_batches_tracked == ref_bn.num_batches_tracked == 1
+
+
+def test_batch_norm_for_gating_cumulative_momentum_and_no_tracking():
+    for kwargs in ({'momentum': None}, {'track_running_stats': False}, {'affine': False}):
+        bn = nn.BatchNorm2d(4, **kwargs).train()
+        ref = copy.deepcopy(bn)
+        for _ in range(2):
+            z = torch.randn(2, 4, 3, 3, requires_grad=True)
+            y, _ = batch_norm_for_gating(bn, z)
+            torch.testing.assert_close(y, ref(z), rtol=1e-6, atol=1e-6)
+        for (n, b), (_, b_ref) in zip(bn.named_buffers(), ref.named_buffers()):
+            torch.testing.assert_close(b, b_ref, rtol=1e-6, atol=1e-7, msg=n)
+
+
+def test_plain_path_without_grad_builds_no_autograd_node():
+    m = create_attn('ca', 16).eval()
+    with torch.no_grad():
+        out = m(torch.randn(2, 16, 5, 7))
+    assert out.grad_fn is None
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+
+def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps for backward after one training forward."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    return sum(storages.values())
+
+
+def _tiny(attn: str | None, family: str) -> nn.Module:
+    torch.manual_seed(0)
+    if family == 'bottleneck':
+        return ResNet(Bottleneck, (2, 2), widths=(16, 32), num_classes=5, stem='cifar', attn=attn)
+    if family == 'basic':
+        return ResNet(BasicBlock, (2, 2), widths=(32, 64), num_classes=5, stem='cifar', attn=attn)
+    return create_model('mobilenetv2', attn=attn, num_classes=5)
+
+
+@pytest.mark.parametrize(('family', 'attn', 'limit'), [
+    ('bottleneck', 'se', 1.05), ('bottleneck', 'eca', 1.05), ('bottleneck', 'bav1', 1.05),
+    ('bottleneck', 'bav2', 1.05), ('bottleneck', 'dia', 1.05), ('bottleneck', 'cbam', 1.10),
+    ('bottleneck', 'ca', 1.10), ('bottleneck', 'ela_b', 1.10), ('basic', 'se', 1.05), ('basic', 'cbam', 1.10),
+    ('mbv2', 'ca', 1.10),
+])
+def test_training_keeps_no_extra_full_size_tensor(family: str, attn: str, limit: float):
+    # MobileNetV2 at 96 px: at 32 px its last stages are 2x2 and CA's strip maps are as large as the maps themselves
+    px = 96 if family == 'mbv2' else 32
+    x = torch.randn(2, 3, px, px)
+    plain = _saved_bytes(_tiny(None, family), x)
+    lean = _saved_bytes(_tiny(attn, family), x)
+    # the plain formulation keeps about a quarter (channel gates) to a half (CA, ELA, CBAM) more
+    assert lean <= limit * plain, (lean / plain)
+
+
+def test_reference_formulation_does_keep_more():
+    """The measurement above can fail: the plain formulation of the same SE model keeps far more."""
+    x = torch.randn(2, 3, 32, 32)
+    plain = _saved_bytes(_tiny(None, 'bottleneck'), x)
+    ref = _saved_bytes(reference_copy(_tiny('se', 'bottleneck')), x)
+    assert ref > 1.15 * plain
+
+
+# --------------------------------------------------------------------------------------------- compile, layouts
+
+
+@pytest.mark.parametrize('attn', ['se', 'cbam', 'ca', 'bav2', 'dia'])
+def test_compile_fullgraph_training_step_same_numbers(attn: str):
+    torch.manual_seed(0)
+    model = ResNet(BasicBlock, (1, 1), widths=(8, 16), num_classes=3, stem='cifar', attn=attn).train()
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 8, 8)
+    compiled = torch.compile(model, backend='eager', fullgraph=True)
+    out, grads, _ = _run(compiled, x)
+    out_r, grads_r, _ = _run(ref, x)
+    torch.testing.assert_close(out, out_r, rtol=1e-5, atol=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, grads_r[name.replace('_orig_mod.', '')], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('attn', ['se', 'cbam', 'ca', 'bav2', 'dia'])
+def test_channels_last_training_same_numbers(attn: str):
+    """The lean path on channels_last tensors against the plain formulation on contiguous ones (float64: float32
+    rounding of a 2-image BatchNorm would hide the comparison)."""
+    torch.manual_seed(0)
+    model = ResNet(Bottleneck, (1, 1), widths=(16, 32), num_classes=3, stem='cifar', attn=attn).train().double()
+    ref = reference_copy(model)
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 10, 10, dtype=torch.double)
+    out, grads, gx = _run(ref, x)
+    out_c, grads_c, gx_c = _run(cl, x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, out_c, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(gx, gx_c, rtol=1e-6, atol=1e-9)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, grads_c[name], rtol=1e-6, atol=1e-9)
+
+
+def test_bridge_attention_still_refuses_batch_one_in_training():
+    model = ResNet(BasicBlock, (1, 1), widths=(8, 16), num_classes=3, stem='cifar', attn='bav2').train()
+    with pytest.raises(ValueError, match='batch size 1'):
+        model(torch.randn(1, 3, 8, 8))
+
+
+def test_block_level_public_interface_unchanged():
+    m = create_attn('bav2', 16, inner_channels=(8,)).train()
+    assert isinstance(m, BlockAttention)
+    inner, x = [torch.randn(2, 8)], torch.randn(2, 16, 4, 4)
+    torch.testing.assert_close(m(inner, x), x * m.gate(inner, x))
+
+
+@pytest.mark.parametrize('attn', ['se', 'ca', 'dia'])
+def test_hooked_attention_is_called_and_numbers_unchanged(attn: str):
+    """A forward hook on an attention module (gate recording, #attn-corr) makes the block call it, in training too."""
+    torch.manual_seed(0)
+    model = ResNet(BasicBlock, (2, 1), widths=(8, 16), num_classes=3, stem='cifar', attn=attn).train().double()
+    lean = copy.deepcopy(model)
+    calls = []
+    for m in model.attention_modules().values():
+        m.register_forward_hook(lambda mod, args, out: calls.append(type(mod).__name__))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.double)
+    out, grads, _ = _run(model, x)
+    out_l, grads_l, _ = _run(lean, x)
+    assert len(calls) == 3  # one call per block (DIA: per block of its stage)
+    torch.testing.assert_close(out, out_l, rtol=1e-6, atol=1e-9)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, grads_l[name], rtol=1e-6, atol=1e-9)
