@@ -34,6 +34,8 @@ submodule whose output is gated and the inner outputs that bridge attention pool
 """
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,7 +51,6 @@ from ._core import (
     buildable,
     families,
     find_family,
-    make_warm,
     register_family,
 )
 from .build import FOREIGN_PREFIXES, create_model, load_weights
@@ -127,4 +128,11 @@ def attachable(model: nn.Module) -> list[str]:
     return [a for a in list_attn() if buildable(fam, model, a)]
 
 
-_ = make_warm  # re-exported for families that build their own modules
+class _CallableModule(types.ModuleType):
+    """``plugattn.attach`` is this package and the function: ``plugattn.attach(model, 'bav2')`` calls :func:`attach`."""
+
+    def __call__(self, model: nn.Module, attn: str, **kwargs: Any) -> nn.Module:
+        return attach(model, attn, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -143,6 +143,9 @@ def create_model(
         elif warm_start or opts:
             raise ValueError(f'{name}: warm_start/{"/".join(opts) or "options"} need attn=NAME')
         model.model_name = name
+        # what plugattn's engine and analysis read from a model
+        model.num_classes = num_classes if num_classes is not None else getattr(model, 'num_classes', 1000)
+        model.in_chans = _first_conv(model)[1].in_channels
         return model
     from ..models import create_model as plugattn_create
 
@@ -243,3 +246,40 @@ def _attn_prefixes(model: nn.Module) -> tuple[str, ...]:
 
 def _replaced_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(f'{n}.' for n in model.__dict__.get('_plugattn_replaced', ())) or ('\0',)
+
+
+def load_init_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str) -> None:
+    """``--init-checkpoint``: a plugattn checkpoint of ``model_name`` (its attention keys may be missing when the
+    attention was attached with ``--attn``), or a plain state_dict file of the host library (pretrained weights).
+
+    Raises:
+        EngineError: Unreadable file, a plugattn checkpoint of another model, or weights that do not fit.
+    """
+    from safetensors import safe_open
+
+    from ..engine.checkpoint import META_KEY, load_model_weights, read_weights
+    from ..engine.errors import EngineError
+
+    path = Path(path)
+    is_plugattn = False
+    if path.suffix == '.safetensors' and path.is_file():
+        try:
+            with safe_open(str(path), framework='pt', device='cpu') as f:
+                is_plugattn = META_KEY in (f.metadata() or {})
+        except Exception:
+            is_plugattn = True  # let read_weights name the damage
+    if is_plugattn or path.is_dir():
+        state, meta = read_weights(path)
+        if meta.get('model') != model_name or set(state) == set(model.state_dict()):
+            load_model_weights(model, path, model_name)  # the engine's strict checks and messages
+            return
+    else:
+        try:
+            state = _read_state(path)
+        except ValueError as e:
+            raise EngineError(str(e).split('; ')[0], 'pass a .safetensors/.pth state_dict file') from None
+    try:
+        load_weights(model, state)
+    except ValueError as e:
+        msg = str(e)
+        raise EngineError(f'{path}: {msg.split("; ")[0]}', msg.split('; ')[-1]) from None

@@ -25,7 +25,6 @@ from .checkpoint import (
     atomic_write_text,
     capture_rng_state,
     check_state_dict_fits,
-    load_model_weights,
     load_state,
     read_run_info,
     remove_stale_temps,
@@ -371,7 +370,9 @@ class _Trainer:
                               'use --batch-size 2 or more (per process)')
         self.model_kwargs = {'num_classes': self.info.num_classes, 'in_chans': self.info.in_chans, **m['kwargs']}
         if m['init_checkpoint'] and self.resume_dir is None:
-            load_model_weights(model, m['init_checkpoint'], m['name'])
+            from ..attach.build import load_init_checkpoint
+
+            load_init_checkpoint(model, m['init_checkpoint'], m['name'])
         self.params = count_params(model)
         self.macs = count_macs(model, self.input_size)
         if tc['sync_bn'] and ctx.distributed:
