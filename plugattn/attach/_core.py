@@ -275,12 +275,16 @@ class _SharedStage:
 
 
 class _AttachedModel:
-    """Mixin of an attached foreign model: the analysis API of plugattn models (``attention_modules``, ``stages``)."""
+    """Mixin of an attached foreign model: ``attention_modules()``, the analysis API of plugattn models."""
 
     def attention_modules(self) -> dict[str, nn.Module]:
         """Every attached attention module by qualified name."""
         keys = set(self.__dict__.get('_plugattn_attn_names', ()))
         return {name: m for name, m in self.named_modules() if name in keys}
+
+
+class _AttachedStagedModel(_AttachedModel):
+    """An attached model that also lists its stage containers (``stages()``) for ``attn-corr`` and ``cam``."""
 
     def stages(self) -> list[nn.Module]:
         """The stage containers, in order."""
@@ -301,8 +305,11 @@ def share_stage(container: nn.Module, unit: nn.Module) -> None:
 
 def mark_model(model: nn.Module, stage_names: Sequence[str], attn_names: Sequence[str]) -> None:
     if not hasattr(model, 'attention_modules'):
-        model.__class__ = _subclass(type(model), _AttachedModel)
-        model.stage_names = tuple(stage_names)
+        # a model with a ``stages`` submodule (timm ConvNeXt, ...) keeps it: no stages() method then
+        staged = stage_names and not hasattr(model, 'stages') and not hasattr(model, 'stage_names')
+        model.__class__ = _subclass(type(model), _AttachedStagedModel if staged else _AttachedModel)
+        if staged:
+            model.stage_names = tuple(stage_names)
     model.__dict__['_plugattn_attn_names'] = tuple(attn_names)
 
 
@@ -405,15 +412,15 @@ def attach_module(
         if level == 'stage':
             stage = dict(stage_list)[sname]
             if sname not in units:
-                units[sname] = _build(attn, plan.channels, {**kwargs}, warm_start, dd)
+                units[sname] = _build(attn, plan.channels, {**kwargs}, warm_start, dd, model.training)
                 share_stage(stage, units[sname])
                 attn_names.append(f'{sname}.attn')
         elif level == 'block':
             block.add_module(fam.attn_key, _build(
-                attn, plan.channels, {**kwargs, 'inner_channels': plan.inner_channels}, warm_start, dd))
+                attn, plan.channels, {**kwargs, 'inner_channels': plan.inner_channels}, warm_start, dd, model.training))
             attn_names.append(f'{qname}.{fam.attn_key}')
         else:
-            block.add_module(fam.attn_key, _build(attn, plan.channels, kwargs, warm_start, dd))
+            block.add_module(fam.attn_key, _build(attn, plan.channels, kwargs, warm_start, dd, model.training))
             attn_names.append(f'{qname}.{fam.attn_key}')
         tap_block(block, _TapCtx(plan, fam.attn_key, level, stage, index, index == length - 1))
     mark_model(model, stage_names, attn_names)
@@ -433,8 +440,9 @@ def _per_stage_kwargs(attn_kwargs: Any, num: int) -> list[dict[str, Any]]:
     return [dict(d) for d in per]
 
 
-def _build(attn: str, channels: int, kwargs: dict[str, Any], warm: bool, dd: dict[str, Any]) -> nn.Module:
-    m = create_attn(attn, channels, **kwargs).to(**dd)
+def _build(attn: str, channels: int, kwargs: dict[str, Any], warm: bool, dd: dict[str, Any],
+           training: bool = True) -> nn.Module:
+    m = create_attn(attn, channels, **kwargs).to(**dd).train(training)
     return make_warm(m) if warm else m
 
 

@@ -79,13 +79,13 @@ def attach_plugattn(
         blocks = list(stage)
         if level == 'stage':
             channels, _ = _widths(blocks[0])
-            unit = create_attn(attn, channels, **kwargs).to(ref.device)
+            unit = create_attn(attn, channels, **kwargs).to(ref.device).train(model.training)
             setattr(model, sname, AttnStage(blocks, make_warm(unit) if warm_start else unit))
             continue
         for block in blocks:
             channels, inner = _widths(block)
             extra = {'inner_channels': inner} if level == 'block' else {}
-            module = create_attn(attn, channels, **kwargs, **extra).to(ref.device)
+            module = create_attn(attn, channels, **kwargs, **extra).to(ref.device).train(model.training)
             block.attn = make_warm(module) if warm_start else module
             block.attn_level = level
     return model
