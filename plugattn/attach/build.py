@@ -1,7 +1,8 @@
 """Build foreign models by name (``tv:resnet50``, ``timm:convnext_tiny``), attach attention, load local weights.
 
-Names: ``tv:NAME`` is ``torchvision.models.get_model(NAME)``, ``timm:NAME`` is ``timm.create_model(NAME)``; any
-other name is a plugattn model. ``attn=`` on a foreign name attaches that attention (:func:`plugattn.attach`); on a
+Names: ``tv:NAME`` is ``torchvision.models.get_model(NAME)``, ``timm:NAME`` is ``timm.create_model(NAME)``;
+``tv:NAME+ATTN`` / ``timm:NAME+ATTN`` carry the attached attention in the name (for ``plugattn bench``, ``compare``,
+``export --model``, which take names); any other name is a plugattn model. ``attn=`` on a foreign name attaches that attention (:func:`plugattn.attach`); on a
 plugattn name it builds plugattn's own variant, unless ``warm_start=True`` asks for the plain model with the
 attention attached with warm start. This is what ``plugattn train --model tv:resnet50 --attn bav2 --warm-start``
 runs, and what checkpoints record (the name and these keyword arguments) so that eval/export/cam rebuild the model.
@@ -135,6 +136,14 @@ def create_model(
     from . import attach
 
     opts = {k: kwargs.pop(k) for k in _ATTACH_KEYS if k in kwargs}
+    if name.startswith(FOREIGN_PREFIXES) and '+' in name:  # 'tv:resnet50+bav2': the name carries the attention
+        base, _, named = name.partition('+')
+        if attn is not None and attn != named:
+            raise ValueError(f'{name} already names attention {named!r}; drop attn={attn!r}')
+        model = create_model(base, pretrained, attn=named, warm_start=warm_start, num_classes=num_classes,
+                             in_chans=in_chans, **opts, **kwargs)
+        model.model_name = name
+        return model
     if name.startswith(FOREIGN_PREFIXES):
         build = _torchvision if name.startswith('tv:') else _timm
         model = build(name, pretrained, num_classes, in_chans, kwargs)
@@ -146,6 +155,11 @@ def create_model(
         # what plugattn's engine and analysis read from a model
         model.num_classes = num_classes if num_classes is not None else getattr(model, 'num_classes', 1000)
         model.in_chans = _first_conv(model)[1].in_channels
+        if not isinstance(getattr(model, 'default_cfg', None), dict):
+            size = getattr(model, 'image_size', 224)  # torchvision's ViT is built for one size
+            model.default_cfg = model.pretrained_cfg = {
+                'architecture': name, 'input_size': (model.in_chans, size, size), 'num_classes': model.num_classes,
+                'family': 'torchvision'}
         return model
     from ..models import create_model as plugattn_create
 

@@ -124,8 +124,9 @@ def get_model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; unknown names raise ``ValueError`` with close matches."""
     if name in _MODELS:
         return _MODELS[name]
-    if name.startswith(('tv:', 'timm:')):  # a torchvision / timm model (plugattn.attach)
-        return ModelEntry(name, lambda **kw: create_model(name, **kw), name, None, {},
+    if name.startswith(('tv:', 'timm:')):  # a torchvision / timm model, 'tv:NAME+ATTN' attached (plugattn.attach)
+        backbone, _, attn = name.partition('+')
+        return ModelEntry(name, lambda **kw: create_model(name, **kw), backbone, attn or None, {},
                           {'input_size': (3, 224, 224), 'family': name.split(':', 1)[0], 'num_classes': 1000})
     close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.6)
     hint = f'did you mean {", ".join(close)}?' if close else "see plugattn.list_models() or 'plugattn list-models'"
