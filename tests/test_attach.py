@@ -342,3 +342,15 @@ def test_cli_foreign_model(tmp_path, capsys):
     net, meta, _ = load_checkpoint_model(tmp_path / 'run')
     assert meta['model'] == 'tv:resnet18' and len(net.attention_modules()) == 8
     assert meta['model_kwargs']['attn'] == 'bav2'
+
+
+def test_analysis_tools_see_attached_modules():
+    from plugattn.analysis.attn_corr import GateRecorder
+    from plugattn.analysis.gradcam import default_target_layer
+
+    for attn, target in (('bav2', 'layer4.1'), ('dia', 'layer4')):
+        model = attach(tvm.resnet18(num_classes=10), attn).eval()
+        with GateRecorder(model) as rec, torch.no_grad():
+            model(torch.randn(4, 3, 32, 32))
+        assert len(rec.layers) == 8 and 'layer1.0' in rec.layers  # a DIA unit gives one gate per block
+        assert default_target_layer(model)[0] == target

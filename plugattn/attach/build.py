@@ -2,10 +2,11 @@
 
 Names: ``tv:NAME`` is ``torchvision.models.get_model(NAME)``, ``timm:NAME`` is ``timm.create_model(NAME)``;
 ``tv:NAME+ATTN`` / ``timm:NAME+ATTN`` carry the attached attention in the name (for ``plugattn bench``, ``compare``,
-``export --model``, which take names); any other name is a plugattn model. ``attn=`` on a foreign name attaches that attention (:func:`plugattn.attach`); on a
-plugattn name it builds plugattn's own variant, unless ``warm_start=True`` asks for the plain model with the
-attention attached with warm start. This is what ``plugattn train --model tv:resnet50 --attn bav2 --warm-start``
-runs, and what checkpoints record (the name and these keyword arguments) so that eval/export/cam rebuild the model.
+``export --model``, which take names); any other name is a plugattn model. ``attn=`` on a foreign name attaches
+that attention (:func:`plugattn.attach`); on a plugattn name it builds plugattn's own variant, unless
+``warm_start=True`` asks for the plain model with the attention attached with warm start. This is what
+``plugattn train --model tv:resnet50 --attn bav2 --warm-start`` runs, and what checkpoints record (the name and
+these keyword arguments) so that eval/export/cam rebuild the model.
 """
 from __future__ import annotations
 
