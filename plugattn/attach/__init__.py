@@ -20,6 +20,15 @@ accuracy, and training moves ``blend`` towards 1, the paper's ``x * gate``. A na
 replace is kept under warm start (removing it would change the function). ``warm_start=False`` gives exactly the
 paper's module.
 
+Modules attached, with their papers and official code (details and differences in :mod:`plugattn.layers`): SE
+(arXiv:1709.01507, hujie-frank/SENet), ECA (arXiv:1910.03151, BangguWu/ECANet), CBAM (arXiv:1807.06521,
+Jongchan/attention-module), CA (arXiv:2103.02907, houqb/CoordAttention), ELA (arXiv:2403.01123), BAv1
+(arXiv:2112.04150, zhaoy376/Bridge-Attention, whose MobileNetV3 / EfficientNet placements are followed), BAv2
+(arXiv:2410.07860, ZOUrz/BA-Net-Bridge-Attention-in-Deep-Neural-Networks) and DIA (arXiv:1905.10671 /
+2210.16101, gbup-group/DIANet). Differences from the references: the ConvNeXt and transformer placements and the
+warm start are ours; on MobileNetV3 / EfficientNet the BA gate is plugattn's sigmoid with a ReLU hidden activation
+(BAv1: h-sigmoid / swish; same parameter counts).
+
 A new family is a :class:`Family`: the model and block classes, a ``plan`` function naming, for a block, the
 submodule whose output is gated and the inner outputs that bridge attention pools, and the stage containers::
 
