@@ -1,19 +1,24 @@
 """plugattn: paper-faithful plug-in attention for vision backbones.
 
 Bridge attention (BAv1, BAv2), dense-and-implicit attention (DIA), efficient local attention (ELA-T/B/S/L) and
-coordinate attention (CA), with SE, ECA and CBAM as baselines, in ResNet-family backbones.
+coordinate attention (CA), with SE, ECA and CBAM as baselines, in ResNet-family backbones, and ``plugattn.attach``
+to plug any of them into torchvision and timm models.
 
     >>> import plugattn
     >>> model = plugattn.create_model('bav2_resnet50', num_classes=1000)
     >>> plugattn.list_models('bav2*')[:3]
     ['bav2_preresnet164', 'bav2_resnet101', 'bav2_resnet110']
 """
+from . import attach
+from .attach import attachable
 from .layers import create_attn, get_attn, list_attn, register_attn
 from .models import create_model, list_models, load_official
 from .version import __version__
 
 __all__ = [
     '__version__',
+    'attach',
+    'attachable',
     'create_attn',
     'create_model',
     'get_attn',

@@ -13,7 +13,8 @@ HELP = 'train a model from a recipe (no arguments: BAv2-ResNet-20 on Fashion-MNI
 
 # flag -> (config key, argparse options)
 _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
-    '--model': ('model.name', {'metavar': 'NAME', 'help': 'model name (plugattn list-models)'}),
+    '--model': ('model.name', {'metavar': 'NAME', 'help': 'model name (plugattn list-models), or tv:NAME '
+                                                          '(torchvision) / timm:NAME (timm) with --attn'}),
     '--data': ('data.name', {'metavar': 'NAME', 'help': 'dataset: fashion-mnist, digits, cifar10, cifar100, '
                                                         'imagefolder'}),
     '--data-dir': ('data.data_dir', {'metavar': 'DIR', 'help': 'folder searched first for the dataset files '
@@ -32,7 +33,20 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                                                             "cuda:N"}),
     '--threads': ('train.threads', {'type': int, 'metavar': 'N', 'help': 'torch CPU threads'}),
     '--init-checkpoint': ('model.init_checkpoint', {'metavar': 'FILE', 'help': 'start from these weights '
-                                                                               '(.safetensors of the same model)'}),
+                                                                               '(.safetensors of the same model, '
+                                                                               'attention keys may be missing; or '
+                                                                               'a .pth/.safetensors state_dict of '
+                                                                               'the tv:/timm: model)'}),
+    '--attn': ('model.kwargs.attn', {'metavar': 'ATTN', 'help': 'attention to plug in: with a tv:NAME / timm:NAME '
+                                                          'model (torchvision / timm) it is attached with '
+                                                          'plugattn.attach; with a plugattn backbone name it builds '
+                                                          'that variant'}),
+    '--warm-start': ('model.kwargs.warm_start', {'action': argparse.BooleanOptionalAction,
+                                                 'help': 'attach --attn so that the model starts as exactly the '
+                                                         'original function (a learned blend at 0)'}),
+    '--pretrained': ('model.kwargs.pretrained', {'action': argparse.BooleanOptionalAction,
+                                                 'help': 'the host library\'s pretrained weights for a tv:/timm: '
+                                                         'model (downloaded; offline use --init-checkpoint FILE)'}),
     '--amp': ('train.amp', {'action': argparse.BooleanOptionalAction,
                             'help': 'mixed precision: bfloat16 on CPU, float16 + GradScaler on CUDA'}),
     '--compile': ('train.compile', {'action': argparse.BooleanOptionalAction, 'help': 'torch.compile the model'}),
@@ -100,6 +114,8 @@ def _epilog(cfg: dict[str, Any], recipes: list[tuple[str, str]]) -> str:
         'examples:',
         f'  {PROG} train                                  # the default quick run',
         f'  {PROG} train --model se_resnet20 --epochs 5 --set optim.weight_decay=1e-4',
+        f'  {PROG} train --model tv:resnet50 --attn bav2 --warm-start --init-checkpoint resnet50.pth',
+        f'  {PROG} train --model resnet20 --attn bav2 --warm-start --init-checkpoint RUN/best.safetensors',
         f'  {PROG} train --recipe dia-cifar --data-dir ~/data',
         f'  {PROG} train --resume runs/fashion-mnist-bav2_resnet20-20250101-120000 --epochs 4',
         '  torchrun --standalone --nproc_per_node=4 -m plugattn train --recipe bav2-imagenet-300ep \\',
@@ -123,6 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
                         help='recipe name or YAML file (default: fashion-mnist)')
     for flag, (key, opts) in _FLAGS.items():
         default_shown = _lookup(cfg, key) if cfg else '?'
+        default_shown = None if key.startswith('model.kwargs.') and default_shown == '?' else default_shown
         shown = 'null' if default_shown is None else default_shown
         parser.add_argument(flag, dest=key.replace('.', '__'), default=None,
                             **{**opts, 'help': f'{opts["help"]} (default: from the recipe; fashion-mnist: {shown})'})

@@ -61,6 +61,7 @@ def load_checkpoint_model(path: str | Path, which: str = 'best') -> tuple[nn.Mod
     if num_classes is None or in_chans is None:
         raise EngineError(f'checkpoint {file} does not record its number of classes and input channels',
                           'rebuild the model with create_model(NAME, num_classes=N, in_chans=C) and load the weights')
+    kwargs.pop('pretrained', None)  # the checkpoint holds the weights: never download again
     net = build_model(name, int(num_classes), int(in_chans), kwargs)
     check_state_dict_fits(net, state, str(file), name, name)
     net.load_state_dict(state)

@@ -32,7 +32,6 @@ from .checkpoint import (
     atomic_write_text,
     capture_rng_state,
     check_state_dict_fits,
-    load_model_weights,
     load_state,
     read_run_info,
     remove_stale_temps,
@@ -445,7 +444,9 @@ class _Trainer:
             self.preprocessing = None
         self.environment = environment_info(ctx.device)
         if m['init_checkpoint'] and (self.resume_dir is None or self.restart):
-            load_model_weights(model, m['init_checkpoint'], m['name'])
+            from ..attach.build import load_init_checkpoint
+
+            load_init_checkpoint(model, m['init_checkpoint'], m['name'])
         self.params = count_params(model)
         self.macs = count_macs(model, self.input_size)
         if tc['sync_bn'] and ctx.distributed:

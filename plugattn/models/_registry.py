@@ -124,6 +124,10 @@ def get_model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; unknown names raise ``ValueError`` with close matches."""
     if name in _MODELS:
         return _MODELS[name]
+    if name.startswith(('tv:', 'timm:')):  # a torchvision / timm model, 'tv:NAME+ATTN' attached (plugattn.attach)
+        backbone, _, attn = name.partition('+')
+        return ModelEntry(name, lambda **kw: create_model(name, **kw), backbone, attn or None, {},
+                          {'input_size': (3, 224, 224), 'family': name.split(':', 1)[0], 'num_classes': 1000})
     close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.6)
     hint = f'did you mean {", ".join(close)}?' if close else "see plugattn.list_models() or 'plugattn list-models'"
     raise ValueError(f'unknown model {name!r}: {hint}')
@@ -164,6 +168,13 @@ def create_model(
         **kwargs: model options: ``num_classes``, ``in_chans``, ``attn`` (attention key for a plain backbone name),
             ``attn_kwargs`` (a dict, or one dict per stage), and the backbone's own options.
     """
+    if name.startswith(('tv:', 'timm:')) or kwargs.get('warm_start'):
+        # torchvision / timm models and warm-started attachment: plugattn.attach builds them
+        from ..attach.build import create_model as create_attached
+
+        if features_only:
+            raise ValueError(f'features_only is not supported for {name}; build it with timm/torchvision directly')
+        return create_attached(name, pretrained, **kwargs)
     attn = kwargs.pop('attn', None)
     if name not in _MODELS and (split := _split_attn_name(name)) is not None:
         # A combination the registry skipped (e.g. ELA-T at 16 channels): build it so the module explains why.

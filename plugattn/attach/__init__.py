@@ -1,0 +1,147 @@
+"""Plug an attention module into a model you already have: torchvision and timm CNNs and transformers, with weights.
+
+``plugattn.attach(model, 'bav2')`` inserts one registered attention (``se, eca, cbam, ca, ela_t/b/s/l, bav1, bav2,
+dia``) into an existing model, in place, at the paper's position for its family and at the module's own plug level
+(gate / block / stage, see :mod:`plugattn.layers.base`), and returns the model. Every key of the original
+state_dict stays as it is (except a native SE that the attention replaces, see ``keep_se``); the attention's keys
+are added (``layerS.B.attn`` in a ResNet block, ``layerS.attn`` for DIA, ``blocks.i.ba`` in a transformer block), so
+the original (pretrained) weights load with ``strict=False`` and only attention keys missing.
+
+Where plugattn builds the same network the result *is* plugattn's model: ``attach(torchvision.models.resnet50(),
+'bav2')`` has the parameter count, the state_dict keys and, with the same weights, the outputs of
+``plugattn.create_model('bav2_resnet50')`` (likewise ResNet-18/34/101/152, ResNeXt, MobileNetV2 and every attention),
+so checkpoints move freely between the two. The placement of each family is written in
+:mod:`plugattn.attach.torchvision` and :mod:`plugattn.attach.timm`.
+
+``warm_start=True`` (ours, not from any paper) makes every attached module compute
+``y = x * (1 + blend * (gate - 1))`` with one learned scalar ``blend`` per module, initialised at 0: at
+initialisation the attached model computes exactly the original function, so fine-tuning starts from the pretrained
+accuracy, and training moves ``blend`` towards 1, the paper's ``x * gate``. A native SE that the attention would
+replace is kept under warm start (removing it would change the function). ``warm_start=False`` gives exactly the
+paper's module.
+
+Modules attached, with their papers and official code (details and differences in :mod:`plugattn.layers`): SE
+(arXiv:1709.01507, hujie-frank/SENet), ECA (arXiv:1910.03151, BangguWu/ECANet), CBAM (arXiv:1807.06521,
+Jongchan/attention-module), CA (arXiv:2103.02907, houqb/CoordAttention), ELA (arXiv:2403.01123), BAv1
+(arXiv:2112.04150, zhaoy376/Bridge-Attention, whose MobileNetV3 / EfficientNet placements are followed), BAv2
+(arXiv:2410.07860, ZOUrz/BA-Net-Bridge-Attention-in-Deep-Neural-Networks) and DIA (arXiv:1905.10671 /
+2210.16101, gbup-group/DIANet). Differences from the references: the ConvNeXt and transformer placements and the
+warm start are ours; on MobileNetV3 / EfficientNet the BA gate is plugattn's sigmoid with a ReLU hidden activation
+(BAv1: h-sigmoid / swish; same parameter counts).
+
+A new family is a :class:`Family`: the model and block classes, a ``plan`` function naming, for a block, the
+submodule whose output is gated and the inner outputs that bridge attention pools, and the stage containers::
+
+    from plugattn.attach import BlockPlan, Family, Tap, register_family
+
+    def plan(block, level, options):                # level: 'gate', 'block' or 'stage'
+        return BlockPlan(Tap('bn2'), block.bn2.num_features,
+                         bridge=(Tap('act1'),), inner_channels=(block.bn1.num_features,))
+
+    register_family(Family('mynet', (MyNet,), plan, (MyBlock,),
+                           stages=lambda m: [(f'stage{i}', s) for i, s in enumerate(m.stages)]))
+"""
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from ..layers import attn_level, list_attn
+from ._core import (
+    _LOADERS,
+    BlockPlan,
+    Family,
+    Tap,
+    attach_module,
+    buildable,
+    families,
+    find_family,
+    register_family,
+)
+from .build import FOREIGN_PREFIXES, create_model, load_weights
+
+__all__ = [
+    'FOREIGN_PREFIXES', 'BlockPlan', 'Family', 'Tap', 'attach', 'attachable', 'create_model', 'families',
+    'load_weights', 'register_family',
+]
+
+
+def _load_torchvision() -> None:
+    from . import torchvision as tv
+
+    tv.register()
+
+
+def _load_timm() -> None:
+    from . import timm as tm
+
+    tm.register()
+
+
+_LOADERS.extend([_load_timm, _load_torchvision])
+
+
+def _is_plugattn(model: nn.Module) -> bool:
+    from ..models._base import AttnNet
+
+    return isinstance(model, AttnNet)
+
+
+def attach(
+        model: nn.Module,
+        attn: str,
+        *,
+        attn_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+        stages: Sequence[int] | None = None,
+        warm_start: bool = False,
+        **options: Any,
+) -> nn.Module:
+    """Insert the attention ``attn`` into ``model`` in place and return ``model``.
+
+    Args:
+        model: a torchvision or timm model of a supported family, or a plain plugattn ResNet.
+        attn: registered attention name (``plugattn.list_attn()``).
+        attn_kwargs: options of the attention modules: one dict, or one dict per stage. The family's defaults
+            (DIA reduction 16 on ImageNet widths, BA reduction 6 on mobile networks, ...) apply underneath.
+        stages: indices of the stages that get attention (default: all).
+        warm_start: start from exactly the original function (a learned blend at 0, see the module docstring).
+        **options: family options: ``keep_se=True`` keeps a native SE that the attention would replace (RegNet-Y,
+            SE-ResNets, MobileNetV3, EfficientNet); ``attn_position='hidden'|'output'`` on MobileNetV2.
+
+    Raises:
+        ValueError: an unsupported model (the message names the supported families), an attention the family does
+            not take, or a model that already has attention.
+    """
+    if attn_level(attn) is None:
+        raise ValueError(f'attn must name an attention module, one of {", ".join(list_attn())}')
+    if _is_plugattn(model):
+        from ._plugattn import attach_plugattn
+
+        return attach_plugattn(model, attn, attn_kwargs=attn_kwargs, stages=stages, warm_start=warm_start,
+                               **options)
+    return attach_module(model, attn, attn_kwargs=attn_kwargs, stages=stages, warm_start=warm_start, **options)
+
+
+def attachable(model: nn.Module) -> list[str]:
+    """The attention names :func:`attach` accepts for ``model`` (its family, levels and widths); raises
+    ``ValueError`` naming the supported families for an unsupported model."""
+    if _is_plugattn(model):
+        from ._plugattn import attachable_plugattn
+
+        return attachable_plugattn(model)
+    fam = find_family(model)
+    return [a for a in list_attn() if buildable(fam, model, a)]
+
+
+class _CallableModule(types.ModuleType):
+    """``plugattn.attach`` is this package and the function: ``plugattn.attach(model, 'bav2')`` calls :func:`attach`."""
+
+    def __call__(self, model: nn.Module, attn: str, **kwargs: Any) -> nn.Module:
+        return attach(model, attn, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,467 @@
+"""Machinery of :func:`plugattn.attach`: family descriptions, taps, shared stages and the warm-start blend.
+
+A *family* says, for one kind of block, which submodule's output is gated, which inner outputs are bridged and which
+containers are the stages. Attaching registers the attention module on the block (``<block>.attn``, or
+``<block>.ba`` in transformer blocks, whose ``attn`` is the self-attention) and swaps the block's class for a
+subclass of it whose ``forward`` is the original one with forward hooks installed for the duration of the call: a
+hook on every bridged submodule pools its output, and a hook on the gated submodule replaces its output by the
+gated one. Hooks are looked up by name at every call, so the attachment survives ``copy.deepcopy`` (EMA),
+``SyncBatchNorm`` conversion and DDP; no parameter of the original model is touched. Stage-level attention (DIA) is
+registered on the stage container (``<stage>.attn``), whose class is swapped for one that skips ``attn`` when it
+runs its blocks and resets the recurrent state at the start of every stage.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import attn_level, create_attn, list_attn
+
+__all__ = ['BlockPlan', 'Family', 'Tap', 'attach_module', 'blend_forward', 'register_family']
+
+LAYOUTS = ('nchw', 'nhwc', 'nlc')
+_ACTS: dict[str, Callable[[Tensor], Tensor]] = {'relu': F.relu, 'relu6': F.relu6, 'silu': F.silu, 'gelu': F.gelu}
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One submodule output a block hands to its attention.
+
+    Attributes:
+        name: qualified submodule name inside the block (``'bn1'``, ``'conv.1.1'``, ``'mlp.act'``).
+        act: activation applied before pooling (``'relu'``, ...), for blocks that run one shared activation module
+            several times (torchvision's ResNet blocks) so that the activation itself cannot be tapped.
+        layout: ``'nchw'`` (CNN maps), ``'nhwc'`` (channels-last maps, ConvNeXt MLPs, Swin) or ``'nlc'`` (tokens).
+    """
+
+    name: str
+    act: str | None = None
+    layout: str = 'nchw'
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Where one block gets its attention.
+
+    Attributes:
+        gate: the submodule whose output is gated.
+        channels: channels of the gated output.
+        bridge: bridged inner outputs, in block order (block-level attention only).
+        inner_channels: their channels.
+        attn_kwargs: extra options of the attention module of this block (e.g. MobileNetV2's ECA kernel size).
+    """
+
+    gate: Tap
+    channels: int
+    bridge: tuple[Tap, ...] = ()
+    inner_channels: tuple[int, ...] = ()
+    attn_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+PlanFn = Callable[[nn.Module, str, dict[str, Any]], BlockPlan | None]
+
+
+@dataclass
+class Family:
+    """Description of a model family for :func:`plugattn.attach`.
+
+    Attributes:
+        name: family name, shown in messages and by :func:`plugattn.attachable`.
+        model_types: model classes of the family (an instance of one of them selects the family).
+        plan: ``plan(block, level, options) -> BlockPlan | None`` for every block of the family's block types;
+            ``level`` is ``'gate'``, ``'block'`` or ``'stage'``, ``options`` the attach options (``keep_se``, ...).
+            ``None`` leaves the block without attention.
+        block_types: the block classes (blocks are found in the stages, or anywhere in the model without stages).
+        stages: ``stages(model) -> [(name, container), ...]``: the stage containers (their children are run in
+            order; stage-level attention is one unit per container). ``None``: no stage-level attention.
+        levels: the plug levels the family takes (``'gate'``, ``'block'``, ``'stage'``).
+        attn_key: attribute name of a block's own attention (``'ba'`` where ``attn`` is taken).
+        replace: ``replace(block, level, options) -> [names]``: native attention submodules (SE) that the attached
+            module replaces (set to ``nn.Identity``, their keys disappear); ``keep_se=True`` and ``warm_start=True``
+            keep them.
+        defaults: default attention options per attention name on this family (DIA reduction, BA reduction, ...).
+        match: optional extra test on the model (``match(model) -> bool``).
+        note: one line on where the attention goes, for messages and docs.
+    """
+
+    name: str
+    model_types: tuple[type, ...]
+    plan: PlanFn
+    block_types: tuple[type, ...]
+    stages: Callable[[nn.Module], list[tuple[str, nn.Module]]] | None = None
+    levels: tuple[str, ...] = ('gate', 'block', 'stage')
+    attn_key: str = 'attn'
+    replace: Callable[[nn.Module, str, dict[str, Any]], list[str]] | None = None
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    match: Callable[[nn.Module], bool] | None = None
+    note: str = ''
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, self.model_types) and (self.match is None or self.match(model))
+
+
+_FAMILIES: list[Family] = []
+_LOADERS: list[Callable[[], None]] = []
+
+
+def register_family(family: Family) -> Family:
+    """Register a family description (later registrations take precedence over earlier ones)."""
+    _FAMILIES.insert(0, family)
+    return family
+
+
+def families() -> list[Family]:
+    """Every registered family, built-in host libraries loaded on first use."""
+    while _LOADERS:
+        _LOADERS.pop(0)()
+    return list(_FAMILIES)
+
+
+# --------------------------------------------------------------------------------------------- tensors
+
+
+def to_map(x: Tensor, layout: str) -> Tensor:
+    """A view of ``x`` as ``(B, C, H, W)`` (``(B, C, N, 1)`` for tokens), so the attention modules run unchanged."""
+    if layout == 'nchw':
+        return x
+    if layout == 'nhwc':
+        return x.permute(0, 3, 1, 2)
+    return x.transpose(1, 2).unsqueeze(-1)
+
+
+def from_map(x: Tensor, layout: str) -> Tensor:
+    """Inverse of :func:`to_map`."""
+    if layout == 'nchw':
+        return x
+    if layout == 'nhwc':
+        return x.permute(0, 2, 3, 1)
+    return x.squeeze(-1).transpose(1, 2)
+
+
+def pool(x: Tensor, tap: Tap) -> Tensor:
+    """Global average of a tapped output, ``(B, C)``."""
+    if tap.act is not None:
+        x = _ACTS[tap.act](x)
+    if tap.layout == 'nchw':
+        return x.mean((2, 3))
+    if tap.layout == 'nhwc':
+        return x.mean((1, 2))
+    return x.mean(1)
+
+
+# --------------------------------------------------------------------------------------------- warm start
+
+
+class _WarmStart:
+    """Mixin of a warm-started attention module: ``y = x * (1 + blend * (gate - 1))`` with ``blend`` learned, 0 at init.
+
+    At ``blend = 0`` the module is the identity, so the attached model computes exactly the original function; the
+    gradient with respect to ``blend`` is ``x * (gate - 1)``, so training moves it away from 0 and the module towards
+    the paper's ``x * gate`` (``blend = 1``). This is our design, not from any of the papers.
+    """
+
+    blend: nn.Parameter
+
+    def forward(self, *args: Any) -> Any:
+        return blend_forward(self, *args)
+
+
+def blend_forward(module: nn.Module, *args: Any) -> Any:
+    """Forward of a warm-started module at any plug level (gate ``(x)``, block ``(inner, x)``, stage ``(x, state)``)."""
+    level = attn_level(type(module).__mro__[2])
+    if level == 'stage':
+        x, state = args if len(args) == 2 else (args[0], None)
+        a, state = module.gate(x, state)
+        return x * (1 + module.blend * (a - 1)), state
+    x = args[-1]
+    a = module.gate(*args)
+    return x * (1 + module.blend * (a - 1))
+
+
+@functools.cache
+def _subclass(cls: type, mixin: type) -> type:
+    return type(cls.__name__, (mixin, cls), {'__module__': cls.__module__, '__qualname__': cls.__qualname__})
+
+
+def make_warm(module: nn.Module) -> nn.Module:
+    """Turn an attention module into its warm-started version in place (adds the parameter ``blend``, 0)."""
+    ref = next(module.parameters(), None)
+    module.register_parameter('blend', nn.Parameter(torch.zeros((), device=None if ref is None else ref.device)))
+    module.__class__ = _subclass(type(module), _WarmStart)
+    return module
+
+
+# --------------------------------------------------------------------------------------------- taps
+
+
+@dataclass(frozen=True)
+class _TapCtx:
+    plan: BlockPlan
+    key: str
+    level: str
+    stage: nn.Module | None
+    index: int
+    last: bool
+
+
+class _TappedBlock:
+    """Mixin of an attached block: the original forward, with the plan's hooks installed for the call."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        ctx: _TapCtx = self.__dict__['_plugattn_tap']
+        inner: list[Tensor] = []
+        handles = []
+        try:
+            for tap in ctx.plan.bridge:
+                handles.append(self.get_submodule(tap.name).register_forward_hook(_bridge_hook(inner, tap)))
+            handles.append(self.get_submodule(ctx.plan.gate.name).register_forward_hook(_gate_hook(self, ctx, inner)))
+            return super().forward(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _bridge_hook(inner: list[Tensor], tap: Tap) -> Callable:
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+        inner.append(pool(output, tap))
+
+    return hook
+
+
+def _gate_hook(block: nn.Module, ctx: _TapCtx, inner: list[Tensor]) -> Callable:
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        x = to_map(output, ctx.plan.gate.layout)
+        if ctx.level == 'stage':
+            stage = ctx.stage
+            state = None if ctx.index == 0 else stage.__dict__.get('_plugattn_state')
+            y, state = stage.attn(x, state)
+            stage.__dict__['_plugattn_state'] = None if ctx.last else state
+        elif ctx.level == 'block':
+            y = getattr(block, ctx.key)(list(inner), x)
+        else:
+            y = getattr(block, ctx.key)(x)
+        return from_map(y, ctx.plan.gate.layout)
+
+    return hook
+
+
+class _SharedStage:
+    """Mixin of a stage container that owns a stage-level unit at ``attn``: runs its blocks in order, skipping it."""
+
+    def _blocks(self) -> list[nn.Module]:
+        return [m for name, m in self._modules.items() if name != 'attn']
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.__dict__['_plugattn_state'] = None
+        for m in self._blocks():
+            x = m(x)
+        self.__dict__['_plugattn_state'] = None
+        return x
+
+    def __iter__(self):
+        return iter(self._blocks())
+
+    def __len__(self) -> int:
+        return len(self._blocks())
+
+    def __getitem__(self, idx: int) -> nn.Module:
+        return self._blocks()[idx]
+
+
+class _AttachedModel:
+    """Mixin of an attached foreign model: ``attention_modules()``, the analysis API of plugattn models."""
+
+    def attention_modules(self) -> dict[str, nn.Module]:
+        """Every attached attention module by qualified name."""
+        keys = set(self.__dict__.get('_plugattn_attn_names', ()))
+        return {name: m for name, m in self.named_modules() if name in keys}
+
+
+class _AttachedStagedModel(_AttachedModel):
+    """An attached model that also lists its stage containers (``stages()``) for ``attn-corr`` and ``cam``."""
+
+    def stages(self) -> list[nn.Module]:
+        """The stage containers, in order."""
+        return [self.get_submodule(name) for name in self.stage_names]
+
+
+def tap_block(block: nn.Module, ctx: _TapCtx) -> None:
+    block.__dict__['_plugattn_tap'] = ctx
+    if not isinstance(block, _TappedBlock):
+        block.__class__ = _subclass(type(block), _TappedBlock)
+
+
+def share_stage(container: nn.Module, unit: nn.Module) -> None:
+    container.add_module('attn', unit)
+    if not isinstance(container, _SharedStage):
+        container.__class__ = _subclass(type(container), _SharedStage)
+
+
+def mark_model(model: nn.Module, stage_names: Sequence[str], attn_names: Sequence[str]) -> None:
+    if not hasattr(model, 'attention_modules'):
+        # a model with a ``stages`` submodule (timm ConvNeXt, ...) keeps it: no stages() method then
+        staged = stage_names and not hasattr(model, 'stages') and not hasattr(model, 'stage_names')
+        model.__class__ = _subclass(type(model), _AttachedStagedModel if staged else _AttachedModel)
+        if staged:
+            model.stage_names = tuple(stage_names)
+    model.__dict__['_plugattn_attn_names'] = tuple(attn_names)
+
+
+# --------------------------------------------------------------------------------------------- attach
+
+
+def find_family(model: nn.Module) -> Family:
+    for fam in families():
+        if fam.matches(model):
+            return fam
+    names = ', '.join(sorted({f.name for f in families()}))
+    raise ValueError(
+        f'plugattn.attach does not know {type(model).__module__}.{type(model).__name__}: supported families are '
+        f'{names}; describe a new one with plugattn.attach.register_family(Family(...)) (see its docstring)'
+    )
+
+
+def _blocks_of(fam: Family, model: nn.Module) -> list[tuple[str, nn.Module, str | None, int, int]]:
+    """``(qualified name, block, stage name, index in stage, stage length)`` of every block of the family."""
+    out = []
+    if fam.stages is not None:
+        seen = set()
+        for sname, stage in fam.stages(model):
+            blocks = [(n, m) for n, m in stage.named_children() if isinstance(m, fam.block_types)]
+            for i, (n, m) in enumerate(blocks):
+                out.append((f'{sname}.{n}', m, sname, i, len(blocks)))
+                seen.add(id(m))
+        for n, m in model.named_modules():
+            if isinstance(m, fam.block_types) and id(m) not in seen:
+                out.append((n, m, None, 0, 1))
+        return out
+    return [(n, m, None, 0, 1) for n, m in model.named_modules() if isinstance(m, fam.block_types)]
+
+
+def _select(stages: Sequence[int] | None, num: int, names: list[str]) -> set[str]:
+    if stages is None:
+        return set(names)
+    bad = [s for s in stages if not -num <= s < num]
+    if bad:
+        raise ValueError(f'stages {bad} out of range: the model has {num} stages (0..{num - 1})')
+    return {names[s % num] for s in stages}
+
+
+def attach_module(
+        model: nn.Module,
+        attn: str,
+        *,
+        attn_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+        stages: Sequence[int] | None = None,
+        warm_start: bool = False,
+        **options: Any,
+) -> nn.Module:
+    """Implementation of :func:`plugattn.attach` for foreign models (see there)."""
+    fam = find_family(model)
+    level = attn_level(attn)
+    if level is None:
+        raise ValueError(f'attention {attn!r} is empty; choose one of {", ".join(list_attn())}')
+    if level not in fam.levels:
+        ok = [a for a in list_attn() if attn_level(a) in fam.levels]
+        raise ValueError(f'{fam.name} takes no {level}-level attention ({attn}); it takes {", ".join(ok)}')
+    if any(k in m.__dict__ for m in model.modules() for k in ('_plugattn_tap',)) or \
+            '_plugattn_attn_names' in model.__dict__:
+        raise ValueError('this model already has attention attached; attach to a fresh copy of the original model')
+    if level == 'stage' and fam.stages is None:
+        raise ValueError(f'{fam.name} has no stages for stage-level attention ({attn})')
+    options = {'keep_se': False, **options, '_attn': attn}
+    if warm_start:
+        options['keep_se'] = True  # removing the native SE would change the function
+    key = attn if isinstance(attn, str) else None
+    defaults = dict(fam.defaults.get(key, {})) if key else {}
+    stage_list = fam.stages(model) if fam.stages is not None else []
+    stage_names = [n for n, _ in stage_list]
+    per_stage = _per_stage_kwargs(attn_kwargs, len(stage_names))
+    chosen = _select(stages, len(stage_names), stage_names) if stage_names else None
+    if stages is not None and not stage_names:
+        raise ValueError(f'{fam.name} has no stages to select from; drop stages=')
+    attn_names: list[str] = []
+    plans = []
+    for qname, block, sname, index, length in _blocks_of(fam, model):
+        if chosen is not None and sname not in chosen:
+            continue
+        plan = fam.plan(block, level, options)
+        if plan is None:
+            continue
+        kwargs = {**defaults, **plan.attn_kwargs,
+                  **(per_stage[stage_names.index(sname)] if sname in stage_names else per_stage[0])}
+        plans.append((qname, block, sname, index, length, plan, kwargs))
+    if not plans:
+        raise ValueError(f'no block of this {fam.name} model takes {attn}')
+    ref = next(model.parameters())
+    dd = {'device': ref.device}
+    units: dict[str, nn.Module] = {}
+    replaced: list[str] = []
+    for qname, block, sname, index, length, plan, kwargs in plans:
+        if fam.replace is not None:
+            for name in fam.replace(block, level, options):
+                block.set_submodule(name, nn.Identity())
+                replaced.append(f'{qname}.{name}')
+        stage = None
+        if level == 'stage':
+            stage = dict(stage_list)[sname]
+            if sname not in units:
+                units[sname] = _build(attn, plan.channels, {**kwargs}, warm_start, dd, model.training)
+                share_stage(stage, units[sname])
+                attn_names.append(f'{sname}.attn')
+        elif level == 'block':
+            block.add_module(fam.attn_key, _build(
+                attn, plan.channels, {**kwargs, 'inner_channels': plan.inner_channels}, warm_start, dd, model.training))
+            attn_names.append(f'{qname}.{fam.attn_key}')
+        else:
+            block.add_module(fam.attn_key, _build(attn, plan.channels, kwargs, warm_start, dd, model.training))
+            attn_names.append(f'{qname}.{fam.attn_key}')
+        tap_block(block, _TapCtx(plan, fam.attn_key, level, stage, index, index == length - 1))
+    mark_model(model, stage_names, attn_names)
+    model.__dict__['_plugattn_family'] = fam.name
+    model.__dict__['_plugattn_replaced'] = tuple(replaced)
+    return model
+
+
+def _per_stage_kwargs(attn_kwargs: Any, num: int) -> list[dict[str, Any]]:
+    if attn_kwargs is None:
+        return [{} for _ in range(max(num, 1))]
+    if isinstance(attn_kwargs, dict):
+        return [dict(attn_kwargs) for _ in range(max(num, 1))]
+    per = list(attn_kwargs)
+    if len(per) != num or not all(isinstance(d, dict) for d in per):
+        raise ValueError(f'attn_kwargs must be a dict or a list of {num} dicts (one per stage), got {attn_kwargs!r}')
+    return [dict(d) for d in per]
+
+
+def _build(attn: str, channels: int, kwargs: dict[str, Any], warm: bool, dd: dict[str, Any],
+           training: bool = True) -> nn.Module:
+    m = create_attn(attn, channels, **kwargs).to(**dd).train(training)
+    return make_warm(m) if warm else m
+
+
+def buildable(fam: Family, model: nn.Module, attn: str) -> bool:
+    """Whether ``attn`` can be attached to ``model`` (right level, and every module buildable at its width)."""
+    level = attn_level(attn)
+    if level not in fam.levels or (level == 'stage' and fam.stages is None):
+        return False
+    options = {'keep_se': False, '_attn': attn}
+    defaults = fam.defaults.get(attn, {})
+    found = False
+    for _, block, _, _, _ in _blocks_of(fam, model):
+        plan = fam.plan(block, level, options)
+        if plan is None:
+            continue
+        found = True
+        if level == 'gate':
+            try:
+                create_attn(attn, plan.channels, device=torch.device('meta'), **{**defaults, **plan.attn_kwargs})
+            except ValueError:
+                return False
+    return found

@@ -1,0 +1,359 @@
+"""plugattn.attach: exactness against plugattn's own models, BAv1 counts, every family, weights, errors, CLI."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import plugattn
+from plugattn.attach import attach, attachable
+
+tv = pytest.importorskip('torchvision')
+timm = pytest.importorskip('timm')
+tvm = tv.models
+
+ALL = ['se', 'eca', 'cbam', 'ca', 'ela_b', 'bav1', 'bav2', 'dia']
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def same_model(attached: nn.Module, ours: nn.Module, x: torch.Tensor, map_key=lambda k: k) -> float:
+    """Load plugattn's weights into the attached model (keys mapped) and return the max |output difference| relative
+    to the largest output (plugattn's blocks fuse the gate with the residual add, ``addcmul``, so the two differ only
+    by float rounding)."""
+    state = {map_key(k): v for k, v in ours.state_dict().items()}
+    attached.load_state_dict(state, strict=True)
+    attached.eval()
+    ours.eval()
+    with torch.no_grad():
+        ref = ours(x)
+        return ((attached(x) - ref).abs().max() / ref.abs().max()).item()
+
+
+# ------------------------------------------------------------------ exactness where plugattn builds the same network
+
+
+@pytest.mark.parametrize('attn', ALL)
+def test_torchvision_resnet18_is_plugattn_model(attn):
+    torch.manual_seed(0)
+    attached = attach(tvm.resnet18(num_classes=10), attn)
+    ours = plugattn.create_model(f'{attn}_resnet18', num_classes=10)
+    assert n_params(attached) == n_params(ours)
+    assert list(attached.state_dict()) == list(ours.state_dict())
+    assert same_model(attached, ours, torch.randn(2, 3, 32, 32)) <= 1e-6
+
+
+@pytest.mark.parametrize('arch', ['resnet50', 'resnext50_32x4d'])
+@pytest.mark.parametrize('attn', ALL)
+def test_bottleneck_counts_and_keys(arch, attn):
+    with torch.device('meta'):
+        attached = attach(tvm.get_model(arch), attn)
+        ours = plugattn.create_model(f'{attn}_{arch}')
+    assert n_params(attached) == n_params(ours)
+    assert list(attached.state_dict()) == list(ours.state_dict())
+
+
+def test_published_counts():
+    with torch.device('meta'):
+        assert n_params(attach(tvm.resnet50(), 'bav2')) == 28_702_664
+        assert n_params(attach(tvm.resnet50(), 'bav1')) == 28_706_376
+        assert n_params(attach(tvm.resnet50(), 'se')) == 28_071_976
+        assert n_params(attach(tvm.mobilenet_v2(), 'ca')) == 3_950_648
+
+
+@pytest.mark.parametrize('arch,attn', [('resnet50', 'bav2'), ('resnet50', 'dia'), ('resnext50_32x4d', 'bav2')])
+def test_bottleneck_outputs(arch, attn):
+    torch.manual_seed(0)
+    attached = attach(tvm.get_model(arch, num_classes=10), attn)
+    ours = plugattn.create_model(f'{attn}_{arch}', num_classes=10)
+    assert same_model(attached, ours, torch.randn(2, 3, 32, 32)) <= 1e-6
+
+
+@pytest.mark.parametrize('attn', ['ca', 'eca', 'se', 'bav2'])
+def test_mobilenetv2_is_plugattn_model(attn):
+    torch.manual_seed(0)
+    attached = attach(tvm.mobilenet_v2(num_classes=10), attn)
+    ours = plugattn.create_model(f'{attn}_mobilenetv2', num_classes=10)
+    assert n_params(attached) == n_params(ours)
+    assert list(attached.state_dict()) == list(ours.state_dict())
+    assert same_model(attached, ours, torch.randn(2, 3, 32, 32)) <= 1e-6
+    if attn == 'eca':  # official per-block kernels: k=1 below 96 channels, else 3 (31 parameters)
+        assert sum(n_params(m) for m in attached.attention_modules().values()) == 31
+
+
+def test_regnety_400mf_bav2_is_plugattn_model():
+    torch.manual_seed(0)
+    ours = plugattn.create_model('bav2_regnety_400mf', num_classes=10)
+    attached = attach(timm.create_model('regnety_004', num_classes=10), 'bav2')
+    assert n_params(attached) == n_params(ours) == 4_034_786 - 441 * 990
+    keys = ['head.fc' + k[2:] if k.startswith('fc.') else k for k in ours.state_dict()]
+    assert sorted(attached.state_dict()) == sorted(keys)
+    diff = same_model(attached, ours, torch.randn(2, 3, 32, 32),
+                      lambda k: 'head.fc' + k[2:] if k.startswith('fc.') else k)
+    assert diff < 1e-5
+    # torchvision's RegNet-Y-400MF: the same network under other keys
+    assert n_params(attach(tvm.regnet_y_400mf(), 'bav2')) == 4_034_786
+
+
+def test_plugattn_resnet20_attach_is_create_model():
+    plain = plugattn.create_model('resnet20')
+    attached = attach(plain, 'bav2')
+    ours = plugattn.create_model('bav2_resnet20')
+    assert attached is plain and list(attached.state_dict()) == list(ours.state_dict())
+    assert same_model(attached, ours, torch.randn(2, 3, 32, 32)) <= 1e-6
+    dia = attach(plugattn.create_model('resnet20'), 'dia')
+    assert n_params(dia) == n_params(plugattn.create_model('dia_resnet20')) == 286_866
+
+
+@pytest.mark.parametrize('arch,count', [('mobilenet_v3_large', 5_478_832), ('mobilenet_v3_small', 2_536_040),
+                                        ('efficientnet_b0', 8_418_640)])
+def test_bav1_mobile_counts(arch, count):
+    """specs §13.2: the BAv1 repository's BA-MobileNetV3 and BA-EfficientNet-B0."""
+    with torch.device('meta'):
+        assert n_params(attach(tvm.get_model(arch), 'bav1')) == count
+
+
+# ------------------------------------------------------------------ every family
+
+
+def _swin_tv():
+    return tvm.swin_transformer.SwinTransformer([4, 4], 16, [2, 2], [2, 4], [4, 4], num_classes=10)
+
+
+FAMILIES = {
+    'tv_resnet18': (lambda: tvm.resnet18(num_classes=10), 16),
+    'tv_wide_resnet': (lambda: tvm.resnet.ResNet(tvm.resnet.Bottleneck, [1, 1, 1, 1], num_classes=10,
+                                                 width_per_group=128), 8),
+    'tv_mobilenet_v2': (lambda: tvm.mobilenet_v2(num_classes=10), 32),
+    'tv_mobilenet_v3': (lambda: tvm.mobilenet_v3_small(num_classes=10), 32),
+    'tv_efficientnet': (lambda: tvm.efficientnet_b0(num_classes=10), 32),
+    'tv_regnet_y': (lambda: tvm.regnet_y_400mf(num_classes=10), 32),
+    'tv_convnext': (lambda: tvm.convnext.ConvNeXt([tvm.convnext.CNBlockConfig(16, 32, 1),
+                                                   tvm.convnext.CNBlockConfig(32, None, 2)], num_classes=10), 32),
+    'tv_swin': (_swin_tv, 32),
+    'tv_vit': (lambda: tvm.vision_transformer.VisionTransformer(32, 8, 2, 2, 32, 64, num_classes=10), 32),
+    'timm_resnet': (lambda: timm.create_model('resnet18', num_classes=10), 16),
+    'timm_seresnet': (lambda: timm.create_model('seresnet18', num_classes=10), 16),
+    'timm_resnetd': (lambda: timm.create_model('resnet26d', num_classes=10), 16),
+    'timm_regnety': (lambda: timm.create_model('regnety_002', num_classes=10), 32),
+    'timm_efficientnet': (lambda: timm.create_model('efficientnet_b0', num_classes=10), 32),
+    'timm_mobilenetv3': (lambda: timm.create_model('mobilenetv3_small_050', num_classes=10), 32),
+    'timm_convnext': (lambda: timm.create_model('convnext_atto', num_classes=10), 32),
+    'timm_vit': (lambda: timm.create_model('vit_tiny_patch16_224', img_size=32, depth=2, num_classes=10), 32),
+    'timm_swin': (lambda: timm.create_model('swin_tiny_patch4_window7_224', img_size=32, window_size=2,
+                                            embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                                            num_classes=10), 32),
+}
+# attentions that each family takes, and how many modules each one adds
+EXPECTED = {
+    'tv_resnet18': {'se': 8, 'ca': 8, 'bav2': 8, 'dia': 4},
+    'tv_wide_resnet': {'eca': 4, 'bav1': 4, 'dia': 4},
+    'tv_mobilenet_v2': {'ca': 16, 'eca': 17, 'bav2': 16},
+    'tv_mobilenet_v3': {'se': 9, 'cbam': 9, 'bav1': 8},
+    'tv_efficientnet': {'se': 16, 'eca': 16, 'bav2': 15},
+    'tv_regnet_y': {'eca': 16, 'bav2': 16, 'dia': 4},
+    'tv_convnext': {'se': 3, 'ela_b': 3, 'bav2': 3, 'dia': 2},
+    'tv_swin': {'bav2': 4, 'dia': 2},
+    'tv_vit': {'bav1': 2, 'dia': 1},
+    'timm_resnet': {'cbam': 8, 'bav2': 8, 'dia': 4},
+    'timm_seresnet': {'ca': 8, 'bav2': 8},
+    'timm_resnetd': {'se': 8, 'bav1': 8, 'dia': 4},
+    'timm_regnety': {'ca': 13, 'bav2': 13, 'dia': 4},
+    'timm_efficientnet': {'eca': 16, 'bav1': 15},
+    'timm_mobilenetv3': {'se': 9, 'bav2': 8},
+    'timm_convnext': {'ca': 12, 'bav2': 12, 'dia': 4},
+    'timm_vit': {'bav2': 2, 'dia': 1},
+    'timm_swin': {'bav2': 4, 'dia': 4},
+}
+
+
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_family_attach(family):
+    make, px = FAMILIES[family]
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, px, px)
+    takes = attachable(make())
+    for attn, count in EXPECTED[family].items():
+        assert attn in takes
+        model = make().eval()
+        original = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            y0 = model(x)
+        attach(model, attn, warm_start=True)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            assert (model(x) - y0).abs().max().item() <= 1e-6, f'{attn}: warm start changed the function'
+        assert len(model.attention_modules()) == count, attn
+        for k, v in original.items():  # warm start keeps every original key, bit for bit
+            assert torch.equal(state[k], v), k
+        model.train()
+        model(x).sum().backward()
+        blends = [m.blend.grad for m in model.attention_modules().values()]
+        assert all(g is not None for g in blends)  # (zero where the host zero-initialises the branch or head)
+        if family in ('tv_resnet18', 'tv_convnext', 'tv_mobilenet_v3', 'timm_convnext'):
+            assert any(g.abs().sum() > 0 for g in blends), attn
+    if 'se' in takes or 'ca' in takes:
+        assert 'dia' in takes or family in ('tv_mobilenet_v2', 'tv_mobilenet_v3', 'tv_efficientnet',
+                                            'timm_efficientnet', 'timm_mobilenetv3')
+    if family.endswith(('vit', 'swin')):
+        assert not {'se', 'eca', 'cbam', 'ca'} & set(takes)
+        with pytest.raises(ValueError, match='takes no gate-level'):
+            attach(make(), 'se')
+
+
+def test_native_se_replaced_or_kept():
+    model = timm.create_model('seresnet18', num_classes=10)
+    keys = set(model.state_dict())
+    attach(model, 'eca')
+    se_keys = {k for k in keys if '.se.' in k}
+    assert se_keys and set(model.state_dict()) >= keys - se_keys and not se_keys & set(model.state_dict())
+    kept = attach(timm.create_model('seresnet18', num_classes=10), 'eca', keep_se=True)
+    assert set(kept.state_dict()) >= keys
+    assert n_params(attach(tvm.regnet_y_400mf(), 'eca')) == 3_676_192  # plugattn's eca_regnety_400mf
+
+
+# ------------------------------------------------------------------ weights
+
+
+def test_warm_start_false_is_the_paper_module():
+    model = tvm.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        y0 = model(x)
+    attach(model, 'se')
+    assert not any(hasattr(m, 'blend') for m in model.attention_modules().values())
+    with torch.no_grad():
+        assert (model(x) - y0).abs().max().item() > 1e-3
+
+
+def test_original_weights_and_strict_reload(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from plugattn.attach import load_weights
+
+    original = tvm.resnet18(num_classes=10)
+    attached = attach(tvm.resnet18(num_classes=10), 'bav2')
+    result = attached.load_state_dict(original.state_dict(), strict=False)
+    assert not result.unexpected_keys and result.missing_keys
+    assert all('.attn.' in k for k in result.missing_keys)
+    info = load_weights(attached, original.state_dict())
+    assert set(result.missing_keys) <= set(info['missing']) and all('.attn.' in k for k in info['missing'])
+    path = tmp_path / 'attached.safetensors'
+    save_file(attached.state_dict(), str(path))
+    fresh = attach(tvm.resnet18(num_classes=10), 'bav2')
+    fresh.load_state_dict(load_file(str(path)), strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), attached.eval()(x))
+    with pytest.raises(ValueError, match='non-attention keys'):
+        load_weights(attached, {k: v for k, v in original.state_dict().items() if not k.startswith('layer4')})
+
+
+def test_deepcopy_and_export_dynamic():
+    import copy
+
+    model = attach(tvm.resnet18(num_classes=10), 'bav2').eval()
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in clone.layer1[0].attn.parameters():  # the copy's hooks must use the copy's modules
+            p.add_(1.0)
+        x = torch.randn(2, 3, 32, 32)
+        assert not torch.equal(clone(x), model(x))
+    dia = attach(tvm.resnet18(num_classes=10), 'dia', warm_start=True).eval()
+    batch, size = torch.export.Dim('batch', min=1, max=8), torch.export.Dim('size', min=64, max=256)
+    ep = torch.export.export(dia, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: batch, 2: size, 3: size},))
+    for shape in ((2, 3, 64, 64), (3, 3, 96, 96)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert torch.allclose(ep.module()(x), dia(x), atol=1e-5)
+
+
+def test_ddp_single_process(tmp_path):
+    import torch.distributed as dist
+
+    os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
+    os.environ.setdefault('MASTER_PORT', '29533')
+    dist.init_process_group('gloo', rank=0, world_size=1, init_method=f'file://{tmp_path / "pg"}')
+    try:
+        model = nn.parallel.DistributedDataParallel(attach(tvm.resnet18(num_classes=10), 'bav2', warm_start=True))
+        model(torch.randn(2, 3, 16, 16)).sum().backward()
+        assert all(p.grad is not None for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_unsupported_model_error():
+    with pytest.raises(ValueError, match=r'supported families are .*torchvision resnet.*register_family'):
+        attach(nn.Sequential(nn.Conv2d(3, 8, 3)), 'se')
+    with pytest.raises(ValueError, match='already has attention'):
+        attach(attach(tvm.resnet18(), 'se'), 'eca')
+    with pytest.raises(ValueError, match='takes no stage-level'):
+        attach(tvm.mobilenet_v2(), 'dia')
+
+
+def test_pretrained_offline_error(monkeypatch):
+    from urllib.error import URLError
+
+    from plugattn.attach import create_model
+
+    def offline(*args, **kwargs):
+        raise URLError('no network')
+
+    import timm.models._builder as timm_builder
+    import torchvision.models._api as tv_api
+
+    monkeypatch.setattr(tv_api, 'load_state_dict_from_url', offline)  # what an offline machine raises
+    with pytest.raises(ValueError, match=r'cannot download the pretrained weights of tv:resnet18.*--init-checkpoint'):
+        create_model('tv:resnet18', pretrained=True, attn='bav2')
+    monkeypatch.setattr(timm_builder, 'load_state_dict_from_hf', offline)
+    monkeypatch.setattr(timm_builder, 'download_cached_file', offline)
+    with pytest.raises(ValueError, match='cannot download the pretrained weights of timm:resnet18'):
+        create_model('timm:resnet18', pretrained=True)
+
+
+def test_create_model_names():
+    m = plugattn.create_model('tv:resnet18', num_classes=10, in_chans=1, attn='bav2', warm_start=True)
+    assert m.conv1.in_channels == 1 and m.fc.out_features == 10 and m.model_name == 'tv:resnet18'
+    assert len(m.attention_modules()) == 8
+    w = plugattn.create_model('resnet20', attn='bav2', warm_start=True)
+    assert n_params(w) == 275_567 + 9
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_foreign_model(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from plugattn.cli import main
+    from plugattn.engine.evaluation import load_checkpoint_model
+
+    plain = plugattn.create_model('tv:resnet18', num_classes=10, in_chans=1)
+    weights = tmp_path / 'resnet18.safetensors'
+    save_file(plain.state_dict(), str(weights))  # a plain torchvision state_dict, as downloaded weights are
+    code = main(['train', '--data', 'digits', '--model', 'tv:resnet18', '--attn', 'bav2', '--warm-start',
+                 '--init-checkpoint', str(weights), '--epochs', '1', '--batch-size', '64', '--threads', '1',
+                 '--set', 'train.eval_batch_size=360', '--no-progress', '--output', str(tmp_path), '--name', 'run'])
+    assert code == 0, capsys.readouterr().err
+    net, meta, _ = load_checkpoint_model(tmp_path / 'run')
+    assert meta['model'] == 'tv:resnet18' and len(net.attention_modules()) == 8
+    assert meta['model_kwargs']['attn'] == 'bav2'
+
+
+def test_analysis_tools_see_attached_modules():
+    from plugattn.analysis.attn_corr import GateRecorder
+    from plugattn.analysis.gradcam import default_target_layer
+
+    for attn, target in (('bav2', 'layer4.1'), ('dia', 'layer4')):
+        model = attach(tvm.resnet18(num_classes=10), attn).eval()
+        with GateRecorder(model) as rec, torch.no_grad():
+            model(torch.randn(4, 3, 32, 32))
+        assert len(rec.layers) == 8 and 'layer1.0' in rec.layers  # a DIA unit gives one gate per block
+        assert default_target_layer(model)[0] == target
