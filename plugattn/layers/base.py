@@ -14,7 +14,6 @@ Every module in :mod:`plugattn.layers` belongs to exactly one level, and a backb
 All three expose their gate values without applying them (``gate``), so analysis code can read what a module
 computes without hooking into its internals.
 """
-from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
@@ -65,7 +64,8 @@ class BlockAttention(nn.Module):
     """
 
     channels: int
-    inner_channels: tuple[int, ...]
+    # ``inner_channels`` (a tuple of ints) is set by subclasses; not annotated here because TorchScript cannot type
+    # variable-length tuples.
 
     def gate(self, inner: list[Tensor], x: Tensor) -> Tensor:
         """Channel gate ``(B, C, 1, 1)`` for the block, not yet applied."""

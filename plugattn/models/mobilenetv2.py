@@ -42,7 +42,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..layers import EfficientChannelAttention, attn_level, get_attn
+from ..layers import BlockAttention, EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
@@ -135,7 +135,7 @@ class InvertedResidual(nn.Module):
             self.attn, self.attn_level = block_attn(attn, oup, inner, attn_kwargs)
 
     def _branch(self, x: Tensor) -> Tensor:
-        bridge = self.attn_level == 'block'
+        bridge = isinstance(self.attn, BlockAttention)
         inner: list[Tensor] = []
         if self.expand:
             x = self.conv[0](x)

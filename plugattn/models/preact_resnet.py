@@ -16,7 +16,6 @@ Differences from the reference:
       and the DIA unit ``layerS.attn``; the official-checkpoint loader maps them.
     * Gate-level, bridge and DIA placements on pre-activation blocks other than the official DIA one are ours.
 """
-from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import attn_level, create_attn
+from ..layers import BlockAttention, attn_level, create_attn
 from ..layers.base import pooled
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, AttnStage, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
@@ -43,7 +42,7 @@ class _PreActBlock(nn.Module):
     def _attend(self, inner: list[Tensor], out: Tensor) -> Tensor:
         if self.bn_additional is not None:
             out = self.bn_additional(out)
-        if self.attn_level == 'block':
+        if isinstance(self.attn, BlockAttention):  # a static test, so TorchScript compiles only the taken call
             return self.attn(inner, out)
         if self.attn is not None:
             return self.attn(out)
@@ -101,9 +100,9 @@ class PreActBottleneck(_PreActBlock):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.conv1(self.relu(self.bn1(x)))
         out = self.relu(self.bn2(out))
-        inner = [pooled(out)] if self.attn_level == 'block' else []
+        inner = [pooled(out)] if isinstance(self.attn, BlockAttention) else []
         out = self.relu(self.bn3(self.conv2(out)))
-        if self.attn_level == 'block':
+        if isinstance(self.attn, BlockAttention):
             inner.append(pooled(out))
         return self._attend(inner, self.conv3(out)), shortcut
 
@@ -151,7 +150,7 @@ class WideBasic(_PreActBlock):
         # As the reference: a projecting block's shortcut takes the activated input, an identity one the raw input.
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(act)
         out = self.relu(self.bn2(self.conv1(act)))
-        inner = [pooled(out)] if self.attn_level == 'block' else []
+        inner = [pooled(out)] if isinstance(self.attn, BlockAttention) else []
         if self.drop_rate > 0.0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         return self._attend(inner, self.conv2(out)), shortcut
@@ -171,6 +170,7 @@ class PreActResNet(AttnNet):
         attn_kwargs: attention options, one dict or one per stage.
         extra_bn: extra BN at the end of every residual branch; ``None`` = on for stage-level attention (DIA).
         drop_rate: dropout inside WRN blocks.
+        global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
     """
 
     def __init__(
@@ -186,6 +186,7 @@ class PreActResNet(AttnNet):
             attn_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
             extra_bn: bool | None = None,
             drop_rate: float = 0.0,
+            global_pool: str = 'avg',
     ) -> None:
         super().__init__()
         if num_classes < 0 or in_chans < 1:
@@ -217,6 +218,7 @@ class PreActResNet(AttnNet):
         self.bn = nn.BatchNorm2d(inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
+        self.set_global_pool(global_pool)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
@@ -230,6 +232,24 @@ class PreActResNet(AttnNet):
 
     def forward_final(self, x: Tensor) -> Tensor:
         return self.relu(self.bn(x))
+
+    def norm_intermediate(self, x: Tensor) -> Tensor:
+        return self.forward_final(x)  # the final BN-ReLU, as timm's pre-activation ResNetV2
+
+    def _prune_final(self) -> None:
+        self.bn = nn.Identity()
+
+    def _script_stages(self, x: Tensor) -> Tensor:
+        # TorchScript needs literal attribute names (hasattr is resolved at compile time)
+        if hasattr(self, 'layer1'):
+            x = self.layer1(x)
+        if hasattr(self, 'layer2'):
+            x = self.layer2(x)
+        if hasattr(self, 'layer3'):
+            x = self.layer3(x)
+        if hasattr(self, 'layer4'):
+            x = self.layer4(x)
+        return x
 
 
 _CIFAR_PREACT = dict(input_size=(3, 32, 32), attn_widths=(64, 128, 256))

@@ -38,7 +38,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import GateAttention, attn_level, create_attn, list_attn
+from ..layers import BlockAttention, GateAttention, attn_level, create_attn, list_attn
 from ..layers.base import pooled
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, AttnStage, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
@@ -146,7 +146,7 @@ class RegNetBottleneck(nn.Module):
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Residual-branch output (gated by the block's own attention) and the shortcut."""
         shortcut = x if self.downsample is None else self.downsample(x)
-        bridge = self.attn_level == 'block'
+        bridge = isinstance(self.attn, BlockAttention)
         out = self.conv1(x)
         inner = [pooled(out)] if bridge else []
         out = self.conv2(out)
@@ -154,10 +154,10 @@ class RegNetBottleneck(nn.Module):
             inner.append(pooled(out))
         if self.se is not None:
             out = self.se(out)
-        if self.attn_level == 'gate':
+        if isinstance(self.attn, GateAttention):  # static tests, so TorchScript compiles only the taken call
             out = self.attn(out)
         out = self.conv3(out)
-        if bridge:
+        if isinstance(self.attn, BlockAttention):
             out = self.attn(inner, out)
         return out, shortcut
 
@@ -180,6 +180,7 @@ class RegNet(AttnNet):
         keep_se: keep the native SE next to the plug-in attention.
         drop_rate: dropout before the classifier.
         zero_init_last: zero the last BN weight of every block (timm / pycls default).
+        global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
     """
 
     first_conv_key = 'stem.conv'
@@ -195,6 +196,7 @@ class RegNet(AttnNet):
             keep_se: bool = False,
             drop_rate: float = 0.0,
             zero_init_last: bool = True,
+            global_pool: str = 'avg',
     ) -> None:
         super().__init__()
         if num_classes < 0 or in_chans < 1:
@@ -230,6 +232,7 @@ class RegNet(AttnNet):
         self.feature_info = FeatureInfo(info)
         self.num_features = cin
         self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self.set_global_pool(global_pool)
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
@@ -255,8 +258,20 @@ class RegNet(AttnNet):
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.stem(x)
 
+    def _script_stages(self, x: Tensor) -> Tensor:
+        # TorchScript needs literal attribute names (hasattr is resolved at compile time)
+        if hasattr(self, 's1'):
+            x = self.s1(x)
+        if hasattr(self, 's2'):
+            x = self.s2(x)
+        if hasattr(self, 's3'):
+            x = self.s3(x)
+        if hasattr(self, 's4'):
+            x = self.s4(x)
+        return x
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x.mean((2, 3))
+        x = self.pool(x)
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)

@@ -33,7 +33,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import attn_level, create_attn
+from ..layers import BlockAttention, attn_level, create_attn
 from ..layers.base import pooled
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, AttnStage, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
@@ -106,9 +106,9 @@ class BasicBlock(nn.Module):
         """Residual-branch output (gated by the block's own attention) and the shortcut."""
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        inner = [pooled(out)] if self.attn_level == 'block' else []
+        inner = [pooled(out)] if isinstance(self.attn, BlockAttention) else []
         out = self.bn2(self.conv2(out))
-        if self.attn_level == 'block':
+        if isinstance(self.attn, BlockAttention):  # a static test, so TorchScript compiles only the taken call
             out = self.attn(inner, out)
         elif self.attn is not None:
             out = self.attn(out)
@@ -169,13 +169,13 @@ class Bottleneck(nn.Module):
         """Residual-branch output (gated by the block's own attention) and the shortcut."""
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        bridge = self.attn_level == 'block'
+        bridge = isinstance(self.attn, BlockAttention)
         inner = [pooled(out)] if bridge else []
         out = self.relu(self.bn2(self.conv2(out)))
         if bridge:
             inner.append(pooled(out))
         out = self.bn3(self.conv3(out))
-        if bridge:
+        if isinstance(self.attn, BlockAttention):  # a static test, so TorchScript compiles only the taken call
             out = self.attn(inner, out)
         elif self.attn is not None:
             out = self.attn(out)
@@ -208,6 +208,7 @@ class ResNet(AttnNet):
         shortcut: ``'conv'`` (1x1 conv + BN projection, option B) or ``'pad'`` (option A, basic blocks).
         zero_init_residual: zero the last BN weight of every block (torchvision option, off as in the references).
         drop_rate: dropout before the classifier.
+        global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
     """
 
     def __init__(
@@ -228,6 +229,7 @@ class ResNet(AttnNet):
             shortcut: str = 'conv',
             zero_init_residual: bool = False,
             drop_rate: float = 0.0,
+            global_pool: str = 'avg',
     ) -> None:
         super().__init__()
         if len(layers) != len(widths):
@@ -249,14 +251,14 @@ class ResNet(AttnNet):
         self.inplanes = stem_width
         if stem == 'imagenet':
             self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
             stem_reduction = 4
         else:
             self.conv1 = conv3x3(in_chans, stem_width)
-            self.maxpool = nn.Identity()
             stem_reduction = 1
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
+        # registered after bn1/relu: timm's feature wrappers run the children in registration order
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == 'imagenet' else nn.Identity()
 
         self.stage_names = tuple(f'layer{i + 1}' for i in range(len(layers)))
         info = [dict(num_chs=stem_width, reduction=stem_reduction // (2 if stem == 'imagenet' else 1), module='relu')]
@@ -270,6 +272,7 @@ class ResNet(AttnNet):
         self.feature_info = FeatureInfo(info)
         self.num_features = widths[-1] * block.expansion
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.set_global_pool(global_pool)
         self._init_weights(zero_init_residual)
 
     def _make_stage(
@@ -318,20 +321,25 @@ class ResNet(AttnNet):
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
-    def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> list[Tensor]:
+    def forward_stem_feature(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # The stem feature is taken before the max-pool, as timm's ResNet ('act1' at stride 2).
-        self.check_input(x)
-        wanted = list(range(len(self.stage_names) + 1)) if indices is None else indices
-        stem = self.relu(self.bn1(self.conv1(x)))
-        feats = [stem]
-        x = self.maxpool(stem)
-        for stage in self.stages()[:max(wanted)]:
-            x = stage(x)
-            feats.append(x)
-        return [feats[i] for i in wanted]
+        x = self.relu(self.bn1(self.conv1(x)))
+        return x, self.maxpool(x)
+
+    def _script_stages(self, x: Tensor) -> Tensor:
+        # TorchScript needs literal attribute names (hasattr is resolved at compile time)
+        if hasattr(self, 'layer1'):
+            x = self.layer1(x)
+        if hasattr(self, 'layer2'):
+            x = self.layer2(x)
+        if hasattr(self, 'layer3'):
+            x = self.layer3(x)
+        if hasattr(self, 'layer4'):
+            x = self.layer4(x)
+        return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x.mean((2, 3))
+        x = self.pool(x)
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
