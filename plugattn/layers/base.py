@@ -29,6 +29,8 @@ def check_train_batch(module: nn.Module, batch_size: int) -> None:
     BatchNorm1d computes per-channel statistics over the batch; with one sample PyTorch fails deep inside the
     norm with an unhelpful message, so the attention modules that contain one check first (specs D10).
     """
+    if not isinstance(batch_size, int):  # a symbolic size (torch.fx tracing): nothing to check
+        return
     if module.training and batch_size == 1:
         raise ValueError(
             f'{type(module).__name__} contains BatchNorm1d over pooled vectors and cannot train at batch size 1: '

@@ -2,7 +2,7 @@
 
 No ``from __future__ import annotations`` here: TorchScript reads class and signature annotations as real types.
 """
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -14,8 +14,8 @@ from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, 
 from ..layers.registry import AttnSpec
 
 __all__ = [
-    'AttnNet', 'AttnStage', 'FeatureInfo', 'block_attn', 'check_input', 'feature_take_indices', 'init_attn_modules',
-    'stage_attn_kwargs',
+    'AttnNet', 'AttnStage', 'FeatureInfo', 'block_attn', 'check_input', 'checkpoint_seq', 'feature_take_indices',
+    'init_attn_modules', 'is_fx_proxy', 'stage_attn_kwargs',
 ]
 
 
@@ -145,6 +145,11 @@ def check_input(x: Tensor, in_chans: int, model_name: str) -> Tensor:
 torch.fx.wrap('check_input')
 
 
+def is_fx_proxy(x: Any) -> bool:
+    """Whether ``x`` is a value being traced by ``torch.fx`` (shapes are then symbolic: no Python ``if`` on them)."""
+    return isinstance(x, torch.fx.Proxy)
+
+
 def feature_take_indices(num_levels: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
     """timm's ``indices`` convention: ``None`` all levels, an int ``n`` the last ``n``, a sequence those levels
     (negative from the end). Returns the sorted-as-given absolute indices and the largest."""
@@ -164,7 +169,7 @@ def feature_take_indices(num_levels: int, indices: int | Sequence[int] | None = 
 
 def checkpoint_seq(blocks: nn.Module, x: Tensor) -> Tensor:
     """Run the blocks of a stage one by one under activation checkpointing (stage-level units per block)."""
-    if isinstance(blocks, AttnStage):
+    if hasattr(blocks, 'forward_checkpointed'):  # stages with a shared unit or a downsampling step
         return blocks.forward_checkpointed(x)
     for block in blocks:
         x = checkpoint(block, x, use_reentrant=False)

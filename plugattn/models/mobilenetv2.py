@@ -40,12 +40,21 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..layers import BlockAttention, EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
 from ..layers.registry import AttnSpec
-from ._base import AttnNet, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
+from ._base import (
+    AttnNet,
+    FeatureInfo,
+    block_attn,
+    checkpoint_seq,
+    feature_take_indices,
+    init_attn_modules,
+    stage_attn_kwargs,
+)
 from ._registry import register_model
 
 __all__ = ['InvertedResidual', 'MobileNetV2']
@@ -178,6 +187,7 @@ class MobileNetV2(AttnNet):
         attn_position: ``'hidden'`` (CA position) or ``'output'`` (ECA position); default ``'output'`` for ECA and
             ``'hidden'`` for everything else.
         drop_rate: dropout before the classifier (torchvision 0.2; official CA 0.1, ECA 0.25).
+        global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
     """
 
     first_conv_key = 'features.0.0'
@@ -197,6 +207,7 @@ class MobileNetV2(AttnNet):
             attn_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
             attn_position: str | None = None,
             drop_rate: float = 0.2,
+            global_pool: str = 'avg',
     ) -> None:
         super().__init__()
         if num_classes < 0 or in_chans < 1:
@@ -235,6 +246,7 @@ class MobileNetV2(AttnNet):
             nn.Dropout(drop_rate),
             nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity(),
         )
+        self.set_global_pool(global_pool)
         # Views over `features` (a tuple is not registered, so the state_dict keeps torchvision's keys).
         self._stages = tuple(self.features[a:b] for a, b in self._stage_slices)
         ends = [1] + [b - 1 for _, b in self._stage_slices]
@@ -272,9 +284,42 @@ class MobileNetV2(AttnNet):
     def forward_final(self, x: Tensor) -> Tensor:
         return self.features[-1](x)
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        # runs `features` itself: the stage views are not submodules, which FX tracing needs
+        if not torch.jit.is_scripting():
+            x = self.check_input(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                return checkpoint_seq(self.features, x)
+        return self.features(x)
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.classifier[0](x.mean((2, 3)))
+        x = self.classifier[0](self.pool(x))
         return x if pre_logits else self.classifier[1](x)
+
+    def _prune_final(self) -> None:
+        self.features[-1] = nn.Identity()
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self,
+            indices: int | Sequence[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        start = self._stage_slices[last][0] if last < len(self._stage_slices) else len(self.features) - 1
+        for i in range(start, len(self.features) - 1):
+            self.features[i] = nn.Identity()
+        self._stages = tuple(self.features[a:b] for a, b in self._stage_slices)
+        if prune_norm or last < len(self._stage_slices):
+            self._prune_final()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {'stem': r'^features\.0\.', 'blocks': r'^features\.(\d+)\.'}
 
 
 # Hidden widths of the expansion blocks (the CA position), for the registry's buildability check.
