@@ -102,9 +102,10 @@ class AttnStage(nn.Module):
     @torch.jit.ignore  # TorchScript cannot iterate a custom container; the scripted model calls this in Python
     def forward(self, x: Tensor) -> Tensor:
         state = None
-        for block in self:
+        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
+            block = getattr(self, str(i))
             branch, shortcut = block.forward_branch(x)
-            branch, state = self.attn(branch, state)
+            branch, state = self.attn.forward(branch, state)  # .forward: callable on a ScriptModule too
             x = block.merge(branch, shortcut)
         return x
 
@@ -145,6 +146,7 @@ def check_input(x: Tensor, in_chans: int, model_name: str) -> Tensor:
 torch.fx.wrap('check_input')
 
 
+@torch.jit.unused  # only reached outside TorchScript (callers test torch.jit.is_scripting() first)
 def is_fx_proxy(x: Any) -> bool:
     """Whether ``x`` is a value being traced by ``torch.fx`` (shapes are then symbolic: no Python ``if`` on them)."""
     return isinstance(x, torch.fx.Proxy)
@@ -254,8 +256,9 @@ class AttnNet(nn.Module):
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting() and self.out_indices is not None:
-            return self._forward_feature_list(x)
+        if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript must not see out_indices)
+            if self.out_indices is not None:
+                return self._forward_feature_list(x)
         return self.forward_head(self.forward_features(x))
 
     @torch.jit.unused

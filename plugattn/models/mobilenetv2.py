@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layers import BlockAttention, EfficientChannelAttention, attn_level, get_attn
+from ..layers import EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
 from ..layers.registry import AttnSpec
 from ._base import (
@@ -112,6 +112,8 @@ class InvertedResidual(nn.Module):
         attn_position: ``'hidden'`` (CA position) or ``'output'`` (ECA position).
     """
 
+    __constants__ = ['bridge', 'at_hidden']
+
     def __init__(
             self,
             inp: int,
@@ -135,34 +137,42 @@ class InvertedResidual(nn.Module):
         ]
         self.conv = nn.Sequential(*layers)
         self.attn_position = attn_position
+        self.at_hidden = attn_position == 'hidden'  # a constant for TorchScript, as `bridge`
         if attn_position == 'hidden':
             # The CA position exists only in blocks with an expansion (official mbv2_ca.py).
             inner = (hidden,) if self.expand else ()
             self.attn, self.attn_level = block_attn(attn if self.expand else None, hidden, inner, attn_kwargs)
+            self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
         else:
             inner = (hidden, hidden) if self.expand else (hidden,)
             self.attn, self.attn_level = block_attn(attn, oup, inner, attn_kwargs)
+            self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def _branch(self, x: Tensor) -> Tensor:
-        bridge = isinstance(self.attn, BlockAttention)
+        # nested tests on the constants `bridge` / `at_hidden`, so TorchScript compiles only the calls taken
         inner: list[Tensor] = []
         if self.expand:
             x = self.conv[0](x)
-            if bridge:
+            if self.bridge:
                 inner.append(pooled(x))
-        dw, proj, bn = self.conv[-3], self.conv[-2], self.conv[-1]
-        if self.attn_position == 'hidden' and bridge:
-            # BAv1's MobileNetV3 design: gate the depthwise BN output, then apply its activation.
-            x = dw[2](self.attn(inner, dw[1](dw[0](x))))
+        # conv[-3] depthwise ConvBNReLU, conv[-2] projection, conv[-1] its BN (indexed in place: TorchScript)
+        if self.bridge:
+            if self.at_hidden:
+                # BAv1's MobileNetV3 design: gate the depthwise BN output, then apply its activation.
+                x = self.conv[-3][2](self.attn(inner, self.conv[-3][1](self.conv[-3][0](x))))
+            else:
+                x = self.conv[-3](x)
+                inner.append(pooled(x))
         else:
-            x = dw(x)
-            if self.attn_position == 'hidden' and self.attn is not None:
+            x = self.conv[-3](x)
+            if self.at_hidden and self.attn is not None:
                 x = self.attn(x)
-            elif bridge:
-                inner.append(pooled(x))
-        x = bn(proj(x))
-        if self.attn_position == 'output' and self.attn is not None:
-            x = self.attn(inner, x) if bridge else self.attn(x)
+        x = self.conv[-1](self.conv[-2](x))
+        if not self.at_hidden:
+            if self.bridge:
+                x = self.attn(inner, x)
+            elif self.attn is not None:
+                x = self.attn(x)
         return x
 
     def forward(self, x: Tensor) -> Tensor:
@@ -192,6 +202,7 @@ class MobileNetV2(AttnNet):
 
     first_conv_key = 'features.0.0'
     classifier_key = 'classifier.1'
+    __jit_ignored_attributes__ = ['_stages']
 
     stage_names = ('stage1', 'stage2', 'stage3', 'stage4')
     # features indices: 0 stem conv, 1..17 inverted residuals, 18 last conv; (start, end) of each stage.

@@ -23,7 +23,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import BlockAttention, attn_level, create_attn
+from ..layers import attn_level, create_attn
 from ..layers.base import pooled
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, AttnStage, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
@@ -35,14 +35,15 @@ __all__ = ['PreActBottleneck', 'PreActResNet', 'WideBasic']
 class _PreActBlock(nn.Module):
     """Shared tail of the pre-activation blocks: optional extra BN, the block's attention, plain addition."""
 
-    attn: nn.Module | None
-    attn_level: str | None
-    bn_additional: nn.Module | None
+    __constants__ = ['bridge']
+
+    # Subclasses set ``attn`` (module or None), ``attn_level``, ``bridge`` and ``bn_additional`` (module or None);
+    # not annotated here, as TorchScript would read the annotations as attribute types.
 
     def _attend(self, inner: list[Tensor], out: Tensor) -> Tensor:
         if self.bn_additional is not None:
             out = self.bn_additional(out)
-        if isinstance(self.attn, BlockAttention):  # a static test, so TorchScript compiles only the taken call
+        if self.bridge:
             return self.attn(inner, out)
         if self.attn is not None:
             return self.attn(out)
@@ -95,14 +96,15 @@ class PreActBottleneck(_PreActBlock):
         if stride != 1 or inplanes != outplanes:
             self.downsample = nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False))
         self.attn, self.attn_level = block_attn(attn, outplanes, (planes, planes), attn_kwargs)
+        self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.conv1(self.relu(self.bn1(x)))
         out = self.relu(self.bn2(out))
-        inner = [pooled(out)] if isinstance(self.attn, BlockAttention) else []
+        inner = [pooled(out)] if self.bridge else []
         out = self.relu(self.bn3(self.conv2(out)))
-        if isinstance(self.attn, BlockAttention):
+        if self.bridge:
             inner.append(pooled(out))
         return self._attend(inner, self.conv3(out)), shortcut
 
@@ -144,13 +146,14 @@ class WideBasic(_PreActBlock):
         self.conv_shortcut = None if self.equal_in_out else nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)
         self.bn_additional = nn.BatchNorm2d(planes) if extra_bn else None
         self.attn, self.attn_level = block_attn(attn, planes, (planes,), attn_kwargs)
+        self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         act = self.relu(self.bn1(x))
         # As the reference: a projecting block's shortcut takes the activated input, an identity one the raw input.
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(act)
         out = self.relu(self.bn2(self.conv1(act)))
-        inner = [pooled(out)] if isinstance(self.attn, BlockAttention) else []
+        inner = [pooled(out)] if self.bridge else []
         if self.drop_rate > 0.0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         return self._attend(inner, self.conv2(out)), shortcut

@@ -37,8 +37,6 @@ Differences from the reference:
     * ``features_only`` returns NCHW maps of the first patch embedding and of the four stages (class token dropped).
       Inputs must give every stage at least ``sr_ratio`` tokens per side (32 x 32 and up for the 224 models).
 """
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -100,7 +98,7 @@ class SRAttention(nn.Module):
         B, N, C = x.shape
         h = self.num_heads
         q = self.q(x).reshape(B, N, h, C // h).permute(0, 2, 1, 3)
-        if self.sr_ratio > 1:
+        if hasattr(self, 'sr'):  # built only for sr_ratio > 1; a static test for TorchScript
             kv_in = self.sr(x.transpose(1, 2).reshape(B, C, size[0], size[1])).flatten(2).transpose(1, 2)
             kv_in = self.norm(kv_in)
         else:
@@ -201,12 +199,13 @@ class PVTStage(nn.Module):
     @torch.jit.ignore  # a custom container: TorchScript cannot iterate it
     def forward(self, x: Tensor, size: Size) -> Tensor:
         state = None
-        for block in self:
+        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
+            block = getattr(self, str(i))
             if self.attn is None:
-                x = block(x, size)
+                x = block.forward(x, size)  # .forward: callable on a ScriptModule too
             else:
                 branch, shortcut = block.forward_branch(x, size)
-                branch, state = self.attn(branch, state)
+                branch, state = self.attn.forward(branch, state)
                 x = block.merge(branch, shortcut)
         return x
 
@@ -361,7 +360,30 @@ class PyramidVisionTransformer(AttnNet):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Normalised last-stage tokens ``(B, 1 + N, C)``, class token first."""
+        if torch.jit.is_scripting():
+            return self.norm(self._script_run(x))
         return self.norm(self._run(self.check_input(x))[1])
+
+    def _script_run(self, x: Tensor) -> Tensor:
+        """:meth:`_run` for TorchScript, which needs literal attribute names: the four stages of PVT v1 spelled out."""
+        x, size = self.patch_embed1(x)
+        x = self.pos_drop1(x + resize_pos_embed(self.pos_embed1, self.patch_embed1.grid_size[0],
+                                                self.patch_embed1.grid_size[1], size[0], size[1]))
+        x = _to_map(self.block1(x, size), size)
+        x, size = self.patch_embed2(x)
+        x = self.pos_drop2(x + resize_pos_embed(self.pos_embed2, self.patch_embed2.grid_size[0],
+                                                self.patch_embed2.grid_size[1], size[0], size[1]))
+        x = _to_map(self.block2(x, size), size)
+        x, size = self.patch_embed3(x)
+        x = self.pos_drop3(x + resize_pos_embed(self.pos_embed3, self.patch_embed3.grid_size[0],
+                                                self.patch_embed3.grid_size[1], size[0], size[1]))
+        x = _to_map(self.block3(x, size), size)
+        x, size = self.patch_embed4(x)
+        pos = self.pos_embed4
+        pos = torch.cat([pos[:, :1], resize_pos_embed(pos[:, 1:], self.patch_embed4.grid_size[0],
+                                                      self.patch_embed4.grid_size[1], size[0], size[1])], dim=1)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.block4(self.pos_drop4(x + pos), size)
 
     @torch.jit.ignore
     def forward_intermediates(

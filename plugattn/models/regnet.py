@@ -38,7 +38,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import BlockAttention, GateAttention, attn_level, create_attn, list_attn
+from ..layers import GateAttention, attn_level, create_attn, list_attn
 from ..layers.base import pooled
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, AttnStage, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
@@ -120,6 +120,8 @@ class RegNetBottleneck(nn.Module):
         attn_kwargs: options of the attention module.
     """
 
+    __constants__ = ['bridge']
+
     def __init__(
             self,
             cin: int,
@@ -139,6 +141,7 @@ class RegNetBottleneck(nn.Module):
         self.downsample = ConvBNAct(cin, cout, 1, stride, act=False) if stride != 1 or cin != cout else None
         self.act3 = nn.ReLU(inplace=True)
         self.attn, self.attn_level = block_attn(attn, cout, (cout, cout), attn_kwargs)
+        self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.bn.weight)
@@ -146,7 +149,7 @@ class RegNetBottleneck(nn.Module):
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Residual-branch output (gated by the block's own attention) and the shortcut."""
         shortcut = x if self.downsample is None else self.downsample(x)
-        bridge = isinstance(self.attn, BlockAttention)
+        bridge = self.bridge
         out = self.conv1(x)
         inner = [pooled(out)] if bridge else []
         out = self.conv2(out)
@@ -154,10 +157,11 @@ class RegNetBottleneck(nn.Module):
             inner.append(pooled(out))
         if self.se is not None:
             out = self.se(out)
-        if isinstance(self.attn, GateAttention):  # static tests, so TorchScript compiles only the taken call
-            out = self.attn(out)
+        if not self.bridge:  # noqa: SIM102  (nested: TorchScript prunes only a test on the constant alone)
+            if self.attn is not None:  # gate level, in place of SE
+                out = self.attn(out)
         out = self.conv3(out)
-        if isinstance(self.attn, BlockAttention):
+        if self.bridge:
             out = self.attn(inner, out)
         return out, shortcut
 

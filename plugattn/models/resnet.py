@@ -33,7 +33,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import BlockAttention, attn_level, create_attn
+from ..layers import attn_level, create_attn
 from ..layers.base import pooled
 from ..layers.registry import AttnSpec
 from ._base import AttnNet, AttnStage, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
@@ -76,6 +76,8 @@ class BasicBlock(nn.Module):
         attn_kwargs: options of the attention module.
     """
 
+    __constants__ = ['bridge']
+
     expansion = 1
 
     def __init__(
@@ -101,14 +103,15 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
         self.attn, self.attn_level = block_attn(attn, planes, (planes,), attn_kwargs)
+        self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Residual-branch output (gated by the block's own attention) and the shortcut."""
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        inner = [pooled(out)] if isinstance(self.attn, BlockAttention) else []
+        inner = [pooled(out)] if self.bridge else []
         out = self.bn2(self.conv2(out))
-        if isinstance(self.attn, BlockAttention):  # a static test, so TorchScript compiles only the taken call
+        if self.bridge:
             out = self.attn(inner, out)
         elif self.attn is not None:
             out = self.attn(out)
@@ -137,6 +140,8 @@ class Bottleneck(nn.Module):
         stride_in_1x1: put the stride on the first 1x1 conv (ResNet v1).
     """
 
+    __constants__ = ['bridge']
+
     expansion = 4
 
     def __init__(
@@ -164,18 +169,19 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.attn, self.attn_level = block_attn(attn, outplanes, (width, width), attn_kwargs)
+        self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Residual-branch output (gated by the block's own attention) and the shortcut."""
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        bridge = isinstance(self.attn, BlockAttention)
+        bridge = self.bridge
         inner = [pooled(out)] if bridge else []
         out = self.relu(self.bn2(self.conv2(out)))
         if bridge:
             inner.append(pooled(out))
         out = self.bn3(self.conv3(out))
-        if isinstance(self.attn, BlockAttention):  # a static test, so TorchScript compiles only the taken call
+        if self.bridge:
             out = self.attn(inner, out)
         elif self.attn is not None:
             out = self.attn(out)

@@ -34,8 +34,6 @@ Differences from the reference:
       embedding and of the four stages (reductions 4, 4, 8, 16, 32).
     * Self-attention is written as explicit matmuls (timm's non-fused path) so that ``FlopCounterMode`` counts it.
 """
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -278,6 +276,7 @@ class SwinStage(nn.Module):
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.blocks = nn.Sequential(*blocks)
         self.attn = attn
+        self.depth = len(blocks)
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -304,9 +303,10 @@ class SwinStage(nn.Module):
     @torch.jit.ignore  # the shared unit's state is handed from block to block in Python
     def _forward_dia(self, x: Tensor) -> Tensor:
         state = None
-        for block in self.blocks:
+        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
+            block = getattr(self.blocks, str(i))
             branch, shortcut = block.forward_branch(x)
-            branch, state = self.attn(branch, state)
+            branch, state = self.attn.forward(branch, state)  # .forward: callable on a ScriptModule too
             x = block.merge(branch, shortcut)
         return x
 
