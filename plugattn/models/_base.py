@@ -392,7 +392,7 @@ class AttnNet(nn.Module):
         first = self.stage_names[0].split('.')[0]
         names = [n for n, _ in self.named_children()]
         stem = [n for n in names[:names.index(first)]]
-        matcher = {'stem': r'^(' + '|'.join(stem) + r')\.' if stem else None}
+        matcher = {'stem': r'^(?:' + '|'.join(stem) + r')\.' if stem else None}
         matcher['blocks'] = self._block_matcher(coarse)
         return matcher
 

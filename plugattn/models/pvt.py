@@ -434,12 +434,12 @@ class PyramidVisionTransformer(AttnNet):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return {
-            'stem': r'^(patch_embed1|pos_embed1)',
+            'stem': r'^(?:patch_embed1|pos_embed1)',
             'blocks': r'^(?:block|patch_embed|pos_embed)(\d+)' if coarse else [
                 (r'^(?:patch_embed|pos_embed)(\d+)', (0,)),
                 (r'^block(\d+)\.(\d+)\.', None),
                 (r'^block(\d+)\.attn\.', (99999,)),
-                (r'^(norm|cls_token)', (99999,)),
+                (r'^(?:norm|cls_token)', (99999,)),
             ],
         }
 

@@ -450,7 +450,7 @@ class VisionTransformer(AttnNet):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return {
-            'stem': r'^(cls_token|pos_embed|patch_embed)',
+            'stem': r'^(?:cls_token|pos_embed|patch_embed)',
             'blocks': [(r'^blocks\.(\d+)\.', None), (r'^blocks\.attn\.', (99999,)), (r'^norm\.', (99999,))],
         }
 
