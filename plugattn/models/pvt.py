@@ -36,6 +36,9 @@ Differences from the reference:
     * Self-attention is written as explicit matmuls (as the official code) so that ``FlopCounterMode`` counts it.
     * ``features_only`` returns NCHW maps of the first patch embedding and of the four stages (class token dropped).
       Inputs must give every stage at least ``sr_ratio`` tokens per side (32 x 32 and up for the 224 models).
+    * TorchScript: the forward is spelled out for PVT v1's four stages (``torch.jit.script`` needs literal attribute
+      names); a stage's block loop runs as a Python call, so scripted models cannot be saved with ``torch.jit.save``.
+      ``torch.fx`` graphs resize the position embeddings at run time (:func:`resize_pos_embed` is an FX leaf).
 """
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any

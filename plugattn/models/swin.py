@@ -33,6 +33,9 @@ Differences from the reference:
     * ``forward_features`` returns normalised NHWC tokens (timm); ``features_only`` returns NCHW maps of the patch
       embedding and of the four stages (reductions 4, 4, 8, 16, 32).
     * Self-attention is written as explicit matmuls (timm's non-fused path) so that ``FlopCounterMode`` counts it.
+    * ``torch.fx`` graphs are traced at ``img_size`` (window clamping, shift and mask are Python decisions on the map
+      size), as timm's Swin; the pretrained cfg therefore says ``fixed_input_size``. Eager and TorchScript runs take
+      any size. A scripted DIA Swin runs its stages' shared-unit loop as a Python call (no ``torch.jit.save``).
 """
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any

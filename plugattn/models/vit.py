@@ -31,7 +31,8 @@ Differences from the reference:
       every device (it does not count CPU ``scaled_dot_product_attention``).
     * Any input size divisible by the patch size works: the position embedding is resized bicubically when the
       patch grid differs from ``img_size`` (timm's ``dynamic_img_size``), without antialiasing (export-safe; timm
-      antialiases when downsampling).
+      antialiases when downsampling); ``torch.fx`` graphs resize at run time too (:func:`resample_pos_embed` is an
+      FX leaf).
     * ``features_only`` returns the patch-embedding output and every block output as NCHW maps on the patch grid
       (class token dropped), all at reduction ``patch_size``.
 """
