@@ -81,7 +81,7 @@ class AttnStage(nn.Module):
     (``layer1.0.conv1.weight``); the shared unit sits at ``attn``. Every block must provide
     ``forward_branch(x) -> (branch, shortcut)`` and ``merge(branch, shortcut)``. The recurrent state starts at
     ``None`` (zeros) on every call, so nothing leaks between stages or between forward passes.
-    
+
     TorchScript cannot iterate a custom container, so a scripted model runs this stage as a Python call
     (``torch.jit.ignore``): ``torch.jit.script`` works and gives the eager outputs, but ``torch.jit.save`` of a DIA
     model fails; save it with ``torch.jit.trace`` (``plugattn export --format torchscript``) or ``torch.export``.
