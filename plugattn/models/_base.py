@@ -131,7 +131,8 @@ def check_input(x: Tensor, in_chans: int, model_name: str) -> Tensor:
     """Reject inputs of the wrong rank or channel count with the numbers in the message; returns ``x``.
 
     Registered with :func:`torch.fx.wrap`, so FX graphs keep the check as one call (symbolic shapes cannot drive a
-    Python ``if``), and written in TorchScript's subset so scripted and FX-scripted models keep it too.
+    Python ``if``), and written in TorchScript's subset so scripted FX graphs keep it too. A model scripted
+    directly skips it (the message names the class, which TorchScript cannot).
     """
     if torch.jit.is_tracing():  # shapes are symbolic-by-example while tracing; the check would only warn
         return x
