@@ -2,7 +2,7 @@
 
 No ``from __future__ import annotations`` here: TorchScript reads class and signature annotations as real types.
 """
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ from ..layers.registry import AttnSpec
 
 __all__ = [
     'AttnNet', 'AttnStage', 'FeatureInfo', 'block_attn', 'check_input', 'checkpoint_seq', 'feature_take_indices',
-    'init_attn_modules', 'is_fx_proxy', 'stage_attn_kwargs',
+    'init_attn_modules', 'is_fx_proxy', 'module_call', 'stage_attn_kwargs',
 ]
 
 
@@ -109,7 +109,7 @@ class AttnStage(nn.Module):
         for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
             block = getattr(self, str(i))
             branch, shortcut = block.forward_branch(x)
-            branch, state = self.attn.forward(branch, state)  # .forward: callable on a ScriptModule too
+            branch, state = module_call(self.attn)(branch, state)
             x = block.merge(branch, shortcut)
         return x
 
@@ -119,6 +119,12 @@ class AttnStage(nn.Module):
         for block in self:
             x, state = checkpoint(_stage_step, block, self.attn, x, state, use_reentrant=False)
         return x
+
+
+def module_call(module: Any) -> Callable[..., Any]:
+    """``module`` itself (hooks run), or its ``forward`` when a Python call inside a scripted model receives the raw
+    ``torch._C.ScriptModule``, which is not callable."""
+    return module if isinstance(module, nn.Module) else module.forward
 
 
 def _stage_step(block: nn.Module, attn: nn.Module, x: Tensor, state: Any) -> tuple[Tensor, Any]:

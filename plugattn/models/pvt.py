@@ -52,7 +52,7 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import DropPath, Mlp, map_to_tokens, tokens_to_map
-from ._base import AttnNet, FeatureInfo, feature_take_indices, stage_attn_kwargs
+from ._base import AttnNet, FeatureInfo, feature_take_indices, module_call, stage_attn_kwargs
 from ._registry import register_model
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, tokens_to_nchw, transformer_attn_level
 
@@ -205,10 +205,10 @@ class PVTStage(nn.Module):
         for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
             block = getattr(self, str(i))
             if self.attn is None:
-                x = block.forward(x, size)  # .forward: callable on a ScriptModule too
+                x = module_call(block)(x, size)
             else:
                 branch, shortcut = block.forward_branch(x, size)
-                branch, state = self.attn.forward(branch, state)
+                branch, state = module_call(self.attn)(branch, state)
                 x = block.merge(branch, shortcut)
         return x
 

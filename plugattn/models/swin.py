@@ -48,7 +48,7 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import DropPath, Mlp
-from ._base import AttnNet, FeatureInfo, checkpoint_seq, is_fx_proxy, stage_attn_kwargs
+from ._base import AttnNet, FeatureInfo, checkpoint_seq, is_fx_proxy, module_call, stage_attn_kwargs
 from ._registry import register_model
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, transformer_attn_level
 
@@ -309,7 +309,7 @@ class SwinStage(nn.Module):
         for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
             block = getattr(self.blocks, str(i))
             branch, shortcut = block.forward_branch(x)
-            branch, state = self.attn.forward(branch, state)  # .forward: callable on a ScriptModule too
+            branch, state = module_call(self.attn)(branch, state)
             x = block.merge(branch, shortcut)
         return x
 
