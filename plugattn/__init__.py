@@ -8,11 +8,13 @@ to plug any of them into torchvision and timm models.
     >>> model = plugattn.create_model('bav2_resnet50', num_classes=1000)
     >>> plugattn.list_models('bav2*')[:3]
     ['bav2_preresnet164', 'bav2_resnet101', 'bav2_resnet110']
+    >>> names = plugattn.register_timm()  # timm.create_model('bav2_resnet50') from now on (timm is optional)
 """
 from . import attach
 from .attach import attachable
 from .layers import create_attn, get_attn, list_attn, register_attn
 from .models import create_model, list_models, load_official
+from .models import register_with_timm as register_timm
 from .version import __version__
 
 __all__ = [
@@ -26,4 +28,5 @@ __all__ = [
     'list_models',
     'load_official',
     'register_attn',
+    'register_timm',
 ]

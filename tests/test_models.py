@@ -132,7 +132,7 @@ def test_model_api(name):
 
     model.eval()  # dropout (WRN) off, so the feature paths below can be compared exactly
     with torch.no_grad():
-        feats = model.forward_intermediates(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
         assert [f.shape[1] for f in feats] == model.feature_info.channels()
         assert [32 // f.shape[-1] for f in feats] == model.feature_info.reduction()
         for info in model.feature_info:  # feature_info names real modules
@@ -309,9 +309,12 @@ def test_torch_export_dynamic(block, attn):
 
 def test_timm_integration():
     timm = pytest.importorskip('timm')
+    names = plugattn.register_timm()
+    assert len(names) == len(ALL_MODELS) and 'plugattn_resnet50' in names and 'bav2_resnet50' in names
     model = timm.create_model('bav2_resnet50', num_classes=10)
     assert type(model) is ResNet and model.num_classes == 10
     assert 'dia_resnet164' in timm.list_models('dia_*')
     assert timm.create_model('resnet50').__class__.__module__.startswith('timm')  # timm's own names untouched
+    assert type(timm.create_model('plugattn_resnet50')) is ResNet  # ours under a name that does not clash
     feats = timm.create_model('bav2_resnet20', features_only=True)
     assert feats.feature_info.channels() == [16, 16, 32, 64]

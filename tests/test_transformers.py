@@ -168,7 +168,7 @@ def test_small_forward_backward_features(name):
     assert not [k for k, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     model.eval()
     with torch.no_grad():
-        feats = model.forward_intermediates(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
         info = model.feature_info
         assert [f.shape[1] for f in feats] == info.channels()
         assert [side // f.shape[-1] for f in feats] == [side // f.shape[-2] for f in feats] == info.reduction()
@@ -186,10 +186,12 @@ def test_inputs_of_other_sizes():
     vit = plugattn.create_model('bav2_deit_tiny').eval()
     pvt = plugattn.create_model('pvt_v1_tiny').eval()
     with torch.no_grad():
-        assert [tuple(f.shape[-2:]) for f in swin.forward_intermediates(torch.randn(1, 3, 100, 76))] == \
-            [(25, 19), (25, 19), (13, 10), (7, 5), (4, 3)]
-        assert vit.forward_intermediates(torch.randn(1, 3, 48, 80), [12])[0].shape == (1, 192, 3, 5)
-        assert pvt.forward_intermediates(torch.randn(1, 3, 64, 96), [4])[0].shape == (1, 512, 2, 3)
+        feats = swin.forward_intermediates(torch.randn(1, 3, 100, 76), intermediates_only=True)
+        assert [tuple(f.shape[-2:]) for f in feats] == [(25, 19), (25, 19), (13, 10), (7, 5), (4, 3)]
+        feat = vit.forward_intermediates(torch.randn(1, 3, 48, 80), [12], intermediates_only=True)[0]
+        assert feat.shape == (1, 192, 3, 5)
+        feat = pvt.forward_intermediates(torch.randn(1, 3, 64, 96), [4], intermediates_only=True)[0]
+        assert feat.shape == (1, 512, 2, 3)
     # a ViT built for 48 px runs at 32 px with its 3x3 position grid resized bicubically to 2x2
     vit48 = plugattn.create_model('deit_tiny', img_size=48).eval()
     vit32 = plugattn.create_model('deit_tiny', img_size=32).eval()

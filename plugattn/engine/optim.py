@@ -20,7 +20,9 @@ def param_groups_weight_decay(
     """Split trainable parameters into a decayed and a non-decayed group.
 
     With ``no_wd_1d`` every parameter with fewer than two dimensions (norm weights and biases, BN1d inside
-    attention, the BAv2 selection bias, ...) gets no weight decay, as in timm and the BAv2 recipe.
+    attention, the BAv2 selection bias, ...) gets no weight decay, as in timm and the BAv2 recipe. Parameters the
+    model names in ``model.no_weight_decay()`` (timm's convention: the transformers' position embeddings, class
+    tokens and Swin's relative-position bias tables) get none either, whatever ``no_wd_1d`` says.
 
     Args:
         model: The model.
@@ -30,11 +32,12 @@ def param_groups_weight_decay(
     Returns:
         Parameter groups for a ``torch.optim`` optimizer; empty groups are left out.
     """
+    skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
     decay, no_decay = [], []
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if no_wd_1d and param.ndim <= 1 else decay).append(param)
+        (no_decay if name in skip or (no_wd_1d and param.ndim <= 1) else decay).append(param)
     groups = []
     if decay:
         groups.append({'params': decay, 'weight_decay': weight_decay})

@@ -14,7 +14,6 @@ Every module in :mod:`plugattn.layers` belongs to exactly one level, and a backb
 All three expose their gate values without applying them (``gate``), so analysis code can read what a module
 computes without hooking into its internals.
 """
-from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +32,8 @@ def check_train_batch(module: nn.Module, batch_size: int) -> None:
     BatchNorm1d computes per-channel statistics over the batch; with one sample PyTorch fails deep inside the
     norm with an unhelpful message, so the attention modules that contain one check first (specs D10).
     """
+    if not isinstance(batch_size, int):  # a symbolic size (torch.fx tracing): nothing to check
+        return
     if module.training and batch_size == 1:
         raise ValueError(
             f'{type(module).__name__} contains BatchNorm1d over pooled vectors and cannot train at batch size 1: '
@@ -81,7 +82,8 @@ class BlockAttention(nn.Module):
     """
 
     channels: int
-    inner_channels: tuple[int, ...]
+    # ``inner_channels`` (a tuple of ints) is set by subclasses; not annotated here because TorchScript cannot type
+    # variable-length tuples.
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

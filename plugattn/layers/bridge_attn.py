@@ -48,13 +48,21 @@ class _BridgeAttention(BlockAttention):
 
     def bridged(self, inner: list[Tensor], x: Tensor) -> list[Tensor]:
         """Validate the inputs and return every pooled feature, current one last."""
-        if len(inner) != len(self.inner_channels):
-            raise ValueError(
-                f'{type(self).__name__} was built for {len(self.inner_channels)} inner features '
-                f'{self.inner_channels}, got {len(inner)}'
-            )
-        check_train_batch(self, x.shape[0])
-        return [*inner, pooled(x)]
+        if not torch.jit.is_scripting():  # the checks name the class, which TorchScript cannot
+            if len(inner) != len(self.inner_channels):
+                raise ValueError(
+                    f'{type(self).__name__} was built for {len(self.inner_channels)} inner features '
+                    f'{self.inner_channels}, got {len(inner)}'
+                )
+            check_train_batch(self, x.shape[0])
+        return inner + [pooled(x)]  # noqa: RUF005  (TorchScript has no starred list)
+
+    def fused(self, feats: list[Tensor]) -> list[Tensor]:
+        """Each bridged feature through its own fusion layer (an indexed loop, which TorchScript compiles)."""
+        out: list[Tensor] = []
+        for i, fusion in enumerate(self.fusions):
+            out.append(fusion(feats[i]))
+        return out
 
 
 @register_attn('bav1')
@@ -89,7 +97,7 @@ class BridgeAttentionV1(_BridgeAttention):
 
     def gate(self, inner: list[Tensor], x: Tensor) -> Tensor:
         feats = self.bridged(inner, x)
-        z = torch.stack([fusion(s) for fusion, s in zip(self.fusions, feats)]).sum(0)
+        z = torch.stack(self.fused(feats)).sum(0)
         return as_channel_gate(self.generation(z))
 
 
@@ -135,7 +143,7 @@ class BridgeAttentionV2(_BridgeAttention):
 
     def gate(self, inner: list[Tensor], x: Tensor) -> Tensor:
         feats = self.bridged(inner, x)
-        v = torch.stack([fusion(s) for fusion, s in zip(self.fusions, feats)], dim=-1)  # (B, m, n)
+        v = torch.stack(self.fused(feats), dim=-1)  # (B, m, n)
         if self.selection == 'linear':
             z = self.proj(v).squeeze(-1)
         else:

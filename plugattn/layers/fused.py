@@ -53,11 +53,12 @@ class BNRecompute(NamedTuple):
 
 def needs_lean_path(x: Tensor) -> bool:
     """Whether the memory-saving autograd node applies: a gradient is wanted and nothing is tracing the graph."""
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        return False
+    # tracing first: under torch.fx ``x.requires_grad`` is a Proxy, which cannot decide a Python ``if``
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
         return False
-    return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+    if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+        return False
+    return torch.is_grad_enabled() and x.requires_grad
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -68,6 +69,8 @@ def _hooked(m: nn.Module) -> bool:
 def hook_safe(out: Tensor, module: nn.Module) -> Tensor:
     """``out``, copied when ``module`` is hooked: the block's in-place residual merge would otherwise change the
     output a forward hook has just seen (and may keep, as the analysis recorders do)."""
+    if torch.compiler.is_compiling():  # compiled graphs keep their own copies; guarding on hooks would recompile
+        return out
     return out.clone() if _hooked(module) else out
 
 

@@ -16,11 +16,10 @@ The two maps are a ``transpose`` plus ``unsqueeze``/``squeeze``: no copy and no 
   :func:`explicit_attention`, which MAC counting turns on: ``FlopCounterMode`` does not see fused attention on the
   CPU, while it counts the two matmuls of the explicit form.
 """
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Iterator
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -45,22 +44,26 @@ def dot_product_attention(
         k: Tensor,
         v: Tensor,
         bias: Tensor | None = None,
-        *,
-        scale: float,
-        dropout: nn.Dropout,
+        scale: float = 1.0,
+        dropout_p: float = 0.0,
 ) -> Tensor:
-    """``softmax(q k^T * scale + bias) v`` over heads ``(B, heads, N, d)``, with dropout on the weights in training.
+    """``softmax(q k^T * scale + bias) v`` over heads ``(B, heads, N, d)``, with dropout ``dropout_p`` on the weights.
 
     Fused (``F.scaled_dot_product_attention``) unless inside :func:`explicit_attention`; the two agree to float
-    rounding (tested). ``dropout`` is the module's ``attn_drop`` (its ``p`` in training, none in eval).
+    rounding (tested). Callers pass their ``attn_drop.p`` in training and 0 in eval.
     """
-    if _explicit_depth:
+    if not torch.jit.is_scripting() and _explicit():
         attn = (q * scale) @ k.transpose(-2, -1)
         if bias is not None:
             attn = attn + bias
-        return dropout(attn.softmax(-1)) @ v
-    p = dropout.p if dropout.training else 0.0
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=scale)
+        attn = attn.softmax(-1)
+        return (F.dropout(attn, dropout_p) if dropout_p > 0.0 else attn) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+
+
+@torch.jit.unused
+def _explicit() -> bool:
+    return _explicit_depth > 0
 
 
 def tokens_to_map(x: Tensor) -> Tensor:

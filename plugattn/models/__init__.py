@@ -1,8 +1,8 @@
 """Backbones with plug-in attention, one family per file, built by name with :func:`create_model`."""
 from . import mobilenetv2, preact_resnet, regnet, resnet  # noqa: F401  (registers the models)
 from ._base import AttnNet, AttnStage, FeatureInfo
-from ._registry import ModelEntry, create_model, get_model_entry, list_models, register_model
-from ._timm import install_timm_hook
+from ._registry import ModelEntry, create_model, get_model_entry, list_models, pretrained_cfg, register_model
+from ._timm import register_if_timm_imported, register_with_timm, timm_names
 from .mobilenetv2 import MobileNetV2
 from .official import load_official
 from .preact_resnet import PreActResNet
@@ -12,7 +12,7 @@ from .resnet import ResNet
 from .swin import SwinTransformer as SwinTransformer
 from .vit import VisionTransformer as VisionTransformer
 
-install_timm_hook()
+register_if_timm_imported()
 
 __all__ = [
     'AttnNet',
@@ -27,5 +27,8 @@ __all__ = [
     'get_model_entry',
     'list_models',
     'load_official',
+    'pretrained_cfg',
     'register_model',
+    'register_with_timm',
+    'timm_names',
 ]

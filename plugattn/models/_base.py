@@ -1,11 +1,14 @@
-"""Machinery shared by every backbone: the timm-style model API, attention slots and shared-attention stages."""
-from __future__ import annotations
+"""Machinery shared by every backbone: timm's model API, attention slots and shared-attention stages.
 
-from collections.abc import Iterator
+No ``from __future__ import annotations`` here: TorchScript reads class and signature annotations as real types.
+"""
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.fx
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
 from ..layers._typecheck import checked_init
@@ -14,13 +17,8 @@ from ..layers.fused import gated_residual, hook_safe, use_fused_path
 from ..layers.registry import AttnSpec
 
 __all__ = [
-    'AttnNet',
-    'AttnStage',
-    'FeatureInfo',
-    'block_attn',
-    'gated_block_forward',
-    'init_attn_modules',
-    'stage_attn_kwargs',
+    'AttnNet', 'AttnStage', 'FeatureInfo', 'block_attn', 'check_input', 'checkpoint_seq', 'feature_take_indices',
+    'gated_block_forward', 'init_attn_modules', 'is_fx_proxy', 'module_call', 'stage_attn_kwargs',
     'staged_block_forward',
 ]
 
@@ -116,6 +114,10 @@ class AttnStage(nn.Module):
     (``layer1.0.conv1.weight``); the shared unit sits at ``attn``. Every block must provide
     ``forward_branch(x) -> (branch, shortcut)`` and ``merge(branch, shortcut)``. The recurrent state starts at
     ``None`` (zeros) on every call, so nothing leaks between stages or between forward passes.
+
+    TorchScript cannot iterate a custom container, so a scripted model runs this stage as a Python call
+    (``torch.jit.ignore``): ``torch.jit.script`` works and gives the eager outputs, but ``torch.jit.save`` of a DIA
+    model fails; save it with ``torch.jit.trace`` (``plugattn export --format torchscript``) or ``torch.export``.
     """
 
     def __init__(self, blocks: list[nn.Module], attn: StageAttention) -> None:
@@ -134,33 +136,122 @@ class AttnStage(nn.Module):
     def __iter__(self) -> Iterator[nn.Module]:
         return (self._modules[str(i)] for i in range(self.depth))
 
+    @torch.jit.ignore  # TorchScript cannot iterate a custom container; the scripted model calls this in Python
     def forward(self, x: Tensor) -> Tensor:
         state = None
-        for block in self:
-            if hasattr(block, 'forward_staged') and use_fused_path(self.attn):  # gate fused with the merge
+        # the unit is a raw ScriptModule when this runs inside a scripted model: no fused path, no hooks there
+        scripted = not isinstance(self.attn, nn.Module)
+        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
+            block = getattr(self, str(i))
+            if hasattr(block, 'forward_staged') and not scripted and use_fused_path(self.attn):  # gate fused with merge
                 x, state = block.forward_staged(x, self.attn, state)
                 continue
             branch, shortcut = block.forward_branch(x)
-            branch, state = self.attn(branch, state)
-            x = block.merge(hook_safe(branch, self.attn), shortcut)
+            branch, state = module_call(self.attn)(branch, state)
+            if not scripted:
+                branch = hook_safe(branch, self.attn)
+            x = block.merge(branch, shortcut)
         return x
+
+    def forward_checkpointed(self, x: Tensor) -> Tensor:
+        """:meth:`forward` with every block (and its use of the shared unit) under activation checkpointing."""
+        state = None
+        for block in self:
+            x, state = checkpoint(_stage_step, block, self.attn, x, state, use_reentrant=False)
+        return x
+
+
+def module_call(module: Any) -> Callable[..., Any]:
+    """``module`` itself (hooks run), or its ``forward`` when a Python call inside a scripted model receives the raw
+    ``torch._C.ScriptModule``, which is not callable."""
+    return module if isinstance(module, nn.Module) else module.forward
+
+
+def _stage_step(block: nn.Module, attn: nn.Module, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+    branch, shortcut = block.forward_branch(x)
+    branch, state = attn(branch, state)
+    return block.merge(branch, shortcut), state
+
+
+def check_input(x: Tensor, in_chans: int, model_name: str) -> Tensor:
+    """Reject inputs of the wrong rank or channel count with the numbers in the message; returns ``x``.
+
+    Registered with :func:`torch.fx.wrap`, so FX graphs keep the check as one call (symbolic shapes cannot drive a
+    Python ``if``), and written in TorchScript's subset so scripted FX graphs keep it too. A model scripted
+    directly skips it (the message names the class, which TorchScript cannot).
+    """
+    if torch.jit.is_tracing():  # shapes are symbolic-by-example while tracing; the check would only warn
+        return x
+    if x.dim() != 4:
+        raise ValueError(
+            f'{model_name} expects a 4-D (batch, channels, height, width) input, got shape {list(x.shape)}'
+        )
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f'{model_name} was built for {in_chans} input channels, got {x.shape[1]} (input shape '
+            f'{list(x.shape)}): build it with in_chans={x.shape[1]} or convert the images'
+        )
+    return x
+
+
+torch.fx.wrap('check_input')
+
+
+@torch.jit.unused  # only reached outside TorchScript (callers test torch.jit.is_scripting() first)
+def is_fx_proxy(x: Any) -> bool:
+    """Whether ``x`` is a value being traced by ``torch.fx`` (shapes are then symbolic: no Python ``if`` on them)."""
+    return isinstance(x, torch.fx.Proxy)
+
+
+def feature_take_indices(num_levels: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
+    """timm's ``indices`` convention: ``None`` all levels, an int ``n`` the last ``n``, a sequence those levels
+    (negative from the end). Returns the sorted-as-given absolute indices and the largest."""
+    if indices is None:
+        indices = num_levels
+    if isinstance(indices, int):
+        if not 0 < indices <= num_levels:
+            raise ValueError(f'indices={indices} must select 1..{num_levels} of the {num_levels} feature levels')
+        take = list(range(num_levels - indices, num_levels))
+    else:
+        bad = [i for i in indices if not -num_levels <= i < num_levels]
+        if bad:
+            raise ValueError(f'indices {bad} out of range for {num_levels} feature levels (0..{num_levels - 1})')
+        take = [i % num_levels for i in indices]
+    return take, max(take)
+
+
+def checkpoint_seq(blocks: nn.Module, x: Tensor) -> Tensor:
+    """Run the blocks of a stage one by one under activation checkpointing (stage-level units per block)."""
+    if hasattr(blocks, 'forward_checkpointed'):  # stages with a shared unit or a downsampling step
+        return blocks.forward_checkpointed(x)
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False)
+    return x
 
 
 class AttnNet(nn.Module):
     """timm's model API for the CNN backbones.
 
     Subclasses define ``forward_stem``, ``stage_names`` (attribute names of the stages, in order), ``fc`` and,
-    optionally, ``forward_final`` (e.g. the last norm of pre-activation networks), and fill ``feature_info``.
+    optionally, ``forward_final`` (e.g. the last norm of pre-activation networks), and fill ``feature_info``,
+    ``num_classes``, ``num_features`` and ``in_chans``; they call :meth:`set_global_pool` in ``__init__``.
+
+    Class attributes (read by timm's tools): ``first_conv_key`` / ``classifier_key`` (the pretrained cfg's
+    ``first_conv`` / ``classifier``), ``output_fmt`` (layout of ``forward_features``), ``global_pool``
+    (``'avg'`` or ``''``: unpooled maps) and ``grad_checkpointing``.
     """
 
-    stage_names: tuple[str, ...]
-    feature_info: FeatureInfo
-    num_classes: int
-    num_features: int
-    in_chans: int
-    out_indices: tuple[int, ...] | None = None
-    first_conv_key: str = 'conv1'  # state_dict prefixes of the first conv and the classifier (timm's cfg keys)
-    classifier_key: str = 'fc'
+    __constants__ = ['global_pool', 'grad_checkpointing']
+    __jit_unused_properties__ = ['head_hidden_size']
+    global_pool_types = ('avg', '')
+    out_indices = None
+    first_conv_key = 'conv1'
+    classifier_key = 'fc'
+    output_fmt = 'NCHW'
+    global_pool = 'avg'
+    grad_checkpointing = False
+
+    # --------------------------------------------------------------------------------- pieces subclasses provide
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -172,54 +263,136 @@ class AttnNet(nn.Module):
     def forward_final(self, x: Tensor) -> Tensor:
         return x
 
-    def check_input(self, x: Tensor) -> None:
-        """Reject inputs of the wrong rank or channel count with the numbers in the message."""
-        if torch.jit.is_tracing():  # shapes are symbolic-by-example while tracing; the check would only warn
-            return
-        if x.ndim != 4:
-            raise ValueError(
-                f'{type(self).__name__} expects a 4-D (batch, channels, height, width) input, '
-                f'got shape {tuple(x.shape)}'
-            )
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f'{type(self).__name__} was built for {self.in_chans} input channels, got {x.shape[1]} '
-                f'(input shape {tuple(x.shape)}): build it with in_chans={x.shape[1]} or convert the images'
-            )
+    def forward_stem_feature(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The stem's feature level (``feature_info[0]``) and the stem output the first stage takes."""
+        x = self.forward_stem(x)
+        return x, x
+
+    def norm_intermediate(self, x: Tensor) -> Tensor:
+        """What ``forward_intermediates(norm=True)`` applies to the last stage's output (default: nothing)."""
+        return x
 
     def stages(self) -> list[nn.Module]:
         return [getattr(self, name) for name in self.stage_names]
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        x = self.forward_stem(x)
-        for stage in self.stages():
-            x = stage(x)
-        return self.forward_final(x)
+    @torch.jit.unused
+    def _script_stages(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
-    def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> list[Tensor]:
-        """Outputs of the stem and every stage (``feature_info`` order), or of the selected ``indices``."""
-        self.check_input(x)
-        wanted = range(len(self.stage_names) + 1) if indices is None else indices
-        last = max(wanted)
-        feats = [self.forward_stem(x)]
-        for stage in self.stages()[:last]:
-            feats.append(stage(feats[-1]))
-        return [feats[i] for i in wanted]
+    # --------------------------------------------------------------------------------- forward
+
+    def check_input(self, x: Tensor) -> Tensor:
+        """Reject inputs of the wrong rank or channel count (see :func:`check_input`)."""
+        return check_input(x, self.in_chans, self._model_label())
+
+    @torch.jit.unused
+    def _model_label(self) -> str:
+        return type(self).__name__
+
+    def forward_stages(self, x: Tensor) -> Tensor:
+        """The stages in order; each block under activation checkpointing after :meth:`set_grad_checkpointing`."""
+        if torch.jit.is_scripting():
+            return self._script_stages(x)
+        for stage in self.stages():
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and torch.is_grad_enabled() else stage(x)
+        return x
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            x = self.check_input(x)
+        return self.forward_final(self.forward_stages(self.forward_stem(x)))
+
+    def pool(self, x: Tensor) -> Tensor:
+        """Global average pool of NCHW maps, or nothing with ``global_pool=''``."""
+        return x.mean((2, 3)) if self.global_pool == 'avg' else x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x.mean((2, 3))
+        x = self.pool(x)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.out_indices is not None:
-            return self.forward_intermediates(x, list(self.out_indices))
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript must not see out_indices)
+            if self.out_indices is not None:
+                return self._forward_feature_list(x)
         return self.forward_head(self.forward_features(x))
+
+    @torch.jit.unused
+    def _forward_feature_list(self, x: Tensor) -> list[Tensor]:
+        return self.forward_intermediates(x, list(self.out_indices), intermediates_only=True)
+
+    # --------------------------------------------------------------------------------- timm's intermediate API
+
+    @torch.jit.ignore
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: int | Sequence[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Feature levels of ``feature_info`` (stem, then every stage) as timm returns them.
+
+        Args:
+            x: input images.
+            indices: ``None`` every level, an int ``n`` the last ``n`` levels, or a list of levels.
+            norm: apply the model's final norm to the last stage's feature (pre-activation networks, Swin).
+            stop_early: stop after the last selected level (the final output is then that level's).
+            output_fmt: ``'NCHW'`` (Swin also ``'NHWC'``).
+            intermediates_only: return only the list of features.
+
+        Returns:
+            The features, or ``(final, features)`` where ``final`` equals :meth:`forward_features`.
+        """
+        if output_fmt not in ('NCHW',):
+            raise ValueError(f"output_fmt must be 'NCHW' for {type(self).__name__}, got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.stage_names) + 1, indices)
+        feat, x = self.forward_stem_feature(self.check_input(x))
+        feats = [feat] if 0 in take else []
+        stages = self.stages()
+        if intermediates_only or stop_early:
+            stages = stages[:last]
+        for i, stage in enumerate(stages, 1):
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and torch.is_grad_enabled() else stage(x)
+            if i in take:
+                feats.append(self.norm_intermediate(x) if norm and i == len(self.stage_names) else x)
+        if intermediates_only:
+            return feats
+        return (self.forward_final(x) if len(stages) == len(self.stage_names) else x), feats
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self,
+            indices: int | Sequence[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages after the last selected level (and the head) for feature extraction; returns the
+        absolute indices, as timm does. ``prune_norm`` also drops the final norm/activation."""
+        take, last = feature_take_indices(len(self.stage_names) + 1, indices)
+        for name in self.stage_names[last:]:
+            self.set_submodule(name, nn.Identity())
+        if prune_norm:
+            self._prune_final()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
+
+    def _prune_final(self) -> None:
+        """Replace the final norm/activation/conv (``forward_final``) with identities (nothing by default)."""
+
+    # --------------------------------------------------------------------------------- head
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of the pre-logits features (no pre-logits layer in these models: ``num_features``)."""
+        return self.num_features
 
     def set_features_only(self, out_indices: tuple[int, ...] | None = None) -> None:
         """Turn the model into a feature extractor (``features_only=True``): ``forward`` returns the selected
         stem/stage outputs as a list, the classifier is removed and ``feature_info`` lists the selected levels."""
-        n = len(self.stage_names) + 1
+        n = len(self.feature_info)
         out_indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
         bad = [i for i in out_indices if not -n <= i < n]
         if bad:
@@ -232,17 +405,64 @@ class AttnNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_key)
 
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg') -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` (0 removes it)."""
+    def set_global_pool(self, global_pool: str, num_classes: int | None = None) -> None:
+        """Set the head's pooling; ``''`` (unpooled maps from ``forward``) needs ``num_classes == 0``."""
+        if global_pool not in self.global_pool_types:
+            choices = ', '.join(repr(g) for g in self.global_pool_types)
+            raise ValueError(f'global_pool must be one of {choices}, got {global_pool!r}')
+        num_classes = self.num_classes if num_classes is None else num_classes
+        if global_pool == '' and num_classes > 0:
+            raise ValueError(
+                f"global_pool='' gives unpooled features, which a classifier cannot take: use num_classes=0 "
+                f'(got {num_classes}) or global_pool={self.global_pool_types[0]!r}'
+            )
+        self.global_pool = global_pool
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0 removes it); ``global_pool`` ``''``
+        (with 0 classes) makes ``forward`` return unpooled features, ``None`` keeps the current pooling."""
         if self.out_indices is not None:
             raise ValueError('a features_only model has no classifier to reset')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
+        if global_pool is None and num_classes > 0 and self.global_pool == '':
+            global_pool = self.global_pool_types[0]
+        self.set_global_pool(self.global_pool if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
         ref = next(self.parameters())
         head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 \
             else nn.Identity()
         self.set_submodule(self.classifier_key, head)
+
+    # --------------------------------------------------------------------------------- training helpers
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every block in training (recomputed in backward: less memory)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer-wise grouping (layer decay, freezing): the stem, then stage by stage (block by block
+        unless ``coarse``); a stage-level attention unit joins the group of its stage's blocks. The head is left
+        unmatched, which timm puts last."""
+        first = self.stage_names[0].split('.')[0]
+        names = [n for n, _ in self.named_children()]
+        stem = [n for n in names[:names.index(first)]]
+        matcher = {'stem': r'^(?:' + '|'.join(stem) + r')\.' if stem else None}
+        matcher['blocks'] = self._block_matcher(coarse)
+        return matcher
+
+    def _block_matcher(self, coarse: bool) -> Any:
+        # stage attributes are named <prefix><number> (layer1, s1); blocks <number> or b<number>; (99999,) is timm's
+        # "same group as the previous one", which puts a shared stage unit with its stage's last block
+        prefix = self.stage_names[0].rstrip('0123456789')
+        if coarse:
+            return rf'^{prefix}(\d+)\.'
+        return [(rf'^{prefix}(\d+)\.b?(\d+)\.', None), (rf'^{prefix}(\d+)\.attn\.', (99999,))]
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that must not be weight-decayed (position embeddings, tokens, bias tables): none here."""
+        return set()
 
     def attention_modules(self) -> dict[str, nn.Module]:
         """Every attention module by qualified name (gate, block and stage level), for analysis."""

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..layers import attn_level, create_attn, list_attn
 
-__all__ = ['ModelEntry', 'create_model', 'get_model_entry', 'list_models', 'register_model']
+__all__ = ['ModelEntry', 'create_model', 'get_model_entry', 'list_models', 'pretrained_cfg', 'register_model']
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,93 @@ def _add(entry: ModelEntry) -> None:
     if entry.name in _MODELS:
         raise ValueError(f'model {entry.name!r} is already registered')
     _MODELS[entry.name] = entry
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # as plugattn.data's cifar10
+
+# Per family: timm pretrained-cfg fields that do not depend on the attention. ``reduction`` is the stride of the
+# last feature map (pool_size = input // reduction; None for class-token models, whose features are tokens).
+_FAMILY_CFG: dict[str, dict[str, Any]] = {
+    'resnet': dict(first_conv='conv1', classifier='fc', reduction=32, crop_pct=0.875, interpolation='bilinear',
+                   paper_ids=('arXiv:1512.03385',), paper_name='Deep Residual Learning for Image Recognition'),
+    'resnet_cifar': dict(first_conv='conv1', classifier='fc', reduction=4, crop_pct=1.0, interpolation='bilinear',
+                         paper_ids=('arXiv:1512.03385',), paper_name='Deep Residual Learning for Image Recognition'),
+    'preresnet': dict(first_conv='conv1', classifier='fc', reduction=4, crop_pct=1.0, interpolation='bilinear',
+                      paper_ids=('arXiv:1603.05027',), paper_name='Identity Mappings in Deep Residual Networks'),
+    'wrn': dict(first_conv='conv1', classifier='fc', reduction=4, crop_pct=1.0, interpolation='bilinear',
+                paper_ids=('arXiv:1605.07146',), paper_name='Wide Residual Networks'),
+    'mobilenetv2': dict(first_conv='features.0.0', classifier='classifier.1', reduction=32, crop_pct=0.875,
+                        interpolation='bilinear', paper_ids=('arXiv:1801.04381',),
+                        paper_name='MobileNetV2: Inverted Residuals and Linear Bottlenecks'),
+    'regnety': dict(first_conv='stem.conv', classifier='fc', reduction=32, crop_pct=0.875, interpolation='bicubic',
+                    paper_ids=('arXiv:2003.13678',), paper_name='Designing Network Design Spaces'),
+    # fixed_input_size: Swin's FX graphs are traced at img_size (eager runs take any size)
+    'swin': dict(first_conv='patch_embed.proj', classifier='head.fc', reduction=32, crop_pct=0.9,
+                 interpolation='bicubic', fixed_input_size=True, paper_ids=('arXiv:2103.14030',),
+                 paper_name='Swin Transformer: Hierarchical Vision Transformer using Shifted Windows'),
+    'pvt': dict(first_conv='patch_embed1.proj', classifier='head', reduction=None, crop_pct=0.875,
+                interpolation='bicubic', min_input_size=(3, 32, 32), paper_ids=('arXiv:2102.12122',),
+                paper_name='Pyramid Vision Transformer: A Versatile Backbone for Dense Prediction without '
+                           'Convolutions'),
+    'vit': dict(first_conv='patch_embed.proj', classifier='head', reduction=None, crop_pct=0.9,
+                interpolation='bicubic', paper_ids=('arXiv:2012.12877', 'arXiv:2010.11929'),
+                paper_name='Training data-efficient image transformers & distillation through attention'),
+}
+# Attention papers and official repositories (origin_url of the attention variants).
+_ATTN_PAPERS: dict[str, tuple[str, str]] = {
+    'se': ('arXiv:1709.01507', 'https://github.com/hujie-frank/SENet'),
+    'eca': ('arXiv:1910.03151', 'https://github.com/BangguWu/ECANet'),
+    'cbam': ('arXiv:1807.06521', 'https://github.com/Jongchan/attention-module'),
+    'ca': ('arXiv:2103.02907', 'https://github.com/houqb/CoordAttention'),
+    'ela': ('arXiv:2403.01123', ''),
+    'bav1': ('arXiv:2112.04150', 'https://github.com/zhaoy376/Bridge-Attention'),
+    'bav2': ('arXiv:2410.07860', 'https://github.com/ZOUrz/BA-Net-Bridge-Attention-in-Deep-Neural-Networks'),
+    'dia': ('arXiv:1905.10671', 'https://github.com/gbup-group/DIANet'),
+}
+
+
+def pretrained_cfg(name: str, num_classes: int | None = None, in_chans: int | None = None) -> dict[str, Any]:
+    """timm's pretrained cfg of a registered model (no weights: no url or hub id), every field filled.
+
+    ``input_size`` is the architecture's native resolution (32 for the CIFAR networks, 224 for the ImageNet ones),
+    ``mean``/``std`` those of the data it is meant for (CIFAR-10 or ImageNet), so that timm's
+    ``resolve_data_config`` preprocesses correctly.
+    """
+    entry = get_model_entry(name)
+    fam = _FAMILY_CFG[entry.cfg['family']]
+    c, h, w = entry.cfg['input_size']
+    cifar = h < 224
+    papers = list(fam['paper_ids'])
+    origin = 'https://github.com/pytorch/vision' if entry.cfg['family'] in ('resnet', 'mobilenetv2') else ''
+    if 'resnext' in entry.backbone:
+        papers.append('arXiv:1611.05431')
+    if entry.attn is not None:
+        paper, origin = _ATTN_PAPERS['ela' if entry.attn.startswith('ela') else entry.attn]
+        papers.append(paper)
+    reduction = fam['reduction']
+    cfg = dict(
+        architecture=name,
+        input_size=(in_chans or c, h, w),
+        pool_size=None if reduction is None else (h // reduction, w // reduction),
+        crop_pct=fam['crop_pct'],
+        interpolation=fam['interpolation'],
+        mean=CIFAR10_MEAN if cifar else IMAGENET_MEAN,
+        std=CIFAR10_STD if cifar else IMAGENET_STD,
+        num_classes=entry.cfg['num_classes'] if num_classes is None else num_classes,
+        first_conv=fam['first_conv'],
+        classifier=fam['classifier'],
+        fixed_input_size=fam.get('fixed_input_size', False),
+        license='apache-2.0',
+        paper_ids=tuple(papers),
+        paper_name=fam['paper_name'],
+        description=f'plugattn {name}: {entry.backbone} with {entry.attn or "no"} plug-in attention, no weights',
+    )
+    if origin:
+        cfg['origin_url'] = origin
+    if 'min_input_size' in fam:
+        cfg['min_input_size'] = fam['min_input_size']
+    return cfg
 
 
 def list_models(
@@ -198,11 +285,9 @@ def create_model(
             raise
         raise ValueError(f'{entry.name}: {e}; see the builder docstring for its options') from None
     model.model_name = entry.name
-    model.default_cfg = model.pretrained_cfg = dict(
-        entry.cfg, architecture=entry.name, num_classes=model.num_classes,
-        input_size=(model.in_chans, *entry.cfg['input_size'][1:]),
-        first_conv=model.first_conv_key, classifier=model.classifier_key,
-    )
+    base = entry.name if entry.name in _MODELS else entry.backbone
+    cfg = pretrained_cfg(base, num_classes=model.num_classes, in_chans=model.in_chans)
+    model.default_cfg = model.pretrained_cfg = dict(cfg, architecture=entry.name)
     if features_only:
         model.set_features_only(None if out_indices is None else tuple(out_indices))
     return model

@@ -1,75 +1,102 @@
-"""Make every plugattn model reachable through ``timm.create_model`` when timm is installed.
+"""Register plugattn's models with timm, so that ``timm.create_model('bav2_resnet50')`` and timm's tools work.
 
-timm is optional and heavy to import, so ``import plugattn`` never imports it: if timm is already imported the
-models are registered at once, otherwise a one-shot import hook registers them right after timm's own import.
-Names timm already uses (``resnet50``, ``resnext50_32x4d``, ...) are left to timm; the plugattn versions of
-those stay available through :func:`plugattn.create_model`.
+Registration is an explicit step, :func:`register_with_timm` (also ``plugattn.register_timm()``); ``import plugattn``
+registers by itself only when timm has already been imported. Nothing touches the import system.
+
+Every model is registered with a complete timm pretrained cfg (no weights: no url, no hub id; see
+:func:`plugattn.models.pretrained_cfg`) and built through timm's ``build_model_with_cfg``, so timm's
+``features_only`` wrappers (``feature_cls='list' | 'dict' | 'hook' | 'fx' | 'getter'``, ``feature_cfg``), its
+``pretrained_cfg`` handling and its ``resolve_data_config`` apply unchanged. Names timm already owns (``resnet50``,
+``resnext50_32x4d``, ...) are registered as ``plugattn_<name>`` (``timm.create_model('plugattn_resnet50')``); the
+attention variants keep their names. timm is imported only inside these functions (it is optional).
 """
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import sys
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 from torch import nn
 
-from ._registry import create_model, list_models
+from ._registry import create_model, get_model_entry, list_models, pretrained_cfg
 
-__all__ = ['install_timm_hook', 'register_with_timm']
+__all__ = ['TIMM_PREFIX', 'default_cfgs', 'register_with_timm', 'timm_names']
 
-_registered: list[str] = []
+TIMM_PREFIX = 'plugattn_'
+# timm reads ``<module of the entrypoint>.default_cfgs[name]`` when an entrypoint is registered.
+default_cfgs: dict[str, dict[str, Any]] = {}
+_registered: dict[str, str] = {}  # timm name -> plugattn name
+
+# Feature wrappers timm builds for features_only: the CNNs and Swin run their children in order (Swin's and
+# MobileNetV2's Sequential containers flattened); the class-token transformers go through forward_intermediates.
+_FEATURE_CFG = {
+    'mobilenetv2': dict(flatten_sequential=True),
+    'swin': dict(flatten_sequential=True),
+    'pvt': dict(feature_cls='getter'),
+    'vit': dict(feature_cls='getter'),
+}
+_NUM_LEVELS = {'resnet_cifar': 4, 'preresnet': 4, 'wrn': 4, 'vit': 13}
 
 
-def _entrypoint(name: str) -> Callable[..., nn.Module]:
-    def entrypoint(pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: Any = None,
-                   cache_dir: Any = None, **kwargs: Any) -> nn.Module:
-        return create_model(name, pretrained=pretrained, **kwargs)
+def _entrypoint(timm_name: str, name: str) -> Callable[..., nn.Module]:
+    family = get_model_entry(name).cfg['family']
 
-    entrypoint.__name__ = entrypoint.__qualname__ = name
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        from timm.models import build_model_with_cfg
+
+        if pretrained:
+            create_model(name, pretrained=True)  # raises the "no pretrained weights" error
+        levels = _NUM_LEVELS.get(family, 5)
+        feature_cfg = dict(_FEATURE_CFG.get(family, {}), out_indices=tuple(range(levels)))
+        feature_cfg.update(kwargs.pop('feature_cfg', None) or {})
+        return build_model_with_cfg(
+            _Builder(name), timm_name, pretrained, feature_cfg=feature_cfg, **kwargs,
+        )
+
+    entrypoint.__name__ = entrypoint.__qualname__ = timm_name
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f'plugattn {name} (see plugattn.create_model).'
+    entrypoint.__doc__ = f'plugattn {name} through timm (see plugattn.create_model).'
     return entrypoint
 
 
+class _Builder:
+    """Calls :func:`plugattn.create_model` for one name (a picklable, named stand-in for timm's model class)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, **kwargs: Any) -> nn.Module:
+        return create_model(self.name, **kwargs)
+
+
 def register_with_timm() -> list[str]:
-    """Register plugattn's models in timm's registry; returns the names registered (idempotent)."""
+    """Register every plugattn model with timm (idempotent); returns the names timm knows them by.
+
+    Plain backbones whose names timm already uses are registered as ``plugattn_<name>``.
+    """
     if _registered:
         return list(_registered)
     from timm.models import is_model, register_model
 
+    module = sys.modules[__name__]
     for name in list_models():
-        if not is_model(name):
-            register_model(_entrypoint(name))
-            _registered.append(name)
+        timm_name = name
+        if is_model(name) and name not in _registered:
+            timm_name = TIMM_PREFIX + name
+        default_cfgs[timm_name] = dict(pretrained_cfg(name), architecture=timm_name)
+        fn = _entrypoint(timm_name, name)
+        setattr(module, timm_name, fn)  # timm lists registered names in the module's __all__
+        register_model(fn)
+        _registered[timm_name] = name
     return list(_registered)
 
 
-class _TimmImportHook(importlib.abc.MetaPathFinder):
-    """Finds nothing itself; wraps timm's loader so that registration runs once timm has been imported."""
-
-    def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None):
-        if fullname != 'timm':
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_and_register(module: ModuleType) -> None:
-            exec_module(module)
-            register_with_timm()
-
-        spec.loader.exec_module = exec_and_register
-        return spec
+def timm_names() -> dict[str, str]:
+    """timm name -> plugattn name of every registered model (empty before :func:`register_with_timm`)."""
+    return dict(_registered)
 
 
-def install_timm_hook() -> None:
-    """Register with timm now if it is imported, else when it gets imported."""
+def register_if_timm_imported() -> None:
+    """Register now if timm is already imported (used by ``import plugattn``; never imports timm itself)."""
     if 'timm' in sys.modules:
         register_with_timm()
-    elif not any(isinstance(f, _TimmImportHook) for f in sys.meta_path):
-        sys.meta_path.insert(0, _TimmImportHook())

@@ -40,6 +40,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
@@ -47,7 +48,15 @@ from ..layers import EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
 from ..layers.fused import batch_norm_for_gating, gated_conv, gated_residual, use_fused_path
 from ..layers.registry import AttnSpec
-from ._base import AttnNet, FeatureInfo, block_attn, init_attn_modules, stage_attn_kwargs
+from ._base import (
+    AttnNet,
+    FeatureInfo,
+    block_attn,
+    checkpoint_seq,
+    feature_take_indices,
+    init_attn_modules,
+    stage_attn_kwargs,
+)
 from ._registry import register_model
 
 __all__ = ['InvertedResidual', 'MobileNetV2']
@@ -98,6 +107,8 @@ class InvertedResidual(nn.Module):
         attn_position: ``'hidden'`` (CA position) or ``'output'`` (ECA position).
     """
 
+    __constants__ = ['bridge', 'at_hidden']
+
     def __init__(
             self,
             inp: int,
@@ -121,15 +132,47 @@ class InvertedResidual(nn.Module):
         ]
         self.conv = nn.Sequential(*layers)
         self.attn_position = attn_position
+        self.at_hidden = attn_position == 'hidden'  # a constant for TorchScript, as `bridge`
         if attn_position == 'hidden':
             # The CA position exists only in blocks with an expansion (official mbv2_ca.py).
             inner = (hidden,) if self.expand else ()
             self.attn, self.attn_level = block_attn(attn if self.expand else None, hidden, inner, attn_kwargs)
+            self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
         else:
             inner = (hidden, hidden) if self.expand else (hidden,)
             self.attn, self.attn_level = block_attn(attn, oup, inner, attn_kwargs)
+            self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
-    def _branch(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
+    def _branch(self, x: Tensor) -> Tensor:
+        """The block's output before the residual addition, with plain module calls (TorchScript)."""
+        # nested tests on the constants `bridge` / `at_hidden`, so TorchScript compiles only the calls taken
+        inner: list[Tensor] = []
+        if self.expand:
+            x = self.conv[0](x)
+            if self.bridge:
+                inner.append(pooled(x))
+        # conv[-3] depthwise ConvBNReLU, conv[-2] projection, conv[-1] its BN (indexed in place: TorchScript)
+        if self.bridge:
+            if self.at_hidden:
+                # BAv1's MobileNetV3 design: gate the depthwise BN output, then apply its activation.
+                x = self.conv[-3][2](self.attn(inner, self.conv[-3][1](self.conv[-3][0](x))))
+            else:
+                x = self.conv[-3](x)
+                inner.append(pooled(x))
+        else:
+            x = self.conv[-3](x)
+            if self.at_hidden and self.attn is not None:
+                x = self.attn(x)
+        x = self.conv[-1](self.conv[-2](x))
+        if not self.at_hidden:
+            if self.bridge:
+                x = self.attn(inner, x)
+            elif self.attn is not None:
+                x = self.attn(x)
+        return x
+
+    @torch.jit.unused
+    def _branch_lean(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
         """The block's output; ``shortcut`` is added in place, fused with an output-position gate."""
         bridge = self.attn_level == 'block'
         inner: list[Tensor] = []
@@ -162,13 +205,17 @@ class InvertedResidual(nn.Module):
         return self._merge(bn(proj(x)), shortcut)
 
     @staticmethod
+    @torch.jit.unused
     def _merge(x: Tensor, shortcut: Tensor | None) -> Tensor:
         if shortcut is not None:
             x += shortcut  # in place, as torchvision: nothing keeps the BN output for backward
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._branch(x, x if self.use_res_connect else None)
+        if torch.jit.is_scripting():
+            out = self._branch(x)
+            return x + out if self.use_res_connect else out
+        return self._branch_lean(x, x if self.use_res_connect else None)
 
 
 class MobileNetV2(AttnNet):
@@ -188,10 +235,12 @@ class MobileNetV2(AttnNet):
         attn_position: ``'hidden'`` (CA position) or ``'output'`` (ECA position); default ``'output'`` for ECA and
             ``'hidden'`` for everything else.
         drop_rate: dropout before the classifier (torchvision 0.2; official CA 0.1, ECA 0.25).
+        global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
     """
 
     first_conv_key = 'features.0.0'
     classifier_key = 'classifier.1'
+    __jit_ignored_attributes__ = ['_stages']
 
     stage_names = ('stage1', 'stage2', 'stage3', 'stage4')
     # features indices: 0 stem conv, 1..17 inverted residuals, 18 last conv; (start, end) of each stage.
@@ -207,6 +256,7 @@ class MobileNetV2(AttnNet):
             attn_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
             attn_position: str | None = None,
             drop_rate: float = 0.2,
+            global_pool: str = 'avg',
     ) -> None:
         super().__init__()
         if num_classes < 0 or in_chans < 1:
@@ -245,6 +295,7 @@ class MobileNetV2(AttnNet):
             nn.Dropout(drop_rate),
             nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity(),
         )
+        self.set_global_pool(global_pool)
         # Views over `features` (a tuple is not registered, so the state_dict keeps torchvision's keys).
         self._stages = tuple(self.features[a:b] for a, b in self._stage_slices)
         ends = [1] + [b - 1 for _, b in self._stage_slices]
@@ -282,9 +333,42 @@ class MobileNetV2(AttnNet):
     def forward_final(self, x: Tensor) -> Tensor:
         return self.features[-1](x)
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        # runs `features` itself: the stage views are not submodules, which FX tracing needs
+        if not torch.jit.is_scripting():
+            x = self.check_input(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                return checkpoint_seq(self.features, x)
+        return self.features(x)
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.classifier[0](x.mean((2, 3)))
+        x = self.classifier[0](self.pool(x))
         return x if pre_logits else self.classifier[1](x)
+
+    def _prune_final(self) -> None:
+        self.features[-1] = nn.Identity()
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self,
+            indices: int | Sequence[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        start = self._stage_slices[last][0] if last < len(self._stage_slices) else len(self.features) - 1
+        for i in range(start, len(self.features) - 1):
+            self.features[i] = nn.Identity()
+        self._stages = tuple(self.features[a:b] for a, b in self._stage_slices)
+        if prune_norm or last < len(self._stage_slices):
+            self._prune_final()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {'stem': r'^features\.0\.', 'blocks': r'^features\.(\d+)\.'}
 
 
 # Hidden widths of the expansion blocks (the CA position), for the registry's buildability check.

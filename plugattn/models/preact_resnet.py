@@ -18,11 +18,11 @@ Differences from the reference:
       (the classifier and the DIA gate maps, ``zero_linear_bias``), PreResNet keeps PyTorch's default Linear init.
     * Gate-level, bridge and DIA placements on pre-activation blocks other than the official DIA one are ours.
 """
-from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -48,14 +48,15 @@ __all__ = ['PreActBottleneck', 'PreActResNet', 'WideBasic']
 class _PreActBlock(nn.Module):
     """Shared tail of the pre-activation blocks: optional extra BN, the block's attention, plain addition."""
 
-    attn: nn.Module | None
-    attn_level: str | None
-    bn_additional: nn.Module | None
+    __constants__ = ['bridge']
+
+    # Subclasses set ``attn`` (module or None), ``attn_level``, ``bridge`` and ``bn_additional`` (module or None);
+    # not annotated here, as TorchScript would read the annotations as attribute types.
 
     def _attend(self, inner: list[Tensor], out: Tensor) -> Tensor:
         if self.bn_additional is not None:
             out = self.bn_additional(out)
-        if self.attn_level == 'block':
+        if self.bridge:
             return self.attn(inner, out)
         if self.attn is not None:
             return self.attn(out)
@@ -74,6 +75,13 @@ class _PreActBlock(nn.Module):
         return self.bn_additional(out), None
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles the plain module calls
+            branch, shortcut = self.forward_branch(x)
+            return self.merge(branch, shortcut)
+        return self._forward_lean(x)
+
+    @torch.jit.unused
+    def _forward_lean(self, x: Tensor) -> Tensor:
         return gated_block_forward(self, x, relu=False)
 
     def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
@@ -121,14 +129,15 @@ class PreActBottleneck(_PreActBlock):
         if stride != 1 or inplanes != outplanes:
             self.downsample = nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False))
         self.attn, self.attn_level = block_attn(attn, outplanes, (planes, planes), attn_kwargs)
+        self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.conv1(self.relu(self.bn1(x)))
         out = self.relu(self.bn2(out))
-        inner = [pooled(out)] if self.attn_level == 'block' else []
+        inner = [pooled(out)] if self.bridge else []
         out = self.relu(self.bn3(self.conv2(out)))
-        if self.attn_level == 'block':
+        if self.bridge:
             inner.append(pooled(out))
         return self._attend(inner, self.conv3(out)), shortcut
 
@@ -181,13 +190,14 @@ class WideBasic(_PreActBlock):
         self.conv_shortcut = None if self.equal_in_out else nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)
         self.bn_additional = nn.BatchNorm2d(planes) if extra_bn else None
         self.attn, self.attn_level = block_attn(attn, planes, (planes,), attn_kwargs)
+        self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         act = self.relu(self.bn1(x))
         # As the reference: a projecting block's shortcut takes the activated input, an identity one the raw input.
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(act)
         out = self.relu(self.bn2(self.conv1(act)))
-        inner = [pooled(out)] if self.attn_level == 'block' else []
+        inner = [pooled(out)] if self.bridge else []
         if self.drop_rate > 0.0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         return self._attend(inner, self.conv2(out)), shortcut
@@ -220,6 +230,7 @@ class PreActResNet(AttnNet):
         zero_linear_bias: start every Linear bias at zero (classifier and attention maps), as the official WRN
             (``dia_wrn.py``, bearpaw's ``wrn.py``); None = on for WRN, off for PreResNet (whose official code keeps
             PyTorch's default Linear init).
+        global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
     """
 
     def __init__(
@@ -236,6 +247,7 @@ class PreActResNet(AttnNet):
             extra_bn: bool | None = None,
             drop_rate: float = 0.0,
             zero_linear_bias: bool | None = None,
+            global_pool: str = 'avg',
     ) -> None:
         super().__init__()
         self.zero_linear_bias = block is WideBasic if zero_linear_bias is None else bool(zero_linear_bias)
@@ -268,6 +280,7 @@ class PreActResNet(AttnNet):
         self.bn = nn.BatchNorm2d(inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
+        self.set_global_pool(global_pool)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
@@ -285,6 +298,24 @@ class PreActResNet(AttnNet):
 
     def forward_final(self, x: Tensor) -> Tensor:
         return self.relu(self.bn(x))
+
+    def norm_intermediate(self, x: Tensor) -> Tensor:
+        return self.forward_final(x)  # the final BN-ReLU, as timm's pre-activation ResNetV2
+
+    def _prune_final(self) -> None:
+        self.bn = nn.Identity()
+
+    def _script_stages(self, x: Tensor) -> Tensor:
+        # TorchScript needs literal attribute names (hasattr is resolved at compile time)
+        if hasattr(self, 'layer1'):
+            x = self.layer1(x)
+        if hasattr(self, 'layer2'):
+            x = self.layer2(x)
+        if hasattr(self, 'layer3'):
+            x = self.layer3(x)
+        if hasattr(self, 'layer4'):
+            x = self.layer4(x)
+        return x
 
 
 _CIFAR_PREACT = dict(input_size=(3, 32, 32), attn_widths=(64, 128, 256))

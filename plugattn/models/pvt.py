@@ -37,21 +37,24 @@ Differences from the reference:
       switches back to with :func:`~plugattn.layers.token.explicit_attention`, so ``FlopCounterMode`` counts them).
     * ``features_only`` returns NCHW maps of the first patch embedding and of the four stages (class token dropped).
       Inputs must give every stage at least ``sr_ratio`` tokens per side (32 x 32 and up for the 224 models).
+    * TorchScript: the forward is spelled out for PVT v1's four stages (``torch.jit.script`` needs literal attribute
+      names); a stage's block loop runs as a Python call, so scripted models cannot be saved with ``torch.jit.save``.
+      ``torch.fx`` graphs resize the position embeddings at run time (:func:`resize_pos_embed` is an FX leaf).
 """
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
-from ._base import AttnNet, FeatureInfo, stage_attn_kwargs
+from ._base import AttnNet, FeatureInfo, feature_take_indices, module_call, stage_attn_kwargs
 from ._registry import register_model
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, tokens_to_nchw, transformer_attn_level
 
@@ -100,13 +103,13 @@ class SRAttention(nn.Module):
         B, N, C = x.shape
         h = self.num_heads
         q = self.q(x).reshape(B, N, h, C // h).permute(0, 2, 1, 3)
-        if self.sr_ratio > 1:
+        if hasattr(self, 'sr'):  # built only for sr_ratio > 1; a static test for TorchScript
             kv_in = self.sr(x.transpose(1, 2).reshape(B, C, size[0], size[1])).flatten(2).transpose(1, 2)
             kv_in = self.norm(kv_in)
         else:
             kv_in = x
         k, v = self.kv(kv_in).reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
-        out = dot_product_attention(q, k, v, scale=self.scale, dropout=self.attn_drop)
+        out = dot_product_attention(q, k, v, scale=self.scale, dropout_p=self.attn_drop.p if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -191,14 +194,23 @@ class PVTStage(nn.Module):
     def __iter__(self) -> Iterator[PVTBlock]:
         return (self._modules[str(i)] for i in range(self.depth))
 
-    def forward(self, x: Tensor, size: Size) -> Tensor:
+    def forward_checkpointed(self, x: Tensor, size: Size) -> Tensor:
+        """:meth:`forward` with every block under activation checkpointing."""
         state = None
         for block in self:
+            x, state = checkpoint(_step, block, self.attn, x, size, state, use_reentrant=False)
+        return x
+
+    @torch.jit.ignore  # a custom container: TorchScript cannot iterate it
+    def forward(self, x: Tensor, size: Size) -> Tensor:
+        state = None
+        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
+            block = getattr(self, str(i))
             if self.attn is None:
-                x = block(x, size)
+                x = module_call(block)(x, size)
             else:
                 branch, shortcut = block.forward_branch(x, size)
-                branch, state = self.attn(branch, state)
+                branch, state = module_call(self.attn)(branch, state)
                 x = block.merge(branch, shortcut)
         return x
 
@@ -243,12 +255,16 @@ class PyramidVisionTransformer(AttnNet):
         drop_path_rate: stochastic depth, rising linearly over all blocks to this rate.
         depths: blocks per stage.
         sr_ratios: spatial reduction of the keys and values per stage.
+        global_pool: ``'token'`` (class token, official) or ``''`` (no pooling, with ``num_classes=0``: ``forward``
+            returns the normalised last-stage tokens).
         attn: plug-in attention: ``'bav2'`` / ``'bav1'`` (block level), ``'dia'`` (one unit per stage) or ``None``.
         attn_kwargs: options of the plug-in attention, one dict or one per stage.
     """
 
     first_conv_key = 'patch_embed1.proj'
     classifier_key = 'head'
+    output_fmt = 'NLC'
+    global_pool_types = ('token', '')
 
     def __init__(
             self,
@@ -266,6 +282,7 @@ class PyramidVisionTransformer(AttnNet):
             depths: Sequence[int] = (2, 2, 2, 2),
             sr_ratios: Sequence[int] = (8, 4, 2, 1),
             *,
+            global_pool: str = 'token',
             attn: AttnSpec = None,
             attn_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
     ) -> None:
@@ -303,6 +320,7 @@ class PyramidVisionTransformer(AttnNet):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[-1]))
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = FeatureInfo(info)
+        self.set_global_pool(global_pool)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -313,11 +331,7 @@ class PyramidVisionTransformer(AttnNet):
 
     @staticmethod
     def _resize_pos(pos: Tensor, grid: Size, size: Size) -> Tensor:
-        if size == grid:
-            return pos
-        pos = pos.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)
-        pos = F.interpolate(pos, size=size, mode='bilinear', align_corners=False)
-        return pos.flatten(2).transpose(1, 2)
+        return resize_pos_embed(pos, grid[0], grid[1], size[0], size[1])
 
     def _embed(self, i: int, x: Tensor) -> tuple[Tensor, Size]:
         """Patch embedding of stage ``i`` (0-based), class token (last stage) and position embedding."""
@@ -331,35 +345,113 @@ class PyramidVisionTransformer(AttnNet):
             pos = self._resize_pos(pos, embed.grid_size, size)
         return getattr(self, f'pos_drop{i + 1}')(x + pos), size
 
-    def _run(self, x: Tensor, upto: int | None = None) -> tuple[list[Tensor], Tensor]:
-        """NCHW maps of the first patch embedding and of the stages up to ``upto`` (class token dropped), and the
-        output tokens of the last stage run."""
+    def _run(self, x: Tensor, upto: int | None = None, norm: bool = False) -> tuple[list[Tensor], Tensor]:
+        """NCHW maps of the first patch embedding and of the stages up to ``upto`` (class token dropped; the last
+        stage normalised with ``norm``), and the output tokens of the last stage run."""
         feats = []
+        checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
         for i in range(self.num_stages if upto is None else upto):
             x, size = self._embed(i, x)
             if i == 0:
                 feats.append(_to_map(x, size))
-            x = getattr(self, f'block{i + 1}')(x, size)
-            feats.append(_to_map(x[:, 1:] if i == self.num_stages - 1 else x, size))
-            if i < self.num_stages - 1:
+            stage = getattr(self, f'block{i + 1}')
+            x = stage.forward_checkpointed(x, size) if checkpointing else stage(x, size)
+            last = i == self.num_stages - 1
+            out = self.norm(x) if norm and last else x
+            feats.append(_to_map(out[:, 1:] if last else out, size))
+            if not last:
                 x = feats[-1]
         return feats, x
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Normalised last-stage tokens ``(B, 1 + N, C)``, class token first."""
-        self.check_input(x)
-        return self.norm(self._run(x)[1])
+        if torch.jit.is_scripting():
+            return self.norm(self._script_run(x))
+        return self.norm(self._run(self.check_input(x))[1])
 
-    def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> list[Tensor]:
-        """First patch embedding and stage outputs as NCHW maps (``feature_info`` order; class token dropped)."""
-        self.check_input(x)
-        wanted = list(range(self.num_stages + 1)) if indices is None else indices
-        feats = self._run(x, max(max(wanted), 1))[0]
-        return [feats[i] for i in wanted]
+    def _script_run(self, x: Tensor) -> Tensor:
+        """:meth:`_run` for TorchScript, which needs literal attribute names: the four stages of PVT v1 spelled out."""
+        x, size = self.patch_embed1(x)
+        x = self.pos_drop1(x + resize_pos_embed(self.pos_embed1, self.patch_embed1.grid_size[0],
+                                                self.patch_embed1.grid_size[1], size[0], size[1]))
+        x = _to_map(self.block1(x, size), size)
+        x, size = self.patch_embed2(x)
+        x = self.pos_drop2(x + resize_pos_embed(self.pos_embed2, self.patch_embed2.grid_size[0],
+                                                self.patch_embed2.grid_size[1], size[0], size[1]))
+        x = _to_map(self.block2(x, size), size)
+        x, size = self.patch_embed3(x)
+        x = self.pos_drop3(x + resize_pos_embed(self.pos_embed3, self.patch_embed3.grid_size[0],
+                                                self.patch_embed3.grid_size[1], size[0], size[1]))
+        x = _to_map(self.block3(x, size), size)
+        x, size = self.patch_embed4(x)
+        pos = self.pos_embed4
+        pos = torch.cat([pos[:, :1], resize_pos_embed(pos[:, 1:], self.patch_embed4.grid_size[0],
+                                                      self.patch_embed4.grid_size[1], size[0], size[1])], dim=1)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.block4(self.pos_drop4(x + pos), size)
+
+    @torch.jit.ignore
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: int | Sequence[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """First patch embedding and stage outputs as NCHW maps (``feature_info`` order; class token dropped;
+        ``norm`` normalises the last stage's); ``final`` is :meth:`forward_features`. See
+        :meth:`AttnNet.forward_intermediates` for the arguments."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, last = feature_take_indices(self.num_stages + 1, indices)
+        upto = max(last, 1) if intermediates_only or stop_early else None
+        feats, x = self._run(self.check_input(x), upto, norm)
+        feats = [feats[i] for i in take]
+        if intermediates_only:
+            return feats
+        return (self.norm(x) if upto is None or upto == self.num_stages else x), feats
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self,
+            indices: int | Sequence[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages after the last selected level (their embeddings and blocks) and the head."""
+        take, last = feature_take_indices(self.num_stages + 1, indices)
+        for i in range(max(last, 1), self.num_stages):
+            setattr(self, f'patch_embed{i + 1}', nn.Identity())
+            setattr(self, f'block{i + 1}', nn.Identity())
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x[:, 0]
+        if self.global_pool == 'token':
+            x = x[:, 0]
         return x if pre_logits else self.head(x)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {
+            'stem': r'^(?:patch_embed1|pos_embed1)',
+            'blocks': r'^(?:block|patch_embed|pos_embed)(\d+)' if coarse else [
+                (r'^(?:patch_embed|pos_embed)(\d+)', (0,)),
+                (r'^block(\d+)\.(\d+)\.', None),
+                (r'^block(\d+)\.attn\.', (99999,)),
+                (r'^(?:norm|cls_token)', (99999,)),
+            ],
+        }
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The position embeddings and the class token."""
+        return {f'pos_embed{i + 1}' for i in range(self.num_stages)} | {'cls_token'}
 
     def cam_target_layer(self) -> str:
         """Grad-CAM target: ``norm1`` of the last block (its patch tokens reach the class token)."""
@@ -370,6 +462,29 @@ class PyramidVisionTransformer(AttnNet):
         """Grad-CAM ``reshape_transform`` for :meth:`cam_target_layer` (or any block): tokens to NCHW, square inputs;
         the class token (stage 4 only) is recognised by the token count."""
         return tokens_to_nchw
+
+
+def resize_pos_embed(pos: Tensor, gh: int, gw: int, h: int, w: int) -> Tensor:
+    """A ``(1, gh * gw, C)`` position embedding resized (bilinear, as the official code) to ``h x w``.
+
+    Registered with :func:`torch.fx.wrap`: FX graphs keep it as one call, so they resize at run time too.
+    """
+    if h == gh and w == gw:
+        return pos
+    pos = pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+    pos = F.interpolate(pos, size=(h, w), mode='bilinear', align_corners=False)
+    return pos.flatten(2).transpose(1, 2)
+
+
+torch.fx.wrap('resize_pos_embed')
+
+
+def _step(block: PVTBlock, attn: nn.Module | None, x: Tensor, size: Size, state: Any) -> tuple[Tensor, Any]:
+    if attn is None:
+        return block(x, size), state
+    branch, shortcut = block.forward_branch(x, size)
+    branch, state = attn(branch, state)
+    return block.merge(branch, shortcut), state
 
 
 def _to_map(x: Tensor, size: Size) -> Tensor:

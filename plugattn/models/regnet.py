@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -129,6 +130,8 @@ class RegNetBottleneck(nn.Module):
         attn_kwargs: options of the attention module.
     """
 
+    __constants__ = ['bridge']
+
     def __init__(
             self,
             cin: int,
@@ -148,6 +151,7 @@ class RegNetBottleneck(nn.Module):
         self.downsample = ConvBNAct(cin, cout, 1, stride, act=False) if stride != 1 or cin != cout else None
         self.act3 = nn.ReLU(inplace=True)
         self.attn, self.attn_level = block_attn(attn, cout, (cout, cout), attn_kwargs)
+        self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.bn.weight)
@@ -155,7 +159,7 @@ class RegNetBottleneck(nn.Module):
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Residual-branch output (gated by the block's own attention) and the shortcut."""
         shortcut = x if self.downsample is None else self.downsample(x)
-        bridge = self.attn_level == 'block'
+        bridge = self.bridge
         out = self.conv1(x)
         inner = [pooled(out)] if bridge else []
         out = self.conv2(out)
@@ -163,10 +167,11 @@ class RegNetBottleneck(nn.Module):
             inner.append(pooled(out))
         if self.se is not None:
             out = self.se(out)
-        if self.attn_level == 'gate':
-            out = self.attn(out)
+        if not self.bridge:  # noqa: SIM102  (nested: TorchScript prunes only a test on the constant alone)
+            if self.attn is not None:  # gate level, in place of SE
+                out = self.attn(out)
         out = self.conv3(out)
-        if bridge:
+        if self.bridge:
             out = self.attn(inner, out)
         return out, shortcut
 
@@ -193,6 +198,13 @@ class RegNetBottleneck(nn.Module):
         return self.conv3.act(y), shortcut, inner, rec
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles the plain module calls
+            branch, shortcut = self.forward_branch(x)
+            return self.merge(branch, shortcut)
+        return self._forward_lean(x)
+
+    @torch.jit.unused
+    def _forward_lean(self, x: Tensor) -> Tensor:
         bridge = self.attn_level == 'block'
         fused = bridge and use_fused_path(self.attn, self.conv3)
         y, shortcut, inner, rec = self._pre_gate(x, fused)
@@ -217,6 +229,7 @@ class RegNet(AttnNet):
         keep_se: keep the native SE next to the plug-in attention.
         drop_rate: dropout before the classifier.
         zero_init_last: zero the last BN weight of every block (timm / pycls default).
+        global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
     """
 
     first_conv_key = 'stem.conv'
@@ -232,6 +245,7 @@ class RegNet(AttnNet):
             keep_se: bool = False,
             drop_rate: float = 0.0,
             zero_init_last: bool = True,
+            global_pool: str = 'avg',
     ) -> None:
         super().__init__()
         if num_classes < 0 or in_chans < 1:
@@ -267,6 +281,7 @@ class RegNet(AttnNet):
         self.feature_info = FeatureInfo(info)
         self.num_features = cin
         self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self.set_global_pool(global_pool)
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
@@ -292,8 +307,20 @@ class RegNet(AttnNet):
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.stem(x)
 
+    def _script_stages(self, x: Tensor) -> Tensor:
+        # TorchScript needs literal attribute names (hasattr is resolved at compile time)
+        if hasattr(self, 's1'):
+            x = self.s1(x)
+        if hasattr(self, 's2'):
+            x = self.s2(x)
+        if hasattr(self, 's3'):
+            x = self.s3(x)
+        if hasattr(self, 's4'):
+            x = self.s4(x)
+        return x
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x.mean((2, 3))
+        x = self.pool(x)
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)

@@ -33,6 +33,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -96,6 +97,8 @@ class BasicBlock(nn.Module):
         attn_kwargs: options of the attention module.
     """
 
+    __constants__ = ['bridge']
+
     expansion = 1
 
     def __init__(
@@ -121,14 +124,15 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
         self.attn, self.attn_level = block_attn(attn, planes, (planes,), attn_kwargs)
+        self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Residual-branch output (gated by the block's own attention) and the shortcut."""
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        inner = [pooled(out)] if self.attn_level == 'block' else []
+        inner = [pooled(out)] if self.bridge else []
         out = self.bn2(self.conv2(out))
-        if self.attn_level == 'block':
+        if self.bridge:
             out = self.attn(inner, out)
         elif self.attn is not None:
             out = self.attn(out)
@@ -147,6 +151,13 @@ class BasicBlock(nn.Module):
         return y, shortcut, inner, rec
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles the plain module calls
+            branch, shortcut = self.forward_branch(x)
+            return self.merge(branch, shortcut)
+        return self._forward_lean(x)
+
+    @torch.jit.unused
+    def _forward_lean(self, x: Tensor) -> Tensor:
         return gated_block_forward(self, x, relu=True)
 
     def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
@@ -169,6 +180,8 @@ class Bottleneck(nn.Module):
         attn_kwargs: options of the attention module.
         stride_in_1x1: put the stride on the first 1x1 conv (ResNet v1).
     """
+
+    __constants__ = ['bridge']
 
     expansion = 4
 
@@ -197,18 +210,19 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.attn, self.attn_level = block_attn(attn, outplanes, (width, width), attn_kwargs)
+        self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Residual-branch output (gated by the block's own attention) and the shortcut."""
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        bridge = self.attn_level == 'block'
+        bridge = self.bridge
         inner = [pooled(out)] if bridge else []
         out = self.relu(self.bn2(self.conv2(out)))
         if bridge:
             inner.append(pooled(out))
         out = self.bn3(self.conv3(out))
-        if bridge:
+        if self.bridge:
             out = self.attn(inner, out)
         elif self.attn is not None:
             out = self.attn(out)
@@ -231,6 +245,13 @@ class Bottleneck(nn.Module):
         return y, shortcut, inner, rec
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles the plain module calls
+            branch, shortcut = self.forward_branch(x)
+            return self.merge(branch, shortcut)
+        return self._forward_lean(x)
+
+    @torch.jit.unused
+    def _forward_lean(self, x: Tensor) -> Tensor:
         return gated_block_forward(self, x, relu=True)
 
     def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
@@ -261,6 +282,7 @@ class ResNet(AttnNet):
         head_init: classifier init, ``'kaiming'`` (Kaiming-normal weight, fan-in, zero bias: the official CBAM
             ResNet) or ``'default'`` (PyTorch's Linear init, as torchvision); None picks ``'kaiming'`` for CBAM and
             ``'default'`` otherwise.
+        global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
     """
 
     def __init__(
@@ -282,6 +304,7 @@ class ResNet(AttnNet):
             zero_init_residual: bool = False,
             drop_rate: float = 0.0,
             head_init: str | None = None,
+            global_pool: str = 'avg',
     ) -> None:
         super().__init__()
         if head_init not in (None, 'kaiming', 'default'):
@@ -306,14 +329,14 @@ class ResNet(AttnNet):
         self.inplanes = stem_width
         if stem == 'imagenet':
             self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
             stem_reduction = 4
         else:
             self.conv1 = conv3x3(in_chans, stem_width)
-            self.maxpool = nn.Identity()
             stem_reduction = 1
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
+        # registered after bn1/relu: timm's feature wrappers run the children in registration order
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == 'imagenet' else nn.Identity()
 
         self.stage_names = tuple(f'layer{i + 1}' for i in range(len(layers)))
         info = [dict(num_chs=stem_width, reduction=stem_reduction // (2 if stem == 'imagenet' else 1), module='relu')]
@@ -327,6 +350,7 @@ class ResNet(AttnNet):
         self.feature_info = FeatureInfo(info)
         self.num_features = widths[-1] * block.expansion
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.set_global_pool(global_pool)
         self._init_weights(zero_init_residual)
 
     def _make_stage(
@@ -378,20 +402,25 @@ class ResNet(AttnNet):
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
-    def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> list[Tensor]:
+    def forward_stem_feature(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # The stem feature is taken before the max-pool, as timm's ResNet ('act1' at stride 2).
-        self.check_input(x)
-        wanted = list(range(len(self.stage_names) + 1)) if indices is None else indices
-        stem = self.relu(self.bn1(self.conv1(x)))
-        feats = [stem]
-        x = self.maxpool(stem)
-        for stage in self.stages()[:max(wanted)]:
-            x = stage(x)
-            feats.append(x)
-        return [feats[i] for i in wanted]
+        x = self.relu(self.bn1(self.conv1(x)))
+        return x, self.maxpool(x)
+
+    def _script_stages(self, x: Tensor) -> Tensor:
+        # TorchScript needs literal attribute names (hasattr is resolved at compile time)
+        if hasattr(self, 'layer1'):
+            x = self.layer1(x)
+        if hasattr(self, 'layer2'):
+            x = self.layer2(x)
+        if hasattr(self, 'layer3'):
+            x = self.layer3(x)
+        if hasattr(self, 'layer4'):
+            x = self.layer4(x)
+        return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x.mean((2, 3))
+        x = self.pool(x)
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)

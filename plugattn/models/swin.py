@@ -34,21 +34,23 @@ Differences from the reference:
       embedding and of the four stages (reductions 4, 4, 8, 16, 32).
     * Window attention runs ``F.scaled_dot_product_attention`` with bias and shift mask as its additive mask (timm's
       fused path); MAC counting switches it to explicit matmuls (:func:`~plugattn.layers.token.explicit_attention`).
+    * ``torch.fx`` graphs are traced at ``img_size`` (window clamping, shift and mask are Python decisions on the map
+      size), as timm's Swin; the pretrained cfg therefore says ``fixed_input_size``. Eager and TorchScript runs take
+      any size. A scripted DIA Swin runs its stages' shared-unit loop as a Python call (no ``torch.jit.save``).
 """
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention
-from ._base import AttnNet, FeatureInfo, stage_attn_kwargs
+from ._base import AttnNet, FeatureInfo, checkpoint_seq, is_fx_proxy, module_call, stage_attn_kwargs
 from ._registry import register_model
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, transformer_attn_level
 
@@ -80,9 +82,13 @@ def relative_position_index(window: Size, table_window: Size, device: torch.devi
     return (rel[..., 0] + table_window[0] - 1) * (2 * table_window[1] - 1) + rel[..., 1] + table_window[1] - 1
 
 
-def shifted_window_mask(x: Tensor, window: Size, shift: Size) -> Tensor:
-    """0 / -100 mask ``(num_windows, area, area)`` of the shifted windows of a padded ``(B, Hp, Wp, C)`` map."""
-    img = x.new_zeros((1, x.shape[1], x.shape[2], 1))
+def shifted_window_mask(Hp: int, Wp: int, window: Size, shift: Size, like: Tensor) -> Tensor:
+    """0 / -100 mask ``(num_windows, area, area)`` of the shifted windows of a padded ``Hp x Wp`` map, on the
+    device and dtype of ``like`` (a constant of the graph when FX traces)."""
+    if not torch.jit.is_scripting() and is_fx_proxy(like):
+        img = torch.zeros((1, Hp, Wp, 1))
+    else:
+        img = like.new_zeros((1, Hp, Wp, 1))
     cnt = 0
     for h in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
         for w in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
@@ -149,7 +155,8 @@ class WindowAttention(nn.Module):
             num_win = mask.shape[0]
             bias = (bias.unsqueeze(1) + mask.unsqueeze(1).unsqueeze(0)).expand(B_ // num_win, -1, -1, -1, -1)
             bias = bias.reshape(-1, self.num_heads, N, N)  # (1, heads) bias + (windows, 1) mask, per window
-        out = dot_product_attention(q, k, v, bias.to(q.dtype), scale=self.scale, dropout=self.attn_drop)
+        p = self.attn_drop.p if self.training else 0.0
+        out = dot_product_attention(q, k, v, bias.to(q.dtype), scale=self.scale, dropout_p=p)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B_, N, -1)))
 
 
@@ -168,6 +175,7 @@ class SwinBlock(nn.Module):
         drop_path: stochastic-depth rate of both residual branches.
         attn: plug-in attention spec (block level is built here; stage level is owned by the stage).
         attn_kwargs: options of the plug-in attention.
+        input_resolution: map size at the reference ``img_size`` (what FX tracing assumes; default the window).
     """
 
     def __init__(
@@ -184,11 +192,13 @@ class SwinBlock(nn.Module):
             *,
             attn: AttnSpec = None,
             attn_kwargs: dict[str, Any] | None = None,
+            input_resolution: Size | None = None,
     ) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.window_size = window_size
         self.shift_size = (window_size[0] // 2, window_size[1] // 2) if shift else (0, 0)
+        self.input_resolution = input_resolution or window_size
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, proj_drop)
         self.drop_path1 = StochasticDepth(drop_path, 'row') if drop_path > 0 else nn.Identity()
@@ -199,6 +209,8 @@ class SwinBlock(nn.Module):
 
     def _window_attn(self, x: Tensor) -> Tensor:
         H, W = x.shape[1], x.shape[2]
+        if not torch.jit.is_scripting() and is_fx_proxy(x):
+            H, W = self.input_resolution  # FX traces at the reference size (as timm's Swin), sizes must be ints
         # timm's rule: the window shrinks to a map that fits in it, and such a map is not shifted
         window = (min(H, self.window_size[0]), min(W, self.window_size[1]))
         shift = (self.shift_size[0] if window[0] < H else 0, self.shift_size[1] if window[1] < W else 0)
@@ -208,8 +220,8 @@ class SwinBlock(nn.Module):
         pad_h = (window[0] - H % window[0]) % window[0]
         pad_w = (window[1] - W % window[1]) % window[1]
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        Hp, Wp = x.shape[1], x.shape[2]
-        mask = shifted_window_mask(x, window, shift) if has_shift else None
+        Hp, Wp = H + pad_h, W + pad_w
+        mask = shifted_window_mask(Hp, Wp, window, shift, x) if has_shift else None
         x = window_reverse(self.attn(window_partition(x, window), window, mask), window, Hp, Wp)[:, :H, :W]
         if has_shift:
             x = torch.roll(x, shifts=shift, dims=(1, 2))
@@ -270,6 +282,7 @@ class SwinStage(nn.Module):
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.blocks = nn.Sequential(*blocks)
         self.attn = attn
+        self.depth = len(blocks)
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -280,14 +293,26 @@ class SwinStage(nn.Module):
     def __iter__(self) -> Iterator[SwinBlock]:
         return iter(self.blocks)
 
+    def forward_checkpointed(self, x: Tensor) -> Tensor:
+        """:meth:`forward` with every block under activation checkpointing."""
+        x = self.downsample(x)
+        if self.attn is None:
+            return checkpoint_seq(self.blocks, x)
+        return _checkpoint_dia(self.blocks, self.attn, x)
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
         if self.attn is None:
             return self.blocks(x)
+        return self._forward_dia(x)
+
+    @torch.jit.ignore  # the shared unit's state is handed from block to block in Python
+    def _forward_dia(self, x: Tensor) -> Tensor:
         state = None
-        for block in self.blocks:
+        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
+            block = getattr(self.blocks, str(i))
             branch, shortcut = block.forward_branch(x)
-            branch, state = self.attn(branch, state)
+            branch, state = module_call(self.attn)(branch, state)
             x = block.merge(branch, shortcut)
         return x
 
@@ -339,12 +364,14 @@ class SwinTransformer(AttnNet):
         proj_drop_rate: dropout after the projections in the blocks.
         attn_drop_rate: dropout on the attention weights.
         drop_path_rate: stochastic depth, rising linearly over all blocks to this rate (timm default 0.1).
+        global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns NHWC maps).
         attn: plug-in attention: ``'bav2'`` / ``'bav1'`` (block level), ``'dia'`` (one unit per stage) or ``None``.
         attn_kwargs: options of the plug-in attention, one dict or one per stage.
     """
 
     first_conv_key = 'patch_embed.proj'
     classifier_key = 'head.fc'
+    output_fmt = 'NHWC'
 
     def __init__(
             self,
@@ -363,6 +390,7 @@ class SwinTransformer(AttnNet):
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.1,
             *,
+            global_pool: str = 'avg',
             attn: AttnSpec = None,
             attn_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
     ) -> None:
@@ -388,7 +416,7 @@ class SwinTransformer(AttnNet):
             window = (min(res[0], window_size), min(res[1], window_size))
             blocks = [
                 SwinBlock(dim, heads, window, j % 2 == 1, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate,
-                          dpr[j], attn=attn if level == 'block' else None, attn_kwargs=kwargs)
+                          dpr[j], attn=attn if level == 'block' else None, attn_kwargs=kwargs, input_resolution=res)
                 for j in range(depth)
             ]
             stages.append(SwinStage(
@@ -402,6 +430,7 @@ class SwinTransformer(AttnNet):
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
         self.stage_names = tuple(f'layers.{i}' for i in range(num_stages))
         self.feature_info = FeatureInfo(info)
+        self.set_global_pool(global_pool)
         init_transformer_weights(self)
 
     def stages(self) -> list[nn.Module]:
@@ -413,12 +442,62 @@ class SwinTransformer(AttnNet):
     def forward_final(self, x: Tensor) -> Tensor:
         return self.norm(x)
 
-    def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> list[Tensor]:
-        """Patch-embedding and stage outputs as NCHW maps (``feature_info`` order)."""
-        return [f.permute(0, 3, 1, 2) for f in super().forward_intermediates(x, indices)]
+    def forward_stages(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
+            for stage in self.layers:
+                x = stage.forward_checkpointed(x)
+            return x
+        return self.layers(x)
+
+    def norm_intermediate(self, x: Tensor) -> Tensor:
+        return self.norm(x)
+
+    def _prune_final(self) -> None:
+        self.norm = nn.Identity()
+
+    @torch.jit.ignore
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: int | Sequence[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Patch-embedding and stage outputs, NCHW (default) or NHWC; ``norm`` applies the final norm to the last
+        stage's output; ``final`` is :meth:`forward_features` (NHWC). See :meth:`AttnNet.forward_intermediates`."""
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        out = super().forward_intermediates(x, indices, norm, stop_early, 'NCHW', intermediates_only)
+        feats = out if intermediates_only else out[1]
+        if output_fmt == 'NCHW':
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
+        return feats if intermediates_only else (out[0], feats)
+
+    def pool(self, x: Tensor) -> Tensor:
+        return x.mean((1, 2)) if self.global_pool == 'avg' else x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits=pre_logits)
+        x = self.head.drop(self.pool(x))
+        return x if pre_logits else self.head.fc(x)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {
+            'stem': r'^patch_embed\.',
+            'blocks': r'^layers\.(\d+)\.' if coarse else [
+                (r'^layers\.(\d+)\.downsample\.', (0,)),
+                (r'^layers\.(\d+)\.blocks\.(\d+)\.', None),
+                (r'^layers\.(\d+)\.attn\.', (99999,)),
+                (r'^norm\.', (99999,)),
+            ],
+        }
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The relative-position bias tables (timm's Swin convention)."""
+        return {n for n, _ in self.named_parameters() if 'relative_position_bias_table' in n}
 
     def cam_target_layer(self) -> str:
         """Grad-CAM target: the final ``norm`` (NHWC tokens the average-pooled head sees)."""
@@ -427,6 +506,19 @@ class SwinTransformer(AttnNet):
     def cam_reshape_transform(self) -> Callable[[Tensor], Tensor]:
         """Grad-CAM ``reshape_transform`` for :meth:`cam_target_layer`: NHWC -> NCHW."""
         return _nhwc_to_nchw
+
+
+def _checkpoint_dia(blocks: nn.Module, attn: nn.Module, x: Tensor) -> Tensor:
+    state = None
+    for block in blocks:
+        x, state = checkpoint(_dia_step, block, attn, x, state, use_reentrant=False)
+    return x
+
+
+def _dia_step(block: nn.Module, attn: nn.Module, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+    branch, shortcut = block.forward_branch(x)
+    branch, state = attn(branch, state)
+    return block.merge(branch, shortcut), state
 
 
 def _nhwc_to_nchw(x: Tensor) -> Tensor:

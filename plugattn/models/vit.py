@@ -31,7 +31,8 @@ Differences from the reference:
       matmuls (:func:`~plugattn.layers.token.explicit_attention`), which ``FlopCounterMode`` counts on every device.
     * Any input size divisible by the patch size works: the position embedding is resized bicubically when the
       patch grid differs from ``img_size`` (timm's ``dynamic_img_size``), without antialiasing (export-safe; timm
-      antialiases when downsampling).
+      antialiases when downsampling); ``torch.fx`` graphs resize at run time too (:func:`resample_pos_embed` is an
+      FX leaf).
     * ``features_only`` returns the patch-embedding output and every block output as NCHW maps on the patch grid
       (class token dropped), all at reduction ``patch_size``.
 """
@@ -43,14 +44,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
-from ._base import AttnNet, AttnStage, FeatureInfo, init_attn_modules
+from ._base import AttnNet, AttnStage, FeatureInfo, checkpoint_seq, feature_take_indices, init_attn_modules
 from ._registry import register_model
 
 __all__ = ['Attention', 'Block', 'VisionTransformer', 'tokens_to_nchw']
@@ -120,6 +123,22 @@ def tokens_to_nchw(x: Tensor, num_prefix_tokens: int | None = None) -> Tensor:
     return x.reshape(x.shape[0], side, side, x.shape[2]).permute(0, 3, 1, 2)
 
 
+def resample_pos_embed(pos: Tensor, gh: int, gw: int, rh: int, rw: int) -> Tensor:
+    """The ``(1, 1 + rh * rw, C)`` class + grid position embedding for a ``gh x gw`` patch grid (bicubic).
+
+    Registered with :func:`torch.fx.wrap`: FX graphs keep it as one call, so they resize at run time too.
+    """
+    if gh == rh and gw == rw:
+        return pos
+    C = pos.shape[2]
+    grid = pos[:, 1:].reshape(1, rh, rw, C).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(gh, gw), mode='bicubic', align_corners=False)
+    return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, C)], dim=1)
+
+
+torch.fx.wrap('resample_pos_embed')
+
+
 def drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list[list[float]]:
     """Stochastic-depth rate per block, rising linearly from 0 to ``drop_path_rate`` over all blocks, per stage."""
     total = sum(depths)
@@ -165,7 +184,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = dot_product_attention(q, k, v, scale=self.scale, dropout=self.attn_drop)
+        out = dot_product_attention(q, k, v, scale=self.scale, dropout_p=self.attn_drop.p if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -260,13 +279,16 @@ class VisionTransformer(AttnNet):
         drop_rate: dropout after the position embedding, in the blocks' projections and before the head.
         attn_drop_rate: dropout on the attention weights.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this rate.
-        global_pool: ``'token'`` (class token, ViT/DeiT) or ``'avg'`` (mean of the patch tokens).
+        global_pool: ``'token'`` (class token, ViT/DeiT), ``'avg'`` (mean of the patch tokens) or ``''`` (no
+            pooling, with ``num_classes=0``: ``forward`` returns all tokens).
         attn: plug-in attention: ``'bav2'`` / ``'bav1'`` (block level), ``'dia'`` (stage level) or ``None``.
         attn_kwargs: options of the plug-in attention.
     """
 
     first_conv_key = 'patch_embed.proj'
     classifier_key = 'head'
+    output_fmt = 'NLC'
+    global_pool_types = ('token', 'avg', '')
 
     def __init__(
             self,
@@ -288,15 +310,12 @@ class VisionTransformer(AttnNet):
             attn_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if global_pool not in ('token', 'avg'):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if not isinstance(attn_kwargs, (dict, type(None))):
             raise ValueError('ViT has one group of blocks: attn_kwargs must be one dict')
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_features = self.embed_dim = embed_dim
-        self.global_pool = global_pool
         self.num_prefix_tokens = 1
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         gh, gw = self.patch_embed.grid_size
@@ -324,6 +343,7 @@ class VisionTransformer(AttnNet):
             [dict(num_chs=embed_dim, reduction=patch_size, module='patch_embed')]
             + [dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
         )
+        self.set_global_pool(global_pool)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -334,12 +354,8 @@ class VisionTransformer(AttnNet):
     def _pos_embed(self, x: Tensor) -> Tensor:
         """Class token + patch tokens ``(B, gh, gw, C)`` -> ``(B, 1 + gh * gw, C)`` with the position embedding."""
         B, gh, gw, C = x.shape
-        pos = self.pos_embed
-        if (gh, gw) != self.patch_embed.grid_size:
-            rh, rw = self.patch_embed.grid_size
-            grid = pos[:, 1:].reshape(1, rh, rw, C).permute(0, 3, 1, 2)
-            grid = F.interpolate(grid, size=(gh, gw), mode='bicubic', align_corners=False)
-            pos = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, C)], dim=1)
+        rh, rw = self.patch_embed.grid_size
+        pos = resample_pos_embed(self.pos_embed, gh, gw, rh, rw)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, gh * gw, C)], dim=1)
         return self.pos_drop(x + pos)
 
@@ -348,32 +364,77 @@ class VisionTransformer(AttnNet):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Normalised tokens ``(B, 1 + N, C)``, class token first."""
-        self.check_input(x)
+        if not torch.jit.is_scripting():
+            x = self.check_input(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                return self.norm(checkpoint_seq(self.blocks, self.forward_stem(x)))
         return self.norm(self.blocks(self.forward_stem(x)))
 
-    def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> list[Tensor]:
-        """Patch-embedding and block outputs as NCHW maps on the patch grid (``feature_info`` order)."""
-        self.check_input(x)
-        wanted = list(range(len(self.blocks) + 1)) if indices is None else indices
-        grid = self.patch_embed(x)
-        gh, gw = grid.shape[1], grid.shape[2]
+    @torch.jit.ignore
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: int | Sequence[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Patch-embedding and block outputs on the patch grid (``feature_info`` order), class token dropped:
+        ``'NCHW'`` maps or ``'NLC'`` tokens; ``norm`` applies the final norm to each. ``final`` is
+        :meth:`forward_features`. See :meth:`AttnNet.forward_intermediates` for the arguments."""
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.blocks) + 1, indices)
+        grid = self.patch_embed(self.check_input(x))
+        B, gh, gw = grid.shape[0], grid.shape[1], grid.shape[2]
         x = self._pos_embed(grid)
-        feats = [x]
+        raw = [x] if 0 in take else []
         shared = self.blocks.attn if isinstance(self.blocks, AttnStage) else None
+        blocks = list(self.blocks)
+        if intermediates_only or stop_early:
+            blocks = blocks[:last]
         state = None
-        for block in list(self.blocks)[:max(wanted)]:
+        for i, block in enumerate(blocks, 1):
             if shared is None:
-                x = block(x)
+                x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and torch.is_grad_enabled() \
+                    else block(x)
             else:
                 branch, shortcut = block.forward_branch(x)
                 branch, state = shared(branch, state)
                 x = block.merge(branch, shortcut)
-            feats.append(x)
-        B, C = x.shape[0], x.shape[2]
-        return [feats[i][:, 1:].reshape(B, gh, gw, C).permute(0, 3, 1, 2) for i in wanted]
+            if i in take:
+                raw.append(x)
+        feats = []
+        for f in raw:
+            f = (self.norm(f) if norm else f)[:, self.num_prefix_tokens:]
+            feats.append(f if output_fmt == 'NLC' else f.reshape(B, gh, gw, -1).permute(0, 3, 1, 2))
+        if intermediates_only:
+            return feats
+        return (self.norm(x) if len(blocks) == len(self.blocks) else x), feats
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self,
+            indices: int | Sequence[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Keep the blocks up to the last selected level (and drop the head); returns the absolute indices."""
+        take, last = feature_take_indices(len(self.blocks) + 1, indices)
+        kept = list(self.blocks)[:last]
+        self.blocks = AttnStage(kept, self.blocks.attn) if isinstance(self.blocks, AttnStage) else nn.Sequential(*kept)
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x[:, 1:].mean(1) if self.global_pool == 'avg' else x[:, 0]
+        if self.global_pool == 'avg':
+            x = x[:, self.num_prefix_tokens:].mean(1)
+        elif self.global_pool == 'token':
+            x = x[:, 0]
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -388,13 +449,17 @@ class VisionTransformer(AttnNet):
         self.out_indices = tuple(i % n for i in out_indices)
         self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a fresh one for ``num_classes`` (0 removes it); ``global_pool`` 'token' or 'avg'."""
-        if global_pool is not None:
-            if global_pool not in ('token', 'avg'):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-            self.global_pool = global_pool
-        super().reset_classifier(num_classes)
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {
+            'stem': r'^(?:cls_token|pos_embed|patch_embed)',
+            'blocks': [(r'^blocks\.(\d+)\.', None), (r'^blocks\.attn\.', (99999,)), (r'^norm\.', (99999,))],
+        }
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The position embedding and the class token (timm's ViT convention)."""
+        return {'pos_embed', 'cls_token'}
 
     def cam_target_layer(self) -> str:
         """Grad-CAM target: the last block's ``norm1`` (its patch tokens reach the class token; the block output's
