@@ -6,12 +6,12 @@
   batch, height and width are symbolic, named ``batch``, ``height`` and ``width`` (the output's first axis is
   ``batch`` too): one file serves every input size. The exported file is run with onnxruntime and compared with the
   PyTorch model.
-* **TorchScript**: ``torch.jit.trace`` (the models cannot be scripted: their forward passes use Python lists,
-  ``getattr`` stages and postponed annotations). A trace records the operations of one run and freezes every Python
-  branch, so the saved module is always re-run at two different input sizes (and batch sizes) and compared with the
-  eager model; every plugattn model passes (strip pooling is written as means and CA slices by the input's own
-  height, which the tracer records as a size op). ``torch.jit`` is deprecated in recent PyTorch (``FutureWarning``)
-  but still works; prefer ONNX or ``torch.export`` for new deployments.
+* **TorchScript**: ``torch.jit.trace`` (``torch.jit.script`` runs the models too, but scripted DIA and PVT models keep
+  Python calls in their stage loops and cannot be saved, while a trace always can). A trace records the operations of
+  one run and freezes every Python branch, so the saved module is always re-run at two different input sizes (and batch
+  sizes) and compared with the eager model; every plugattn model passes (strip pooling is written as means and CA slices
+  by the input's own height, which the tracer records as a size op). ``torch.jit`` is deprecated in recent PyTorch
+  (``FutureWarning``) but still works; prefer ONNX or ``torch.export`` for new deployments.
 
 The models are exported in eval mode (BatchNorm uses running statistics; bridge attention's BatchNorm1d accepts
 batch 1 there).
