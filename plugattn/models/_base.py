@@ -17,9 +17,9 @@ from ..layers.fused import gated_residual, hook_safe, use_fused_path
 from ..layers.registry import AttnSpec
 
 __all__ = [
-    'AttnNet', 'AttnStage', 'FeatureInfo', 'block_attn', 'check_input', 'checkpoint_seq', 'feature_take_indices',
-    'gated_block_forward', 'init_attn_modules', 'is_fx_proxy', 'module_call', 'stage_attn_kwargs',
-    'staged_block_forward',
+    'AttnNet', 'AttnStage', 'FeatureInfo', 'LeanResidualBlock', 'block_attn', 'check_input', 'checkpoint_seq',
+    'feature_take_indices', 'gated_block_forward', 'init_attn_modules', 'is_fx_proxy', 'module_call',
+    'stage_attn_kwargs', 'staged_block_forward',
 ]
 
 
@@ -105,6 +105,28 @@ def staged_block_forward(
     y, shortcut, _, rec = block._pre_gate(x, True)
     a, state = attn.gate(y, state)
     return gated_residual(y, a, shortcut, relu=relu, recompute=rec), state
+
+
+class LeanResidualBlock(nn.Module):
+    """The forward every gated residual block shares: the lean fused merge in eager mode, plain module calls under
+    TorchScript. Subclasses define ``forward_branch``, ``merge`` and ``_pre_gate``; ``merge_relu`` says whether the
+    merge ends with a ReLU (post-activation blocks) or not (pre-activation blocks)."""
+
+    merge_relu = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles the plain module calls
+            branch, shortcut = self.forward_branch(x)
+            return self.merge(branch, shortcut)
+        return self._forward_lean(x)
+
+    @torch.jit.unused
+    def _forward_lean(self, x: Tensor) -> Tensor:
+        return gated_block_forward(self, x, relu=self.merge_relu)
+
+    def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
+        """The block inside a shared-attention stage: gate with ``attn(., state)``, fused with the merge."""
+        return staged_block_forward(self, x, attn, state, relu=self.merge_relu)
 
 
 class AttnStage(nn.Module):

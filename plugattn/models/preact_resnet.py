@@ -22,31 +22,31 @@ Differences from the reference:
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import attn_level, create_attn
-from ..layers.base import AttnState, pooled
+from ..layers.base import pooled
 from ..layers.fused import BNRecompute, batch_norm_for_gating
 from ..layers.registry import AttnSpec
 from ._base import (
     AttnNet,
     AttnStage,
     FeatureInfo,
+    LeanResidualBlock,
     block_attn,
-    gated_block_forward,
     init_attn_modules,
     stage_attn_kwargs,
-    staged_block_forward,
 )
 from ._registry import register_model
 
 __all__ = ['PreActBottleneck', 'PreActResNet', 'WideBasic']
 
 
-class _PreActBlock(nn.Module):
+class _PreActBlock(LeanResidualBlock):
     """Shared tail of the pre-activation blocks: optional extra BN, the block's attention, plain addition."""
+
+    merge_relu = False  # pre-activation: the sum is not activated
 
     __constants__ = ['bridge']
 
@@ -74,19 +74,6 @@ class _PreActBlock(nn.Module):
             return batch_norm_for_gating(self.bn_additional, out)
         return self.bn_additional(out), None
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():  # TorchScript compiles the plain module calls
-            branch, shortcut = self.forward_branch(x)
-            return self.merge(branch, shortcut)
-        return self._forward_lean(x)
-
-    @torch.jit.unused
-    def _forward_lean(self, x: Tensor) -> Tensor:
-        return gated_block_forward(self, x, relu=False)
-
-    def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
-        """The block inside a shared-attention stage: gate with ``attn(., state)``, fused with the merge."""
-        return staged_block_forward(self, x, attn, state, relu=False)
 
 
 class PreActBottleneck(_PreActBlock):

@@ -33,23 +33,21 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import CBAM, attn_level, create_attn, get_attn
-from ..layers.base import AttnState, pooled
+from ..layers.base import pooled
 from ..layers.fused import BNRecompute, batch_norm_for_gating
 from ..layers.registry import AttnSpec
 from ._base import (
     AttnNet,
     AttnStage,
     FeatureInfo,
+    LeanResidualBlock,
     block_attn,
-    gated_block_forward,
     init_attn_modules,
     stage_attn_kwargs,
-    staged_block_forward,
 )
 from ._registry import register_model
 
@@ -85,7 +83,7 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(LeanResidualBlock):
     """Two 3x3 convs. Bridged features: [post-ReLU conv1]; gated: bn2 output.
 
     Args:
@@ -150,22 +148,9 @@ class BasicBlock(nn.Module):
         y, rec = batch_norm_for_gating(self.bn2, self.conv2(out)) if gated else (self.bn2(self.conv2(out)), None)
         return y, shortcut, inner, rec
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():  # TorchScript compiles the plain module calls
-            branch, shortcut = self.forward_branch(x)
-            return self.merge(branch, shortcut)
-        return self._forward_lean(x)
-
-    @torch.jit.unused
-    def _forward_lean(self, x: Tensor) -> Tensor:
-        return gated_block_forward(self, x, relu=True)
-
-    def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
-        """The block inside a shared-attention stage: gate with ``attn(., state)``, fused with the merge."""
-        return staged_block_forward(self, x, attn, state, relu=True)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(LeanResidualBlock):
     """1x1 -> 3x3 (grouped for ResNeXt) -> 1x1 (x4). Bridged: [post-ReLU conv1, post-ReLU conv2]; gated: bn3 output.
 
     Args:
@@ -244,19 +229,6 @@ class Bottleneck(nn.Module):
         y, rec = batch_norm_for_gating(self.bn3, self.conv3(out)) if gated else (self.bn3(self.conv3(out)), None)
         return y, shortcut, inner, rec
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():  # TorchScript compiles the plain module calls
-            branch, shortcut = self.forward_branch(x)
-            return self.merge(branch, shortcut)
-        return self._forward_lean(x)
-
-    @torch.jit.unused
-    def _forward_lean(self, x: Tensor) -> Tensor:
-        return gated_block_forward(self, x, relu=True)
-
-    def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
-        """The block inside a shared-attention stage: gate with ``attn(., state)``, fused with the merge."""
-        return staged_block_forward(self, x, attn, state, relu=True)
 
 
 class ResNet(AttnNet):
