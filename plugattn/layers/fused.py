@@ -128,13 +128,14 @@ def _reduce_to(t: Tensor, like: Tensor) -> Tensor:
 
 
 def _plain(y: Tensor, a1: Tensor, a2: Tensor | None, shortcut: Tensor | None, relu: bool) -> Tensor:
-    """The reference arithmetic: ``y * a1 [* a2] [+ shortcut]``, then ReLU."""
-    if shortcut is None:
-        out = y * a1 if a2 is None else y * a1 * a2
-    elif a2 is None:
-        out = torch.addcmul(shortcut, y, a1)
-    else:
-        out = torch.addcmul(shortcut, y * a1, a2)
+    """The reference arithmetic: ``y * a1 [* a2] [+ shortcut]``, then ReLU.
+
+    Written as the module calls compute it (the gated output, then an in-place addition), not as one ``addcmul``, so
+    that eager runs and traced graphs (FX, TorchScript, export), which call the modules, give bitwise the same numbers.
+    """
+    out = y * a1 if a2 is None else y * a1 * a2
+    if shortcut is not None:
+        out += shortcut
     return out.relu_() if relu else out
 
 
