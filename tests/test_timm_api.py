@@ -55,6 +55,8 @@ TRANSFORMERS = ['swin', 'vit', 'pvt']
 # (family, attention) cases: the block-level (bridge) and stage-level (DIA) paths are the ones with special cases
 CASES = [(f, a) for f in CNN for a in (None, 'se', 'bav2', 'dia') if not (f == 'mobilenetv2' and a == 'dia')]
 CASES += [(f, a) for f in TRANSFORMERS for a in (None, 'bav2', 'dia')]
+# the gates that multiply in their own forward (CBAM, CA, ELA) or pool through a lean helper (CBAM's max)
+GATE_CASES = [(f, a) for f in ('resnet', 'mobilenetv2') for a in ('eca', 'cbam', 'ca', 'ela_b')]
 
 
 def side(model: nn.Module) -> int:
@@ -297,7 +299,7 @@ def test_no_weight_decay_and_optimizer_groups(name, expected):
 
 
 @pytest.mark.filterwarnings('ignore::FutureWarning')
-@pytest.mark.parametrize('case', CASES, ids=ids)
+@pytest.mark.parametrize('case', CASES + GATE_CASES, ids=ids)
 def test_torchscript_matches_eager(case):
     model = tiny(*case).eval()
     x = torch.randn(2, 3, side(model), side(model))

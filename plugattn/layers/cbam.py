@@ -105,8 +105,17 @@ class CBAM(GateAttention):
         return a_c, self.spatial_gate.gate_from_pooled(scaled_channel_pool(x, a_c, recompute))
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript cannot compile the lean node
+            return self._forward_by_calls(x)
+        return self._forward_lean(x)
+
+    def _forward_by_calls(self, x: Tensor) -> Tensor:
+        x = x * self.channel_gate(x)
+        return x * self.spatial_gate(x)
+
+    @torch.jit.unused
+    def _forward_lean(self, x: Tensor) -> Tensor:
         if not use_fused_path(self.channel_gate, self.spatial_gate):  # the submodule calls, e.g. for their hooks
-            x = x * self.channel_gate(x)
-            return x * self.spatial_gate(x)
+            return self._forward_by_calls(x)
         # (x * a_c) * a_s in one lean node: neither x * a_c nor the pooled maps' inputs are kept for backward
         return gated_residual(x, self.gate_factors(x))

@@ -73,5 +73,12 @@ class CoordAttention(GateAttention):
         return self.gate_hw(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        a_h, a_w = self.gate_hw(x)
+        if torch.jit.is_scripting():  # TorchScript cannot compile the autograd.Function
+            return x * a_h * a_w
+        return self._lean_gating(x, a_h, a_w)
+
+    @torch.jit.unused
+    def _lean_gating(self, x: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
         # x * a_h * a_w, without keeping the full-size x * a_h for backward
-        return gated_residual(x, self.gate_hw(x))
+        return gated_residual(x, (a_h, a_w))

@@ -17,6 +17,7 @@ Differences from the reference:
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .base import GateAttention
@@ -107,8 +108,15 @@ class EfficientLocalAttention(GateAttention):
         return self.gate_hw(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        a_h, a_w = self.gate_hw(x)
+        if torch.jit.is_scripting():  # TorchScript cannot compile the autograd.Function
+            return x * a_h * a_w
+        return self._lean_gating(x, a_h, a_w)
+
+    @torch.jit.unused
+    def _lean_gating(self, x: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
         # x * a_h * a_w, without keeping the full-size x * a_h for backward
-        return gated_residual(x, self.gate_hw(x))
+        return gated_residual(x, (a_h, a_w))
 
 
 for _variant, (_k, _gc, _ng) in ELA_VARIANTS.items():

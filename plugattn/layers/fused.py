@@ -306,6 +306,8 @@ def scaled_channel_pool(y: Tensor, a: Tensor, recompute: BNRecompute | None = No
 
 def spatial_amax(x: Tensor) -> Tensor:
     """``x.amax((2, 3))`` whose backward keeps the argmax indices instead of ``x`` in training."""
+    if torch.jit.is_scripting():
+        return x.amax((2, 3))
     if not needs_lean_path(x):
         return x.amax((2, 3))
     return x.flatten(2).max(-1).values
