@@ -3,6 +3,7 @@ global_pool / reset_classifier, head_hidden_size, forward_intermediates / prune_
 set_grad_checkpointing, group_matcher, no_weight_decay and the optimizer, TorchScript, FX, timm's feature wrappers.
 
 Every model family is represented by a small instance; the cheap checks (cfgs) run over every registered model."""
+import copy
 import sys
 
 import pytest
@@ -360,3 +361,96 @@ def test_timm_feature_wrappers(name, feature_cls):
     assert wrapped.feature_info.channels() == [o.shape[3 if fmt == 'NHWC' else 1] for o in outs]
     for o, e in zip(outs, expected):
         torch.testing.assert_close(o, e)
+
+
+# --------------------------------------------------------------------------------------------- attached timm models
+
+ATTACHED = [('resnet18', 'se'), ('resnet18', 'bav2'), ('resnet18', 'dia'), ('convnext_atto', 'ca'),
+            ('convnext_atto', 'dia'), ('vit_tiny_patch16_224', 'dia')]
+
+
+def timm_host(name: str) -> nn.Module:
+    timm = pytest.importorskip('timm')
+    torch.manual_seed(0)
+    kw = dict(img_size=32, patch_size=8, depth=3) if name.startswith('vit') else {}
+    model = timm.create_model(name, num_classes=5, **kw)
+    # timm zero-inits the last norm of a ResNet block and starts ConvNeXt's layer scale at 1e-6: the gates would
+    # get (almost) no gradient and change the output by (almost) nothing
+    for name, p in model.named_parameters():
+        if name.endswith('gamma') or (name.endswith('bn2.weight') and name.startswith('layer')):
+            nn.init.uniform_(p, 0.5, 1.5)
+    return model
+
+
+@pytest.mark.filterwarnings('ignore::FutureWarning')
+@pytest.mark.parametrize('host_name, attn', ATTACHED, ids=[f'{h}-{a}' for h, a in ATTACHED])
+def test_attached_timm_model_keeps_timm_api(host_name, attn):
+    from timm.models import create_feature_extractor
+
+    host = timm_host(host_name)
+    model = plugattn.attach(copy.deepcopy(host), attn)
+    for attr in ('pretrained_cfg', 'default_cfg', 'feature_info', 'num_features', 'head_hidden_size'):
+        assert getattr(model, attr) == getattr(host, attr), attr
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    host.eval()
+    with torch.no_grad():
+        out = model(x)
+        assert not torch.allclose(out, host(x))  # the attention is applied (not warm-started)
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), out)
+        final, inter = model.forward_intermediates(x, indices=2)
+        _, host_inter = host.forward_intermediates(x, indices=2)
+        torch.testing.assert_close(final, model.forward_features(x))
+        assert [t.shape for t in inter] == [t.shape for t in host_inter]
+        graph = create_feature_extractor(model, return_nodes={get_graph_node_names_eval(model)[-1]: 'out'})
+        torch.testing.assert_close(graph(x)['out'], out)
+        torch.testing.assert_close(torch.jit.trace(model, x)(x), out)
+    with pytest.raises(ValueError, match='cannot be scripted with TorchScript.*torch.jit.trace'):
+        torch.jit.script(model)
+
+    # gradient checkpointing: the host's checkpointed path gives the same outputs and gradients, attention included
+    model.train()
+    target = torch.randn(2, 5)
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout / drop-path draws
+        loss = (model(x) * target).sum()
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    attn_keys = [n for n in grads[0] if any(n.startswith(a + '.') for a in model.attention_modules())]
+    assert attn_keys and all(grads[0][n].abs().sum() > 0 for n in attn_keys)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)
+
+    model.reset_classifier(0, '')
+    host.reset_classifier(0, '')
+    with torch.no_grad():
+        unpooled = model.eval()(x)
+        assert unpooled.shape == host(x).shape and unpooled.ndim > 2  # maps (NCHW) or tokens (NLC), not pooled
+
+
+def get_graph_node_names_eval(model: nn.Module) -> list[str]:
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    return get_graph_node_names(model)[1]
+
+
+@pytest.mark.parametrize('attn', ['cbam', 'bav1', 'dia'])
+def test_fx_graph_of_attached_torchvision_model_keeps_the_attention(attn):
+    from torchvision.models import resnet18
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    model = plugattn.attach(resnet18(num_classes=5), attn).eval()
+    host = resnet18(num_classes=5).eval()
+    host.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(2, 3, 32, 32)
+    graph = create_feature_extractor(model, return_nodes={'layer2': 'mid', 'fc': 'out'})
+    with torch.no_grad():
+        outs = graph(x)
+        torch.testing.assert_close(outs['out'], model(x))
+        assert not torch.allclose(outs['out'], host(x))
+    assert any(n.startswith('layer1.0.attn') or n.startswith('layer1.attn') for n, _ in graph.named_parameters())

@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
+from ..errors import PlugattnError
 from ..layers import attn_level, create_attn, list_attn
+from ..layers.base import StageAttention
 
 __all__ = ['BlockPlan', 'Family', 'Tap', 'attach_module', 'blend_forward', 'register_family']
 
@@ -174,8 +178,7 @@ class _WarmStart:
 
 def blend_forward(module: nn.Module, *args: Any) -> Any:
     """Forward of a warm-started module at any plug level (gate ``(x)``, block ``(inner, x)``, stage ``(x, state)``)."""
-    level = attn_level(type(module).__mro__[2])
-    if level == 'stage':
+    if isinstance(module, StageAttention):
         x, state = args if len(args) == 2 else (args[0], None)
         a, state = module.gate(x, state)
         return x * (1 + module.blend * (a - 1)), state
@@ -216,15 +219,72 @@ class _TappedBlock:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         ctx: _TapCtx = self.__dict__['_plugattn_tap']
         inner: list[Tensor] = []
+        applied: list[bool] = []
         handles = []
+        tapped = [self.get_submodule(tap.name) for tap in (*ctx.plan.bridge, ctx.plan.gate)]
+        fx_leaves = _run_fx_leaves(tapped) if torch.fx._symbolic_trace.is_fx_symbolic_tracing() else []
         try:
-            for tap in ctx.plan.bridge:
-                handles.append(self.get_submodule(tap.name).register_forward_hook(_bridge_hook(inner, tap)))
-            handles.append(self.get_submodule(ctx.plan.gate.name).register_forward_hook(_gate_hook(self, ctx, inner)))
-            return super().forward(*args, **kwargs)
+            for tap, module in zip(ctx.plan.bridge, tapped):
+                handles.append(module.register_forward_hook(_bridge_hook(inner, tap)))
+            state_in = _stage_state_in(ctx, args[0] if args else None) if ctx.level == 'stage' else None
+            handles.append(tapped[-1].register_forward_hook(_gate_hook(self, ctx, inner, state_in, applied)))
+            out = super().forward(*args, **kwargs)
         finally:
             for h in handles:
                 h.remove()
+            for module, cls in fx_leaves:
+                module.__class__ = cls
+        if not applied:
+            raise PlugattnError(
+                f'the attention of this {type(self).__name__} was not applied: its gated submodule '
+                f'{ctx.plan.gate.name!r} did not run through its __call__ (a tracer kept it as a leaf module?)',
+                'trace the model without that leaf module, or use torch.jit.trace / torch.export')
+        return out
+
+
+class _FxLeaf:
+    """Mixin put on a tapped ``torch.nn`` layer while torch.fx traces its block. FX records a ``torch.nn`` layer as
+    one ``call_module`` node without calling it, so the block's hooks would never see its output and the traced
+    graph would lack the attention. With this mixin (and a class outside ``torch.nn``) FX calls the layer, its hooks
+    run on the output proxy, and the layer is still recorded as the same single ``call_module`` node."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        tracer = next(a.tracer for a in (*args, *kwargs.values()) if isinstance(a, torch.fx.Proxy))
+        return tracer.create_proxy('call_module', tracer.path_of_module(self), args, kwargs)
+
+
+@functools.cache
+def _fx_leaf_class(cls: type) -> type:
+    return type(cls.__name__, (_FxLeaf, cls), {'__module__': __name__, '__qualname__': cls.__qualname__})
+
+
+def _run_fx_leaves(modules: Sequence[nn.Module]) -> list[tuple[nn.Module, type]]:
+    """Give the ``torch.nn`` layers among ``modules`` the :class:`_FxLeaf` class; returns what to restore."""
+    swapped = []
+    for m in dict.fromkeys(modules):
+        cls = type(m)
+        if cls.__module__.startswith(('torch.nn.', 'torch.ao.nn.')) and not isinstance(m, nn.Sequential):
+            m.__class__ = _fx_leaf_class(cls)
+            swapped.append((m, cls))
+    return swapped
+
+
+def _stage_state_in(ctx: _TapCtx, block_input: Any) -> Any:
+    """The recurrent state a stage-level unit receives in this block.
+
+    Normally the state the previous block left on the stage. Every block also records the state it received, keyed
+    (weakly) by its input tensor: when gradient checkpointing re-runs a block in backward with the same input, the
+    block gets the state of the original forward again, not the state the later blocks have left since.
+    """
+    stage = ctx.stage
+    if ctx.index == 0:
+        return None
+    received = stage.__dict__.setdefault('_plugattn_received', WeakIdKeyDictionary())
+    if isinstance(block_input, Tensor):
+        if block_input in received:
+            return received[block_input]
+        received[block_input] = stage.__dict__.get('_plugattn_state')
+    return stage.__dict__.get('_plugattn_state')
 
 
 def _bridge_hook(inner: list[Tensor], tap: Tap) -> Callable:
@@ -234,14 +294,13 @@ def _bridge_hook(inner: list[Tensor], tap: Tap) -> Callable:
     return hook
 
 
-def _gate_hook(block: nn.Module, ctx: _TapCtx, inner: list[Tensor]) -> Callable:
+def _gate_hook(block: nn.Module, ctx: _TapCtx, inner: list[Tensor], state_in: Any, applied: list[bool]) -> Callable:
     def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        applied.append(True)
         x = to_map(output, ctx.plan.gate.layout)
         if ctx.level == 'stage':
-            stage = ctx.stage
-            state = None if ctx.index == 0 else stage.__dict__.get('_plugattn_state')
-            y, state = stage.attn(x, state)
-            stage.__dict__['_plugattn_state'] = None if ctx.last else state
+            y, state = ctx.stage.attn(x, state_in)
+            ctx.stage.__dict__['_plugattn_state'] = None if ctx.last else state
         elif ctx.level == 'block':
             y = getattr(block, ctx.key)(list(inner), x)
         else:
@@ -274,6 +333,17 @@ class _SharedStage:
         return self._blocks()[idx]
 
 
+class _StageUnit:
+    """Mixin of a stage-level unit inside its stage container. The blocks' hooks call it as ``unit(x, state)``; a
+    host that runs the container's children itself (timm's gradient checkpointing: ``checkpoint_seq(blocks)``)
+    reaches it after the last block as ``unit(x)``, and it passes ``x`` through, as if it were not there."""
+
+    def forward(self, x: Tensor, *state: Any) -> Any:
+        if not state:
+            return x
+        return super().forward(x, *state)
+
+
 class _AttachedModel:
     """Mixin of an attached foreign model: ``attention_modules()``, the analysis API of plugattn models."""
 
@@ -281,6 +351,13 @@ class _AttachedModel:
         """Every attached attention module by qualified name."""
         keys = set(self.__dict__.get('_plugattn_attn_names', ()))
         return {name: m for name, m in self.named_modules() if name in keys}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script calls this first: the attention runs through hooks installed per call, which TorchScript
+        # cannot compile, so say so instead of failing deep inside the compiler
+        raise PlugattnError(
+            f'an attached {type(self).__name__} cannot be scripted with TorchScript (its attention runs through '
+            'forward hooks)', 'use torch.jit.trace, torch.export or ONNX export (plugattn export) instead')
 
 
 class _AttachedStagedModel(_AttachedModel):
@@ -298,6 +375,7 @@ def tap_block(block: nn.Module, ctx: _TapCtx) -> None:
 
 
 def share_stage(container: nn.Module, unit: nn.Module) -> None:
+    unit.__class__ = _subclass(type(unit), _StageUnit)
     container.add_module('attn', unit)
     if not isinstance(container, _SharedStage):
         container.__class__ = _subclass(type(container), _SharedStage)
