@@ -505,6 +505,30 @@ def test_bad_image_stops_train_before_output_and_worker_errors_are_one_line(tmp_
                           'remove or replace the file')
 
 
+def test_auto_pipeline_is_saved_resolved_so_a_resume_keeps_it(tmp_path, monkeypatch, capsys):
+    pytest.importorskip('timm')
+    import importlib.util
+
+    import yaml
+
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    root = make_folder(tmp_path / 'imgs')
+    run = tmp_path / 'runs' / 'run'
+    argv = ['train', '--data', 'imagefolder', '--data-dir', str(root), '--model', 'resnet20', '--epochs', '2',
+            '--batch-size', '4', '--threads', '1', '--no-progress', '--set', 'aug.image_size=8',
+            '--set', 'aug.random_resized_crop=true', '--set', 'aug.random_crop_padding=0',
+            '--output', str(tmp_path / 'runs'), '--name', 'run', '--stop-after', '1']
+    assert main(argv) == 0
+    assert yaml.safe_load((run / 'config.yaml').read_text())['aug']['pipeline'] == 'timm'  # 'auto', resolved
+    capsys.readouterr()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'timm' else real_find_spec(
+        name, *a))
+    # timm gone: the run does not silently switch to the other pipeline halfway
+    code = main(['train', '--resume', str(run), '--no-progress'])
+    assert_one_line_error(code, capsys.readouterr().err, 'aug.pipeline=timm needs timm, which is not installed')
+
+
 def test_sigterm_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path):
     # Schedulers signal every process of the job: the DataLoader workers must leave the stop to the main process.
     root = make_folder(tmp_path / 'imgs', n=30)

@@ -405,7 +405,7 @@ def test_attached_timm_model_keeps_timm_api(host_name, attn):
         graph = create_feature_extractor(model, return_nodes={get_graph_node_names_eval(model)[-1]: 'out'})
         torch.testing.assert_close(graph(x)['out'], out)
         torch.testing.assert_close(torch.jit.trace(model, x)(x), out)
-    with pytest.raises(ValueError, match='cannot be scripted with TorchScript.*torch.jit.trace'):
+    with pytest.raises(ValueError, match=r'cannot be scripted with TorchScript.*torch\.jit\.trace'):
         torch.jit.script(model)
 
     # gradient checkpointing: the host's checkpointed path gives the same outputs and gradients, attention included

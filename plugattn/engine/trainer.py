@@ -399,6 +399,7 @@ class _Trainer:
         from ..data import AugConfig, MixupCutmix, build_loader
         from ..data.images import preflight_imagefolder
         from ..data.info import canonical_name
+        from ..data.loader import use_timm_pipeline
 
         cfg, ctx, tc = self.cfg, self.ctx, self.cfg['train']
         if tc['threads']:
@@ -416,6 +417,9 @@ class _Trainer:
                 preflight_imagefolder(d['data_dir'], threads=max(1, d['num_workers']) if d['num_workers'] else None,
                                       echo=self.echo)
             barrier(ctx)
+        if cfg['aug']['pipeline'] == 'auto' and canonical_name(d['name']) == 'imagefolder':
+            # saved resolved: a resumed run keeps the pipeline it started with, whether timm is installed then or not
+            cfg['aug']['pipeline'] = 'timm' if use_timm_pipeline(AugConfig.from_dict(cfg['aug'])) else 'plugattn'
         aug = AugConfig.from_dict(cfg['aug'])
         common = dict(data_dir=d['data_dir'], aug=aug, seed=self.seed, rank=ctx.rank, world_size=ctx.world_size,
                       num_workers=d['num_workers'], download=d['download'])
