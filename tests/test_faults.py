@@ -168,7 +168,7 @@ def test_signal_to_cli_train_stops_cleanly_and_resumes_bit_exactly(straight_cli_
     try:
         _wait_for(proc, '[3/22]' if signum == signal.SIGTERM else '[9/22]')
         proc.send_signal(signum)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=40)
     finally:
         proc.kill()
     run = tmp_path / 'run'
@@ -529,7 +529,56 @@ def test_auto_pipeline_is_saved_resolved_so_a_resume_keeps_it(tmp_path, monkeypa
     assert_one_line_error(code, capsys.readouterr().err, 'aug.pipeline=timm needs timm, which is not installed')
 
 
-def test_sigterm_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path):
+STORM_CHILD = """
+import signal, sys, time
+from plugattn.data import build_loader
+caught = []
+signal.signal(signal.SIGTERM, lambda *_: caught.append(1))
+print('ready', flush=True)
+while not caught:
+    time.sleep(0.01)
+for _ in range(4):  # every new loader forks its workers while the signals keep coming
+    loader = build_loader('imagefolder', 'train', batch_size=4, train=True, data_dir=sys.argv[1], num_workers=2)
+    n = sum(1 for _ in loader)
+    loader.close()
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print('batches', n, 'signals', len(caught), flush=True)
+"""
+
+
+def test_loader_workers_survive_a_sigterm_storm_while_they_start(tmp_path):
+    # A signal after the fork but before the worker ignores SIGTERM used to kill it ('DataLoader worker killed by
+    # signal'), so a scheduler's SIGTERM at the start of an epoch or evaluation crashed the run instead of stopping it.
+    root = make_folder(tmp_path / 'imgs', n=8)
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'XDG_CACHE_HOME': str(tmp_path / 'c')}
+    proc = subprocess.Popen([sys.executable, '-c', STORM_CHILD, str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _wait_for(proc, 'ready')
+        while proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    batches, signals = out.split()[1::2]
+    assert batches == '4' and int(signals) > 10
+
+
+def test_a_script_exits_with_a_loader_alive(tmp_path):
+    # the persistent workers ignore SIGTERM, which multiprocessing's exit handler sends them before joining them
+    root = make_folder(tmp_path / 'imgs', n=2)
+    code = ('import sys; from plugattn.data import build_loader\n'
+            'loader = build_loader("imagefolder", "train", batch_size=2, train=True, data_dir=sys.argv[1], '
+            'num_workers=2)\nprint(sum(1 for _ in loader))')
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'XDG_CACHE_HOME': str(tmp_path / 'c')}
+    done = subprocess.run([sys.executable, '-c', code, str(root)], capture_output=True, text=True, env=env,
+                          timeout=40)
+    assert done.returncode == 0 and done.stdout.split() == ['2'], done.stderr
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path, capsys):
     # Schedulers signal every process of the job: the DataLoader workers must leave the stop to the main process.
     root = make_folder(tmp_path / 'imgs', n=30)
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1', 'XDG_CACHE_HOME': str(tmp_path / 'c')}
@@ -540,11 +589,16 @@ def test_sigterm_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path
                             start_new_session=True)
     try:
         _wait_for(proc, '[3/15]')
+        # while it runs, a second train in the same run directory is refused, and touches nothing
+        code = main(['train', '--resume', str(tmp_path / 'run'), '--no-progress'])
+        assert_one_line_error(code, capsys.readouterr().err, f'run directory {tmp_path / "run"} is in use by a '
+                              f'running plugattn train (pid {proc.pid})', 'wait for that run to end or stop it')
         os.killpg(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=40)
     finally:
         proc.kill()
     assert proc.returncode == 143, err
+    assert not (tmp_path / 'run' / '.lock').exists()
     assert 'Traceback' not in err and 'DataLoader worker' not in err
     assert json.loads((tmp_path / 'run' / 'run.json').read_text())['status'] == 'stopped'
     assert load_state(tmp_path / 'run' / 'last_state.pt')['partial'][0]['batch'] >= 3

@@ -32,11 +32,15 @@ restored afterwards).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import itertools
 import math
 import random
+import signal
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -420,17 +424,57 @@ def _worker_message(exc: BaseException) -> str:
     return tail if sep and head.rsplit(".", 1)[-1].endswith("Error") else last
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked(active: bool) -> Iterator[None]:
+    """SIGINT/SIGTERM blocked in the main thread while DataLoader workers are started.
+
+    A worker signalled after the fork but before :func:`_worker_init` ignores the signal would die of it, and the
+    main process would fail with 'DataLoader worker killed by signal' instead of stopping cleanly. Blocked, the
+    signal waits: in the main process for its handler (right after the workers are started), in a new worker until
+    it has set the signal to ignored. Workers inherit the blocked mask, whether forked or spawned.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not (active and main_thread and hasattr(signal, "pthread_sigmask")):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker_init(worker_id: int) -> None:
     """Seed numpy and ``random`` in a worker from torch's per-worker seed (for third-party code), and leave
     SIGINT/SIGTERM to the main process, which stops at its next safe point (Ctrl-C and schedulers signal the whole
     process group; a worker dying of it would turn that stop into a DataLoader error)."""
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # forked with them blocked (_stop_signals_blocked): a pending one is dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+_LIVE_LOADERS: weakref.WeakSet[StreamingLoader] = weakref.WeakSet()
+
+
+def _register_for_exit(loader: StreamingLoader) -> None:
+    if not _LIVE_LOADERS:
+        atexit.register(_close_live_loaders)  # after multiprocessing's exit handler, so it runs before it
+    _LIVE_LOADERS.add(loader)
+
+
+def _close_live_loaders() -> None:
+    """At interpreter exit, stop the workers of the loaders still alive. The workers ignore SIGTERM (see
+    :func:`_worker_init`), and multiprocessing's own exit handler stops daemonic children with SIGTERM and then joins
+    them: without this, a script that exits with a loader alive would wait forever."""
+    for loader in list(_LIVE_LOADERS):
+        loader.close()
 
 
 class StreamingLoader:
@@ -492,6 +536,13 @@ class StreamingLoader:
             worker_init_fn=_worker_init,
             generator=torch.Generator().manual_seed(seed),
         )
+        if num_workers > 0:
+            _register_for_exit(self)
+
+    def close(self) -> None:
+        """Stop the persistent workers now (they would otherwise live as long as this loader)."""
+        # deleting torch's persistent iterator is what shuts its workers down
+        self.loader._iterator = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch whose order and augmentations the next iteration produces.
@@ -508,7 +559,8 @@ class StreamingLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        it = iter(self.loader)
+        with _stop_signals_blocked(self.loader.num_workers > 0):
+            it = iter(self.loader)
         while True:
             try:
                 batch = next(it)

@@ -75,6 +75,7 @@ STATE_FILE = 'last_state.pt'
 LAST_FILE = 'last.safetensors'
 BEST_FILE = 'best.safetensors'
 CONFIG_FILE = 'config.yaml'
+LOCK_FILE = '.lock'
 
 
 @dataclass
@@ -345,6 +346,47 @@ def _unstarted_run(run_dir: Path) -> bool:
             and not info.get('epochs_done') and info.get('status') != 'finished')
 
 
+class RunDirLock:
+    """An exclusive lock on a run directory, held by the process that trains in it.
+
+    A second ``plugattn train`` on the same directory (``--resume`` of a run that is still going, or ``--name`` of
+    a running run that has not saved its first checkpoint yet) stops with one line instead of writing alongside
+    it. The lock is ``flock`` on ``.lock`` in the directory, which the system releases when the owner exits, however
+    it exits, so a killed run leaves nothing that blocks its resume. Without ``fcntl`` (Windows) there is no lock.
+    """
+
+    def __init__(self, path: Path, handle: Any) -> None:
+        self.path = path
+        self.handle = handle
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> RunDirLock | None:
+        try:
+            import fcntl
+        except ImportError:
+            return None
+        path = run_dir / LOCK_FILE
+        handle = open(path, 'a+')  # noqa: SIM115  (held open for the lifetime of the run)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            handle.close()
+            raise EngineError(f'run directory {run_dir} is in use by a running plugattn train'
+                              + (f' (pid {owner})' if owner else ''),
+                              'wait for that run to end or stop it, or choose another --name') from None
+        handle.truncate(0)
+        handle.write(f'{os.getpid()}\n')
+        handle.flush()
+        return cls(path, handle)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self.handle.close()
+
+
 class _Stop(Exception):
     """Raised at a safe point after SIGTERM/SIGINT, once the resume state is saved."""
 
@@ -391,6 +433,7 @@ class _Trainer:
         self.best_epoch = 0
         self.run_dir: Path | None = None
         self.logger: RunLogger | None = None
+        self.lock: RunDirLock | None = None
         self.created = _dt.datetime.now().isoformat(timespec='seconds')
 
     # ----------------------------------------------------------------------------------------- setup
@@ -789,6 +832,7 @@ class _Trainer:
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         else:
             self.run_dir = _new_run_dir(self.cfg)
+            self.lock = RunDirLock.acquire(self.run_dir)
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         write_run_info(self.run_dir, self._run_info('running'))
         cfg = self.cfg
@@ -815,8 +859,17 @@ class _Trainer:
         self.echo(f'  run dir {self.run_dir}')
 
     def run(self) -> TrainResult:
-        self.setup()
-        self._start_output()
+        if self.resume_dir is not None and self.ctx.is_main:  # before anything is read or written
+            self.lock = RunDirLock.acquire(self.resume_dir)
+        try:
+            self.setup()
+            self._start_output()
+            return self._run()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _run(self) -> TrainResult:
         self._banner()
         ctx = self.ctx
         finished = True
