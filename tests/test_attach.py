@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import plugattn
@@ -115,6 +116,40 @@ def test_bav1_mobile_counts(arch, count):
     """specs §13.2: the BAv1 repository's BA-MobileNetV3 and BA-EfficientNet-B0."""
     with torch.device('meta'):
         assert n_params(attach(tvm.get_model(arch), 'bav1')) == count
+
+
+@pytest.mark.parametrize('make,attn,act,gate', [
+    (lambda: tvm.mobilenet_v3_small(num_classes=10), 'bav1', torch.relu, F.hardsigmoid),
+    (lambda: tvm.efficientnet_b0(num_classes=10), 'bav1', F.silu, torch.sigmoid),
+    (lambda: timm.create_model('mobilenetv3_small_050', num_classes=10), 'bav2', torch.relu, F.hardsigmoid),
+    (lambda: timm.create_model('efficientnet_b0', num_classes=10), 'bav1', F.silu, torch.sigmoid),
+])
+def test_ba_mobile_activations(make, attn, act, gate):
+    """specs §8: BA on MobileNetV3 gates with h-sigmoid, on EfficientNet it has a swish hidden activation."""
+    torch.manual_seed(0)
+    modules = attach(make(), attn).eval().attention_modules()
+    assert len(modules) >= 8
+    for ba in modules.values():
+        with torch.no_grad():
+            for p in ba.parameters():  # BN affine of both signs: hidden values of both signs
+                if p.ndim == 1:
+                    p.normal_(0, 1)
+            inner = [torch.randn(3, c) for c in ba.inner_channels]
+            x = torch.randn(3, ba.channels, 4, 4)
+            feats = [*inner, x.mean((2, 3))]
+            if attn == 'bav1':
+                z = sum(m[1](m[0](s)) for m, s in zip(ba.fusions, feats, strict=True))
+            else:
+                v = torch.stack([m[0](s) for m, s in zip(ba.fusions, feats, strict=True)], -1)
+                z = ba.generation[0]((v * ba.proj.weight).sum(-1) + ba.proj.bias)
+            w_g = ba.generation[-2].weight * 4  # pre-gate values beyond h-sigmoid's linear range
+            ba.generation[-2].weight.copy_(w_g)
+            want = gate(act(z) @ w_g.t())
+            got = ba.gate(inner, x).flatten(1)
+        assert torch.allclose(got, want, atol=1e-5)
+        assert not torch.allclose(got, torch.sigmoid(torch.relu(z) @ w_g.t()), atol=1e-3)  # the default differs
+    with pytest.raises(ValueError, match="unknown bridge-attention gate_layer 'tanh'"):
+        plugattn.layers.BridgeAttentionV1(8, inner_channels=(8,), gate_layer='tanh')
 
 
 # ------------------------------------------------------------------ every family

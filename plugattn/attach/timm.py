@@ -10,8 +10,9 @@ Placements (as in :mod:`plugattn.attach.torchvision`; "ours" marks a design with
   ``plugattn.create_model('bav2_regnety_400mf')`` with the classifier at ``head.fc`` instead of ``fc``.
 * EfficientNet (``efficientnet_b*``) and MobileNetV3 (``mobilenetv3_*``): BA as the BAv1 repository (specs §8) in
   the inverted residuals with an SE (bridging ``bn1``, the expansion output, and gating the depthwise output, after
-  its activation for EfficientNet and between its BN and activation, ``bn2.drop``, for MobileNetV3), reduction 6;
-  the other blocks keep their SE; gate-level modules replace every SE at its place (ours).
+  its activation for EfficientNet and between its BN and activation, ``bn2.drop``, for MobileNetV3), reduction 6,
+  with the repository's activations (MobileNetV3: h-sigmoid gate; EfficientNet: swish hidden activation); the other
+  blocks keep their SE; gate-level modules replace every SE at its place (ours).
 * ConvNeXt (ours): the branch output before the layer scale, BA bridging ``conv_dw`` and ``mlp.act``, DIA one unit
   per stage (``stages.i.blocks.attn``).
 * ViT / DeiT and Swin (ours, as plugattn's DeiT / Swin): BA at ``blocks.i.ba`` (Swin ``layers.s.blocks.i.ba``)
@@ -29,7 +30,9 @@ from ._core import BlockPlan, Family, Tap, register_family
 __all__ = ['register']
 
 _DIA16 = {'dia': {'reduction': 16}}
-_BA6 = {'bav1': {'reduction': 6}, 'bav2': {'reduction': 6}}
+# BAv1 repository (specs §8): reduction 6, MobileNetV3 h-sigmoid gate, EfficientNet swish hidden activation
+_BA_MBV3 = {ba: {'reduction': 6, 'gate_layer': 'hardsigmoid'} for ba in ('bav1', 'bav2')}
+_BA_EFFNET = {ba: {'reduction': 6, 'act_layer': 'silu'} for ba in ('bav1', 'bav2')}
 
 
 def _has_se(block: nn.Module) -> bool:
@@ -104,11 +107,11 @@ def register() -> None:
             return []
         return _se_replace(block, level, opts)
 
-    for name, cls, pre in (('timm mobilenetv3', mobilenetv3.MobileNetV3, True),
-                           ('timm efficientnet', efficientnet.EfficientNet, False)):
+    for name, cls, pre, defaults in (('timm mobilenetv3', mobilenetv3.MobileNetV3, True, _BA_MBV3),
+                                     ('timm efficientnet', efficientnet.EfficientNet, False, _BA_EFFNET)):
         register_family(Family(
             name, (cls,), mobile_plan(pre), (InvertedResidual, DepthwiseSeparableConv), None,
-            levels=('gate', 'block'), replace=mobile_replace, defaults=_BA6,
+            levels=('gate', 'block'), replace=mobile_replace, defaults=defaults,
             note='BA replaces the SE of expansion blocks (BAv1 repository); gate modules replace the SE',
         ))
 

@@ -12,9 +12,9 @@ Placements (each family's ``note``; "ours" marks a design without a paper or off
 * MobileNetV3 and EfficientNet-B0…B7: BA as the BAv1 repository builds it (specs §8): in blocks with an expansion
   conv (MobileNetV3: and an SE), BA replaces the SE, bridging the expansion output and gating the depthwise output
   (MobileNetV3: its BN output before the activation; EfficientNet: after the activation), reduction 6; the other
-  blocks keep their SE. Gate-level modules replace the SE at its place (ours). Differences: the BA gate is plugattn's
-  sigmoid (BAv1: h-sigmoid on MobileNetV3) and its hidden activation ReLU (BAv1: swish on EfficientNet); the counts
-  are the same.
+  blocks keep their SE. The BA module has the repository's activations: MobileNetV3 ReLU hidden and h-sigmoid gate
+  (``gate_layer='hardsigmoid'``), EfficientNet swish hidden (``act_layer='silu'``) and sigmoid gate; BAv2 takes
+  the same. Gate-level modules replace the SE at its place (ours).
 * RegNet-Y (``regnet_y_*``): as plugattn's RegNet-Y (specs §9 proposal, ours): BA bridges ``f.a`` and ``f.b`` and
   gates ``f.c`` in place of the SE, gate-level modules replace the SE at its place, DIA one unit per stage on
   ``f.c`` (reduction 16); ``keep_se=True`` keeps the SE.
@@ -96,6 +96,10 @@ def register() -> None:
         expand = len(layers) - (1 if se is None else 0) == 4
         return (0 if expand else None), (1 if expand else 0), se
 
+    def ba_defaults(**acts: str) -> dict[str, dict[str, Any]]:
+        # BAv1 repository (specs §8): MobileNetV3 h-sigmoid gate, EfficientNet swish hidden activation
+        return {'bav1': {'reduction': 6, **acts}, 'bav2': {'reduction': 6, **acts}}
+
     def mbv3_plan(block: nn.Module, level: str, opts: dict[str, Any]) -> BlockPlan | None:
         expand, dw, se = mbv3_parts(block)
         hidden = _width(block.block[dw])
@@ -114,7 +118,7 @@ def register() -> None:
     register_family(Family(
         'torchvision mobilenet_v3', (tvm.MobileNetV3,), mbv3_plan, (mobilenetv3.InvertedResidual,), None,
         levels=('gate', 'block'), replace=se_slot,
-        defaults={'bav1': {'reduction': 6}, 'bav2': {'reduction': 6}},
+        defaults=ba_defaults(gate_layer='hardsigmoid'),
         note='BA replaces the SE of expansion blocks (BAv1 repository); gate modules replace the SE',
     ))
 
@@ -130,7 +134,7 @@ def register() -> None:
     register_family(Family(
         'torchvision efficientnet', (tvm.EfficientNet,), effnet_plan, (efficientnet.MBConv,), None,
         levels=('gate', 'block'), replace=se_slot,
-        defaults={'bav1': {'reduction': 6}, 'bav2': {'reduction': 6}},
+        defaults=ba_defaults(act_layer='silu'),
         match=lambda m: not any(isinstance(x, efficientnet.FusedMBConv) for x in m.modules()),
         note='BA replaces the SE of expansion blocks (BAv1 repository); gate modules replace the SE',
     ))
