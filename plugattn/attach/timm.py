@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from ._core import BlockPlan, Family, Tap, register_family
+from ._core import BlockPlan, Family, Tap, nhwc_to_nchw, register_family, token_cam
 
 __all__ = ['register']
 
@@ -139,9 +139,13 @@ def register() -> None:
             return BlockPlan(gate, dim)
         return BlockPlan(gate, dim, (Tap('attn', layout='nlc'), Tap('mlp.act', layout='nlc')), (dim, hidden))
 
+    def vit_cam(model: nn.Module) -> tuple[str, Any]:
+        # the last block's norm1: its patch tokens reach the class token (the block output's do not)
+        return f'blocks.{len(model.blocks) - 1}.norm1', token_cam(model.num_prefix_tokens)
+
     register_family(Family(
         'timm vit/deit', (vit.VisionTransformer,), vit_plan, (vit.Block,), lambda m: [('blocks', m.blocks)],
-        levels=('block', 'stage'), attn_key='ba', defaults=_DIA16,
+        levels=('block', 'stage'), attn_key='ba', defaults=_DIA16, cam=vit_cam,
         note='as plugattn DeiT: BA on the MLP output bridging attention output and MLP hidden; one DIA unit',
     ))
 
@@ -155,6 +159,6 @@ def register() -> None:
     register_family(Family(
         'timm swin', (swin_transformer.SwinTransformer,), swin_plan, (swin_transformer.SwinTransformerBlock,),
         lambda m: [(f'layers.{i}.blocks', s.blocks) for i, s in enumerate(m.layers)],
-        levels=('block', 'stage'), attn_key='ba', defaults=_DIA16,
+        levels=('block', 'stage'), attn_key='ba', defaults=_DIA16, cam=lambda m: ('norm', nhwc_to_nchw),
         note='as plugattn Swin: BA on the MLP output bridging attention branch and MLP hidden; DIA per stage',
     ))

@@ -32,7 +32,7 @@ from typing import Any
 
 from torch import nn
 
-from ._core import BlockPlan, Family, Tap, register_family
+from ._core import BlockPlan, Family, Tap, nhwc_to_nchw, register_family, token_cam
 
 __all__ = ['register']
 
@@ -196,6 +196,7 @@ def register() -> None:
         feature_stages((swin_transformer.SwinTransformerBlock,)), levels=('block', 'stage'), attn_key='ba',
         defaults={'dia': {'reduction': 16}},
         match=lambda m: not any(isinstance(x, swin_transformer.SwinTransformerBlockV2) for x in m.modules()),
+        cam=lambda m: ('norm', nhwc_to_nchw),  # the final norm's NHWC map is what the pooled head sees
         note='as plugattn Swin: BA on the MLP output bridging attention output and MLP hidden; DIA per stage',
     ))
 
@@ -206,10 +207,15 @@ def register() -> None:
             return BlockPlan(gate, dim)
         return BlockPlan(gate, dim, (Tap('dropout', layout='nlc'), Tap('mlp.1', layout='nlc')), (dim, hidden))
 
+    def vit_cam(model: nn.Module) -> tuple[str, Any]:
+        # the last block's ln_1: its patch tokens reach the class token (the block output's do not: zero gradient)
+        last = [n for n, m in model.encoder.layers.named_children() if isinstance(m, vit.EncoderBlock)][-1]
+        return f'encoder.layers.{last}.ln_1', token_cam(1)
+
     register_family(Family(
         'torchvision vit', (tvm.VisionTransformer,), vit_plan, (vit.EncoderBlock,),
         lambda m: [('encoder.layers', m.encoder.layers)], levels=('block', 'stage'), attn_key='ba',
-        defaults={'dia': {'reduction': 16}},
+        defaults={'dia': {'reduction': 16}}, cam=vit_cam,
         note='as plugattn DeiT: BA on the MLP output bridging attention output and MLP hidden; one DIA unit',
     ))
 
