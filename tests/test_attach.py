@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import plugattn
@@ -115,6 +117,40 @@ def test_bav1_mobile_counts(arch, count):
     """specs §13.2: the BAv1 repository's BA-MobileNetV3 and BA-EfficientNet-B0."""
     with torch.device('meta'):
         assert n_params(attach(tvm.get_model(arch), 'bav1')) == count
+
+
+@pytest.mark.parametrize('make,attn,act,gate', [
+    (lambda: tvm.mobilenet_v3_small(num_classes=10), 'bav1', torch.relu, F.hardsigmoid),
+    (lambda: tvm.efficientnet_b0(num_classes=10), 'bav1', F.silu, torch.sigmoid),
+    (lambda: timm.create_model('mobilenetv3_small_050', num_classes=10), 'bav2', torch.relu, F.hardsigmoid),
+    (lambda: timm.create_model('efficientnet_b0', num_classes=10), 'bav1', F.silu, torch.sigmoid),
+])
+def test_ba_mobile_activations(make, attn, act, gate):
+    """specs §8: BA on MobileNetV3 gates with h-sigmoid, on EfficientNet it has a swish hidden activation."""
+    torch.manual_seed(0)
+    modules = attach(make(), attn).eval().attention_modules()
+    assert len(modules) >= 8
+    for ba in modules.values():
+        with torch.no_grad():
+            for p in ba.parameters():  # BN affine of both signs: hidden values of both signs
+                if p.ndim == 1:
+                    p.normal_(0, 1)
+            inner = [torch.randn(3, c) for c in ba.inner_channels]
+            x = torch.randn(3, ba.channels, 4, 4)
+            feats = [*inner, x.mean((2, 3))]
+            if attn == 'bav1':
+                z = sum(m[1](m[0](s)) for m, s in zip(ba.fusions, feats, strict=True))
+            else:
+                v = torch.stack([m[0](s) for m, s in zip(ba.fusions, feats, strict=True)], -1)
+                z = ba.generation[0]((v * ba.proj.weight).sum(-1) + ba.proj.bias)
+            w_g = ba.generation[-2].weight * 4  # pre-gate values beyond h-sigmoid's linear range
+            ba.generation[-2].weight.copy_(w_g)
+            want = gate(act(z) @ w_g.t())
+            got = ba.gate(inner, x).flatten(1)
+        assert torch.allclose(got, want, atol=1e-5)
+        assert not torch.allclose(got, torch.sigmoid(torch.relu(z) @ w_g.t()), atol=1e-3)  # the default differs
+    with pytest.raises(ValueError, match="unknown bridge-attention gate_layer 'tanh'"):
+        plugattn.layers.BridgeAttentionV1(8, inner_channels=(8,), gate_layer='tanh')
 
 
 # ------------------------------------------------------------------ every family
@@ -357,3 +393,184 @@ def test_analysis_tools_see_attached_modules():
             model(torch.randn(4, 3, 32, 32))
         assert len(rec.layers) == 8 and 'layer1.0' in rec.layers  # a DIA unit gives one gate per block
         assert default_target_layer(model)[0] == target
+
+
+# ------------------------------------------------------------------ analysis, features, export, compile, DDP
+
+
+def _vit_tv():
+    model = tvm.vision_transformer.VisionTransformer(32, 8, 2, 2, 32, 64, num_classes=10)
+    nn.init.normal_(model.heads.head.weight, std=0.1)  # torchvision zero-initialises the head: zero gradients
+    return model
+
+
+CAM_MODELS = {
+    'tv_vit': (_vit_tv, 'bav2', 'encoder.layers.encoder_layer_1.ln_1'),
+    'tv_swin': (_swin_tv, 'dia', 'norm'),
+    'timm_vit': (lambda: timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=8, depth=2,
+                                           num_classes=10), 'bav2', 'blocks.1.norm1'),
+    'timm_deit': (lambda: timm.create_model('deit_tiny_distilled_patch16_224', img_size=32, patch_size=8, depth=2,
+                                            num_classes=10), 'dia', 'blocks.1.norm1'),  # two prefix tokens
+    'timm_swin': (lambda: timm.create_model('swin_tiny_patch4_window7_224', img_size=32, window_size=2,
+                                            embed_dim=24, depths=(1, 1), num_heads=(1, 1), num_classes=10),
+                  'bav2', 'norm'),
+}
+
+
+@pytest.mark.parametrize('family', sorted(CAM_MODELS))
+def test_cam_attached_transformers(family):
+    pytest.importorskip('pytorch_grad_cam')
+    from plugattn.analysis.gradcam import compute_cam, default_target_layer
+
+    make, attn, layer = CAM_MODELS[family]
+    torch.manual_seed(0)
+    model = attach(make(), attn).eval()
+    name, target = default_target_layer(model)
+    assert name == layer
+    maps, probs = compute_cam(model, torch.randn(2, 3, 32, 32), target)
+    assert maps.shape == (2, 32, 32) and probs.shape == (2, 10)
+    assert np.isfinite(maps).all() and maps.std() > 0.05  # not constant (a wrong token reshape raises)
+
+
+def test_attn_corr_and_cam_on_convnext():
+    from plugattn.analysis.attn_corr import GateRecorder, gate_correlation
+    from plugattn.analysis.gradcam import default_target_layer
+
+    timm_cnx = attach(timm.create_model('convnext_atto', num_classes=10), 'bav2').eval()  # has a `stages` module
+    tv_cnx = attach(FAMILIES['tv_convnext'][0](), 'dia').eval()
+    for model, layers, stages in ((timm_cnx, 12, {'stages.0.blocks': 2, 'stages.2.blocks': 6}),
+                                  (tv_cnx, 3, {'features.1': 1, 'features.3': 2})):
+        with GateRecorder(model) as rec, torch.no_grad():
+            model(torch.randn(6, 3, 64, 64))
+        report = gate_correlation(rec.layers)
+        assert len(rec.layers) == layers
+        for stage, n in stages.items():
+            assert len(report.stages[stage]['matrix']) == n
+    assert default_target_layer(timm_cnx)[0] == 'stages.3.blocks.1'
+    assert default_target_layer(tv_cnx)[0] == 'features.3'  # a DIA stage: the stage itself
+    from plugattn.analysis import AnalysisError
+
+    with pytest.raises(AnalysisError, match='no stages to group its gates by'):
+        GateRecorder(attach(tvm.mobilenet_v3_small(num_classes=10), 'se'))
+
+
+def test_features_only():
+    # zero_init_last=False: timm zero-initialises the gated BN, which would hide any gate
+    plain = plugattn.create_model('timm:resnet18', features_only=True, zero_init_last=False).eval()  # timm's own
+    warm = plugattn.create_model('timm:resnet18+dia', features_only=True, warm_start=True, zero_init_last=False).eval()
+    assert set(warm.state_dict()) >= {f'model.{k}' for k in plain.state_dict()}
+    warm.load_state_dict({f'model.{k}': v for k, v in plain.state_dict().items()}, strict=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref, got = plain(x), warm(x)
+        assert [tuple(f.shape) for f in got] == [tuple(f.shape) for f in ref] == [
+            (2, 64, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4), (2, 512, 2, 2)]
+        assert all((a - b).abs().max() <= 1e-6 for a, b in zip(got, ref, strict=True))  # warm start: the same
+        for m in warm.model.attention_modules().values():
+            m.blend.fill_(1.0)
+        assert (warm(x)[-1] - ref[-1]).abs().max() > 1e-3  # the attention runs inside the extractor
+    cnx = plugattn.create_model('timm:convnext_atto+bav2', features_only=True, out_indices=(1, 3))
+    assert [f.shape[1] for f in cnx(x)] == [80, 320]
+    assert isinstance(cnx.model.head.fc, nn.Identity) and len(cnx.model.attention_modules()) == 12
+    with pytest.raises(ValueError, match=r'features_only is not supported for tv:resnet18.*torch\.fx'):
+        plugattn.create_model('tv:resnet18+se', features_only=True)
+
+
+def test_onnx_export_attached(tmp_path):
+    pytest.importorskip('onnxruntime')
+    import onnx
+
+    from plugattn.export import export_model
+
+    model = attach(timm.create_model('mobilenetv3_small_050', num_classes=10), 'bav1')  # h-sigmoid BA gates
+    result = export_model(model, tmp_path / 'm.onnx', fmt='onnx', input_size=(3, 32, 32), exporter='legacy')
+    assert [s for s, _ in result.checks] == [(2, 3, 32, 32), (3, 3, 48, 40)]
+    assert all(err < 1e-4 for _, err in result.checks)
+    proto = onnx.load(str(result.path))
+    onnx.checker.check_model(proto)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ['batch', 3, 'height', 'width']
+    assert sum(n.op_type == 'HardSigmoid' for n in proto.graph.node) >= 8  # 8 BA gates (+ the network's own)
+
+
+def test_export_dynamic_mobilenetv3_bav1():
+    model = attach(timm.create_model('mobilenetv3_small_050', num_classes=10), 'bav1').eval()
+    batch, size = torch.export.Dim('batch', min=1, max=8), torch.export.Dim('size', min=64, max=256)
+    ep = torch.export.export(model, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: batch, 2: size, 3: size},))
+    for shape in ((2, 3, 64, 64), (3, 3, 96, 96)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert torch.allclose(ep.module()(x), model(x), atol=1e-5)
+
+
+def test_torch_compile_attached():
+    """torch.compile (aot_eager: no C++ build) gives the eager output. Not fullgraph: the blocks register their
+    hooks at every call, which Dynamo traces around with graph breaks."""
+    torch.manual_seed(0)
+    plain = tvm.resnet.ResNet(tvm.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10).eval()
+    model = attach(tvm.resnet.ResNet(tvm.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10), 'bav2').eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(2, 3, 32, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='aot_eager')
+    with torch.no_grad():
+        got = compiled(x)
+        assert torch.allclose(got, model(x), atol=1e-6)
+        assert (got - plain(x)).abs().max() > 1e-3  # the attention is in the compiled graphs
+    torch._dynamo.reset()
+
+
+def _ddp_problem():
+    torch.manual_seed(0)
+    model = attach(tvm.resnet.ResNet(tvm.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10), 'bav2').double()
+    g = torch.Generator().manual_seed(1)
+    return model, torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64), torch.arange(8) % 10
+
+
+def _ddp_worker(rank: int, port: int, queue) -> None:  # pragma: no cover - runs in a spawned process
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from plugattn.engine.distributed import convert_sync_batchnorm
+
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    model, x, y = _ddp_problem()
+    model = nn.parallel.DistributedDataParallel(convert_sync_batchnorm(model, torch.device('cpu')))
+    F.cross_entropy(model(x[rank * 4:(rank + 1) * 4]), y[rank * 4:(rank + 1) * 4]).backward()
+    names = [n for n, _ in model.module.named_parameters()]
+    flat = torch.cat([p.grad.flatten() for p in model.module.parameters()]).numpy().copy()
+    queue.put((rank, names, flat))  # numpy: sent by value (a tensor would be shared memory gone at exit)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_attached():
+    """2 gloo processes x 4 images with all-reduce BatchNorm (also the BAv2 BatchNorm1d) give the float64 gradients
+    of one process on the 8 images, on both ranks."""
+    import socket
+
+    import torch.multiprocessing as mp
+    import torch.nn.functional as F
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    model, x, y = _ddp_problem()
+    F.cross_entropy(model(x), y).backward()
+    ref = torch.cat([p.grad.flatten() for p in model.parameters()])
+    got = {}
+    for _ in procs:
+        rank, names, flat = queue.get(timeout=120)
+        got[rank] = torch.from_numpy(flat)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert names == [n for n, _ in model.named_parameters()] and sum('.attn.' in n for n in names) == 4 * 7
+    for rank in (0, 1):
+        assert float((got[rank] - ref).abs().max()) <= 1e-10 * float(ref.abs().max()), rank

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import PlugattnError
 
-__all__ = ['AnalysisError', 'load_model', 'model_attn', 'require']
+__all__ = ['AnalysisError', 'load_model', 'model_attn', 'model_stages', 'require']
 
 # Optional packages: import name -> pip distribution name.
 _DISTRIBUTIONS = {'pytorch_grad_cam': 'grad-cam', 'matplotlib': 'matplotlib', 'skimage': 'scikit-image'}
@@ -34,6 +34,20 @@ def require(module: str, purpose: str, extra: str = 'viz') -> ModuleType:
         dist = _DISTRIBUTIONS.get(module, module)
         raise AnalysisError(f'{purpose} needs {dist}, which is not installed',
                             f"pip install 'plugattn[{extra}]'") from None
+
+
+def model_stages(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """``[(name, stage container), ...]`` of a plugattn model (``stages()``), or of a torchvision / timm model as its
+    :mod:`plugattn.attach` family names them (timm ConvNeXt's ``stages.i.blocks``); ``None`` when the model has none.
+    """
+    stages = getattr(model, 'stages', None)
+    if '_plugattn_stage_names' not in model.__dict__ and callable(stages) and not isinstance(stages, nn.Module):
+        found = list(stages())
+        names = getattr(model, 'stage_names', None) or [f'stage{i}' for i in range(len(found))]
+        return list(zip(names, found, strict=True))
+    from ..attach._core import model_stages as family_stages
+
+    return family_stages(model)
 
 
 def model_attn(name: str) -> str:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ..layers import BlockAttention, StageAttention
-from ._common import AnalysisError
+from ._common import AnalysisError, model_stages
 
 __all__ = [
     'SATURATION',
@@ -119,13 +119,20 @@ class GateRecorder:
         >>> rec.layers['layer1.0'].matrix().shape   # (images, channels)
 
     Args:
-        model: A plugattn model (it needs ``stages()`` and ``attention_modules()``).
+        model: A plugattn model or an attached torchvision / timm model (it needs stages and
+            ``attention_modules()``).
     """
 
     def __init__(self, model: nn.Module) -> None:
-        if not hasattr(model, 'attention_modules') or not hasattr(model, 'stages'):
-            raise AnalysisError(f'{type(model).__name__} is not a plugattn model (no attention_modules/stages)')
+        if not hasattr(model, 'attention_modules'):
+            raise AnalysisError(f'{type(model).__name__} is not a plugattn model (no attention_modules)',
+                                'pass a plugattn model or one with attention attached (plugattn.attach)')
+        stages = model_stages(model)
+        if not stages:
+            raise AnalysisError(f'{type(model).__name__} has no stages to group its gates by',
+                                'attn-corr needs a model with stages (ResNet, RegNet, ConvNeXt, transformers)')
         self.model = model
+        self._stages = stages
         self.layers: dict[str, GateLayer] = {}
         self._handles: list[RemovableHandle] = []
         self._calls: dict[str, int] = {}
@@ -136,9 +143,8 @@ class GateRecorder:
 
     def _locate(self) -> dict[str, tuple[str, int | None, nn.Module | None]]:
         """Attention module name -> (stage name, block index or None for per-call, owning stage module)."""
-        stage_names = getattr(self.model, 'stage_names', None) or [f'stage{i}' for i in range(len(self.model.stages()))]
         owner: dict[int, tuple[str, int | None, nn.Module]] = {}
-        for sname, stage in zip(stage_names, self.model.stages()):
+        for sname, stage in self._stages:
             for bi, block in enumerate(stage):
                 for m in block.modules():
                     owner.setdefault(id(m), (sname, bi, stage))

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from ..layers import StageAttention
 from ..models import AttnStage
-from ._common import AnalysisError, require
+from ..models._base import AttnNet
+from ._common import AnalysisError, model_stages, require
 
 __all__ = [
     'CAM_METHODS',
@@ -101,15 +102,38 @@ class CamResult:
         return asdict(self)
 
 
+def _foreign_cam(model: nn.Module) -> tuple[str, Any] | None:
+    """The target layer and reshape of a torchvision / timm token model (attached or not), else ``None``."""
+    if hasattr(model, 'cam_target_layer') or isinstance(model, AttnNet):
+        return None
+    from ..attach._core import cam_layer
+
+    return cam_layer(model)
+
+
+def cam_reshape(model: nn.Module) -> Any:
+    """The transform of the target layer's output to ``(B, C, h, w)`` maps: the model's own (plugattn transformers)
+    or its family's (torchvision / timm ViT and Swin: tokens without the class token, NHWC maps); ``None`` for CNNs."""
+    if hasattr(model, 'cam_reshape_transform'):
+        return model.cam_reshape_transform()
+    foreign = _foreign_cam(model)
+    return foreign[1] if foreign is not None else None
+
+
 def default_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
     """``(name, module)`` of the last block of the last stage (the stage itself for a DIA stage), or the layer a
-    model names itself through ``cam_target_layer()`` (the transformers)."""
+    model names itself through ``cam_target_layer()`` (the transformers; for torchvision / timm ViT and Swin the
+    layer their :mod:`plugattn.attach` family names)."""
     if hasattr(model, 'cam_target_layer'):
         name = model.cam_target_layer()
         return name, model.get_submodule(name)
-    if not hasattr(model, 'stages'):
+    foreign = _foreign_cam(model)
+    if foreign is not None:
+        return foreign[0], model.get_submodule(foreign[0])
+    stages = model_stages(model)
+    if not stages:
         raise AnalysisError(f'{type(model).__name__} has no stages()', 'pass --target-layer NAME')
-    stage = model.stages()[-1]
+    stage = stages[-1][1]
     shared = isinstance(stage, AttnStage) or any(isinstance(m, StageAttention) for m in stage.children())
     target = stage if shared else stage[-1]
     return _module_name(model, target), target
@@ -129,7 +153,7 @@ def resolve_target_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Mo
     try:
         return name, model.get_submodule(name)
     except AttributeError:
-        stages = getattr(model, 'stage_names', ())
+        stages = [n for n, _ in model_stages(model) or ()]
         raise AnalysisError(f'model has no layer {name!r}',
                             f'use a qualified module name such as {stages[-1] + ".0" if stages else "layer4.1"} '
                             '(see model.named_modules())') from None
@@ -210,7 +234,7 @@ def compute_cam(
         raise AnalysisError(f'unknown CAM method {method!r}', f'choose one of {", ".join(CAM_METHODS)}')
     model.eval()
     # Token layouts (ViT, PVT, Swin's NHWC maps) need the model's own transform to NCHW.
-    reshape = model.cam_reshape_transform() if hasattr(model, 'cam_reshape_transform') else None
+    reshape = cam_reshape(model)
     seen: list[Tensor] = []
     handle = target_layer.register_forward_hook(lambda m, a, out: seen.append(out))
     try:

@@ -25,9 +25,9 @@ Modules attached, with their papers and official code (details and differences i
 Jongchan/attention-module), CA (arXiv:2103.02907, houqb/CoordAttention), ELA (arXiv:2403.01123), BAv1
 (arXiv:2112.04150, zhaoy376/Bridge-Attention, whose MobileNetV3 / EfficientNet placements are followed), BAv2
 (arXiv:2410.07860, ZOUrz/BA-Net-Bridge-Attention-in-Deep-Neural-Networks) and DIA (arXiv:1905.10671 /
-2210.16101, gbup-group/DIANet). Differences from the references: the ConvNeXt and transformer placements and the
-warm start are ours; on MobileNetV3 / EfficientNet the BA gate is plugattn's sigmoid with a ReLU hidden activation
-(BAv1: h-sigmoid / swish; same parameter counts).
+2210.16101, gbup-group/DIANet). On MobileNetV3 / EfficientNet the BA module has the BAv1 repository's activations
+(h-sigmoid gate / swish hidden activation). Differences from the references: the ConvNeXt and transformer placements
+and the warm start are ours.
 
 A new family is a :class:`Family`: the model and block classes, a ``plan`` function naming, for a block, the
 submodule whose output is gated and the inner outputs that bridge attention pools, and the stage containers::

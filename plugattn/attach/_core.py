@@ -91,6 +91,8 @@ class Family:
             keep them.
         defaults: default attention options per attention name on this family (DIA reduction, BA reduction, ...).
         match: optional extra test on the model (``match(model) -> bool``).
+        cam: ``cam(model) -> (layer name, reshape)``: the Grad-CAM target layer of a token model and the transform
+            of its output to ``(B, C, h, w)`` maps (``None``: the last block of the last stage, no reshape).
         note: one line on where the attention goes, for messages and docs.
     """
 
@@ -104,6 +106,7 @@ class Family:
     replace: Callable[[nn.Module, str, dict[str, Any]], list[str]] | None = None
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     match: Callable[[nn.Module], bool] | None = None
+    cam: Callable[[nn.Module], tuple[str, Callable[[Tensor], Tensor] | None]] | None = None
     note: str = ''
 
     def matches(self, model: nn.Module) -> bool:
@@ -146,6 +149,18 @@ def from_map(x: Tensor, layout: str) -> Tensor:
     if layout == 'nhwc':
         return x.permute(0, 2, 3, 1)
     return x.squeeze(-1).transpose(1, 2)
+
+
+def token_cam(num_prefix_tokens: int) -> Callable[[Tensor], Tensor]:
+    """Grad-CAM reshape of ``(B, P + N, C)`` tokens (the ``P`` prefix tokens dropped) to ``(B, C, h, w)`` maps."""
+    from ..models.vit import tokens_to_nchw
+
+    return functools.partial(tokens_to_nchw, num_prefix_tokens=num_prefix_tokens)
+
+
+def nhwc_to_nchw(x: Tensor) -> Tensor:
+    """Grad-CAM reshape of channels-last ``(B, H, W, C)`` maps (Swin)."""
+    return x.permute(0, 3, 1, 2)
 
 
 def pool(x: Tensor, tap: Tap) -> Tensor:
@@ -382,6 +397,7 @@ def share_stage(container: nn.Module, unit: nn.Module) -> None:
 
 
 def mark_model(model: nn.Module, stage_names: Sequence[str], attn_names: Sequence[str]) -> None:
+    model.__dict__['_plugattn_stage_names'] = tuple(stage_names)
     if not hasattr(model, 'attention_modules'):
         # a model with a ``stages`` submodule (timm ConvNeXt, ...) keeps it: no stages() method then
         staged = stage_names and not hasattr(model, 'stages') and not hasattr(model, 'stage_names')
@@ -389,6 +405,31 @@ def mark_model(model: nn.Module, stage_names: Sequence[str], attn_names: Sequenc
         if staged:
             model.stage_names = tuple(stage_names)
     model.__dict__['_plugattn_attn_names'] = tuple(attn_names)
+
+
+def _family_or_none(model: nn.Module) -> Family | None:
+    try:
+        return find_family(model)
+    except ValueError:
+        return None
+
+
+def model_stages(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """``[(name, container), ...]``: the stages of a torchvision / timm model (attached or not) as its family names
+    them (``[]`` for a family without stages), or ``None`` for a model of no family."""
+    names = model.__dict__.get('_plugattn_stage_names')
+    if names is not None:
+        return [(n, model.get_submodule(n)) for n in names]
+    fam = _family_or_none(model)
+    if fam is None:
+        return None
+    return fam.stages(model) if fam.stages is not None else []
+
+
+def cam_layer(model: nn.Module) -> tuple[str, Callable[[Tensor], Tensor] | None] | None:
+    """The Grad-CAM target layer and output reshape of a torchvision / timm token model (ViT, Swin), else ``None``."""
+    fam = _family_or_none(model)
+    return fam.cam(model) if fam is not None and fam.cam is not None else None
 
 
 # --------------------------------------------------------------------------------------------- attach

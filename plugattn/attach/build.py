@@ -11,7 +11,7 @@ these keyword arguments) so that eval/export/cam rebuild the model.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,8 @@ def create_model(
         warm_start: bool = False,
         num_classes: int | None = None,
         in_chans: int | None = None,
+        features_only: bool = False,
+        out_indices: Sequence[int] | None = None,
         **kwargs: Any,
 ) -> nn.Module:
     """Build a plugattn, torchvision (``tv:NAME``) or timm (``timm:NAME``) model, with ``attn`` attached.
@@ -131,6 +133,8 @@ def create_model(
         num_classes: classifier outputs (the last Linear is replaced for pretrained torchvision models).
         in_chans: input channels (torchvision: the first conv is replaced, pretrained RGB weights summed for one
             channel).
+        features_only: a feature extractor (timm names: see :func:`timm_features`; torchvision names raise).
+        out_indices: its feature levels (default: timm's for the model).
         **kwargs: attach options (``attn_kwargs``, ``stages``, ``keep_se``, ``attn_position``) and the host
             library's model options.
     """
@@ -142,16 +146,33 @@ def create_model(
         if attn is not None and attn != named:
             raise ValueError(f'{name} already names attention {named!r}; drop attn={attn!r}')
         model = create_model(base, pretrained, attn=named, warm_start=warm_start, num_classes=num_classes,
-                             in_chans=in_chans, **opts, **kwargs)
+                             in_chans=in_chans, features_only=features_only, out_indices=out_indices, **opts, **kwargs)
         model.model_name = name
         return model
+    if features_only and name.startswith('tv:'):
+        raise ValueError(
+            f'features_only is not supported for {name}: torchvision\'s feature extraction traces with torch.fx, '
+            'which skips the forward hooks that carry the attached attention; use a timm: name, or forward hooks '
+            'on the stage outputs')
     if name.startswith(FOREIGN_PREFIXES):
         build = _torchvision if name.startswith('tv:') else _timm
+        if features_only and attn is None:
+            if warm_start or opts:
+                raise ValueError(f'{name}: warm_start/{"/".join(opts) or "options"} need attn=NAME')
+            # timm's own feature extractor
+            model = build(name, pretrained, None, in_chans, {**kwargs, 'features_only': True,
+                                                              **({'out_indices': out_indices} if out_indices else {})})
+            model.model_name = name
+            return model
         model = build(name, pretrained, num_classes, in_chans, kwargs)
         if attn is not None:
             attach(model, attn, warm_start=warm_start, **opts)
         elif warm_start or opts:
             raise ValueError(f'{name}: warm_start/{"/".join(opts) or "options"} need attn=NAME')
+        if features_only:
+            model = timm_features(model, name[5:], out_indices, kwargs)
+            model.model_name = name
+            return model
         model.model_name = name
         # what plugattn's engine and analysis read from a model
         model.num_classes = num_classes if num_classes is not None else getattr(model, 'num_classes', 1000)
@@ -165,6 +186,8 @@ def create_model(
     from ..models import create_model as plugattn_create
 
     extra = {k: v for k, v in (('num_classes', num_classes), ('in_chans', in_chans)) if v is not None}
+    if features_only:
+        kwargs.update(features_only=True, out_indices=out_indices)
     if not warm_start:
         if attn is not None:
             kwargs['attn'] = attn
@@ -177,6 +200,28 @@ def create_model(
         raise ValueError('warm_start=True needs attn=NAME (the attention to attach)')
     model = plugattn_create(name, pretrained, **extra, **kwargs)
     return attach(model, attn, warm_start=True, **opts)
+
+
+def timm_features(model: nn.Module, arch: str, out_indices: Sequence[int] | None,
+                  kwargs: dict[str, Any]) -> nn.Module:
+    """The feature extractor of an attached timm model: timm's ``FeatureGetterNet`` around it (the model's own
+    ``forward_intermediates``, which runs the attached blocks), with the levels timm's ``features_only`` gives
+    (default ``out_indices``); the classifier is removed (``reset_classifier(0)``). Differences from timm's own
+    extractor: every level is NCHW (timm's Swin extractor gives NHWC) and the model's keys sit under ``model.``
+    (as in timm's getter-based extractors, e.g. ViT).
+    """
+    import timm
+    from timm.models._features import FeatureGetterNet
+
+    if not hasattr(model, 'forward_intermediates'):
+        raise ValueError(f'features_only with attention needs forward_intermediates, which timm {arch} lacks; '
+                         'attach to the classifier model instead')
+    with torch.device('meta'):  # timm's own extractor, only for its default levels and layout
+        ref = timm.create_model(arch, features_only=True, **kwargs)
+    indices = tuple(out_indices) if out_indices is not None else tuple(ref.feature_info.out_indices)
+    model.reset_classifier(0)
+    # prune=False: pruning re-slices the block containers, which would drop a shared DIA unit
+    return FeatureGetterNet(model, out_indices=indices, prune=False)
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:

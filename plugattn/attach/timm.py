@@ -10,8 +10,9 @@ Placements (as in :mod:`plugattn.attach.torchvision`; "ours" marks a design with
   ``plugattn.create_model('bav2_regnety_400mf')`` with the classifier at ``head.fc`` instead of ``fc``.
 * EfficientNet (``efficientnet_b*``) and MobileNetV3 (``mobilenetv3_*``): BA as the BAv1 repository (specs §8) in
   the inverted residuals with an SE (bridging ``bn1``, the expansion output, and gating the depthwise output, after
-  its activation for EfficientNet and between its BN and activation, ``bn2.drop``, for MobileNetV3), reduction 6;
-  the other blocks keep their SE; gate-level modules replace every SE at its place (ours).
+  its activation for EfficientNet and between its BN and activation, ``bn2.drop``, for MobileNetV3), reduction 6,
+  with the repository's activations (MobileNetV3: h-sigmoid gate; EfficientNet: swish hidden activation); the other
+  blocks keep their SE; gate-level modules replace every SE at its place (ours).
 * ConvNeXt (ours): the branch output before the layer scale, BA bridging ``conv_dw`` and ``mlp.act``, DIA one unit
   per stage (``stages.i.blocks.attn``).
 * ViT / DeiT and Swin (ours, as plugattn's DeiT / Swin): BA at ``blocks.i.ba`` (Swin ``layers.s.blocks.i.ba``)
@@ -24,12 +25,14 @@ from typing import Any
 
 from torch import nn
 
-from ._core import BlockPlan, Family, Tap, register_family
+from ._core import BlockPlan, Family, Tap, nhwc_to_nchw, register_family, token_cam
 
 __all__ = ['register']
 
 _DIA16 = {'dia': {'reduction': 16}}
-_BA6 = {'bav1': {'reduction': 6}, 'bav2': {'reduction': 6}}
+# BAv1 repository (specs §8): reduction 6, MobileNetV3 h-sigmoid gate, EfficientNet swish hidden activation
+_BA_MBV3 = {ba: {'reduction': 6, 'gate_layer': 'hardsigmoid'} for ba in ('bav1', 'bav2')}
+_BA_EFFNET = {ba: {'reduction': 6, 'act_layer': 'silu'} for ba in ('bav1', 'bav2')}
 
 
 def _has_se(block: nn.Module) -> bool:
@@ -104,11 +107,11 @@ def register() -> None:
             return []
         return _se_replace(block, level, opts)
 
-    for name, cls, pre in (('timm mobilenetv3', mobilenetv3.MobileNetV3, True),
-                           ('timm efficientnet', efficientnet.EfficientNet, False)):
+    for name, cls, pre, defaults in (('timm mobilenetv3', mobilenetv3.MobileNetV3, True, _BA_MBV3),
+                                     ('timm efficientnet', efficientnet.EfficientNet, False, _BA_EFFNET)):
         register_family(Family(
             name, (cls,), mobile_plan(pre), (InvertedResidual, DepthwiseSeparableConv), None,
-            levels=('gate', 'block'), replace=mobile_replace, defaults=_BA6,
+            levels=('gate', 'block'), replace=mobile_replace, defaults=defaults,
             note='BA replaces the SE of expansion blocks (BAv1 repository); gate modules replace the SE',
         ))
 
@@ -136,9 +139,13 @@ def register() -> None:
             return BlockPlan(gate, dim)
         return BlockPlan(gate, dim, (Tap('attn', layout='nlc'), Tap('mlp.act', layout='nlc')), (dim, hidden))
 
+    def vit_cam(model: nn.Module) -> tuple[str, Any]:
+        # the last block's norm1: its patch tokens reach the class token (the block output's do not)
+        return f'blocks.{len(model.blocks) - 1}.norm1', token_cam(model.num_prefix_tokens)
+
     register_family(Family(
         'timm vit/deit', (vit.VisionTransformer,), vit_plan, (vit.Block,), lambda m: [('blocks', m.blocks)],
-        levels=('block', 'stage'), attn_key='ba', defaults=_DIA16,
+        levels=('block', 'stage'), attn_key='ba', defaults=_DIA16, cam=vit_cam,
         note='as plugattn DeiT: BA on the MLP output bridging attention output and MLP hidden; one DIA unit',
     ))
 
@@ -152,6 +159,6 @@ def register() -> None:
     register_family(Family(
         'timm swin', (swin_transformer.SwinTransformer,), swin_plan, (swin_transformer.SwinTransformerBlock,),
         lambda m: [(f'layers.{i}.blocks', s.blocks) for i, s in enumerate(m.layers)],
-        levels=('block', 'stage'), attn_key='ba', defaults=_DIA16,
+        levels=('block', 'stage'), attn_key='ba', defaults=_DIA16, cam=lambda m: ('norm', nhwc_to_nchw),
         note='as plugattn Swin: BA on the MLP output bridging attention branch and MLP hidden; DIA per stage',
     ))

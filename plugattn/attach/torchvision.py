@@ -12,9 +12,9 @@ Placements (each family's ``note``; "ours" marks a design without a paper or off
 * MobileNetV3 and EfficientNet-B0…B7: BA as the BAv1 repository builds it (specs §8): in blocks with an expansion
   conv (MobileNetV3: and an SE), BA replaces the SE, bridging the expansion output and gating the depthwise output
   (MobileNetV3: its BN output before the activation; EfficientNet: after the activation), reduction 6; the other
-  blocks keep their SE. Gate-level modules replace the SE at its place (ours). Differences: the BA gate is plugattn's
-  sigmoid (BAv1: h-sigmoid on MobileNetV3) and its hidden activation ReLU (BAv1: swish on EfficientNet); the counts
-  are the same.
+  blocks keep their SE. The BA module has the repository's activations: MobileNetV3 ReLU hidden and h-sigmoid gate
+  (``gate_layer='hardsigmoid'``), EfficientNet swish hidden (``act_layer='silu'``) and sigmoid gate; BAv2 takes
+  the same. Gate-level modules replace the SE at its place (ours).
 * RegNet-Y (``regnet_y_*``): as plugattn's RegNet-Y (specs §9 proposal, ours): BA bridges ``f.a`` and ``f.b`` and
   gates ``f.c`` in place of the SE, gate-level modules replace the SE at its place, DIA one unit per stage on
   ``f.c`` (reduction 16); ``keep_se=True`` keeps the SE.
@@ -32,7 +32,7 @@ from typing import Any
 
 from torch import nn
 
-from ._core import BlockPlan, Family, Tap, register_family
+from ._core import BlockPlan, Family, Tap, nhwc_to_nchw, register_family, token_cam
 
 __all__ = ['register']
 
@@ -96,6 +96,10 @@ def register() -> None:
         expand = len(layers) - (1 if se is None else 0) == 4
         return (0 if expand else None), (1 if expand else 0), se
 
+    def ba_defaults(**acts: str) -> dict[str, dict[str, Any]]:
+        # BAv1 repository (specs §8): MobileNetV3 h-sigmoid gate, EfficientNet swish hidden activation
+        return {'bav1': {'reduction': 6, **acts}, 'bav2': {'reduction': 6, **acts}}
+
     def mbv3_plan(block: nn.Module, level: str, opts: dict[str, Any]) -> BlockPlan | None:
         expand, dw, se = mbv3_parts(block)
         hidden = _width(block.block[dw])
@@ -114,7 +118,7 @@ def register() -> None:
     register_family(Family(
         'torchvision mobilenet_v3', (tvm.MobileNetV3,), mbv3_plan, (mobilenetv3.InvertedResidual,), None,
         levels=('gate', 'block'), replace=se_slot,
-        defaults={'bav1': {'reduction': 6}, 'bav2': {'reduction': 6}},
+        defaults=ba_defaults(gate_layer='hardsigmoid'),
         note='BA replaces the SE of expansion blocks (BAv1 repository); gate modules replace the SE',
     ))
 
@@ -130,7 +134,7 @@ def register() -> None:
     register_family(Family(
         'torchvision efficientnet', (tvm.EfficientNet,), effnet_plan, (efficientnet.MBConv,), None,
         levels=('gate', 'block'), replace=se_slot,
-        defaults={'bav1': {'reduction': 6}, 'bav2': {'reduction': 6}},
+        defaults=ba_defaults(act_layer='silu'),
         match=lambda m: not any(isinstance(x, efficientnet.FusedMBConv) for x in m.modules()),
         note='BA replaces the SE of expansion blocks (BAv1 repository); gate modules replace the SE',
     ))
@@ -192,6 +196,7 @@ def register() -> None:
         feature_stages((swin_transformer.SwinTransformerBlock,)), levels=('block', 'stage'), attn_key='ba',
         defaults={'dia': {'reduction': 16}},
         match=lambda m: not any(isinstance(x, swin_transformer.SwinTransformerBlockV2) for x in m.modules()),
+        cam=lambda m: ('norm', nhwc_to_nchw),  # the final norm's NHWC map is what the pooled head sees
         note='as plugattn Swin: BA on the MLP output bridging attention output and MLP hidden; DIA per stage',
     ))
 
@@ -202,10 +207,15 @@ def register() -> None:
             return BlockPlan(gate, dim)
         return BlockPlan(gate, dim, (Tap('dropout', layout='nlc'), Tap('mlp.1', layout='nlc')), (dim, hidden))
 
+    def vit_cam(model: nn.Module) -> tuple[str, Any]:
+        # the last block's ln_1: its patch tokens reach the class token (the block output's do not: zero gradient)
+        last = [n for n, m in model.encoder.layers.named_children() if isinstance(m, vit.EncoderBlock)][-1]
+        return f'encoder.layers.{last}.ln_1', token_cam(1)
+
     register_family(Family(
         'torchvision vit', (tvm.VisionTransformer,), vit_plan, (vit.EncoderBlock,),
         lambda m: [('encoder.layers', m.encoder.layers)], levels=('block', 'stage'), attn_key='ba',
-        defaults={'dia': {'reduction': 16}},
+        defaults={'dia': {'reduction': 16}}, cam=vit_cam,
         note='as plugattn DeiT: BA on the MLP output bridging attention output and MLP hidden; one DIA unit',
     ))
 

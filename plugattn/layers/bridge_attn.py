@@ -21,6 +21,10 @@ Differences from the reference:
     * BAv2's selection operator is pluggable (specs D8): ``selection='linear'`` is the released code (a Linear(n->1)
       with bias over the layer axis); ``selection='softmax'`` is **ours**, not from the paper or code: the same
       parameters, with the layer weights softmax-normalised so they sum to one.
+    * ``act_layer`` / ``gate_layer`` choose the hidden activation and the gate (default ReLU and sigmoid, the ResNet
+      modules of both repositories). The BAv1 repository's other backbones use others (specs §8): MobileNetV3
+      ``gate_layer='hardsigmoid'``, EfficientNet ``act_layer='silu'`` (swish); :func:`plugattn.attach` sets them
+      on those families. Activations have no parameters, so counts and keys do not change.
 """
 from __future__ import annotations
 
@@ -33,6 +37,27 @@ from .base import BlockAttention, as_channel_gate, check_train_batch, pooled
 from .registry import register_attn
 
 __all__ = ['BridgeAttentionV1', 'BridgeAttentionV2']
+
+LayerSpec = str | type[nn.Module]
+_ACT_LAYERS: dict[str, type[nn.Module]] = {
+    'relu': nn.ReLU, 'relu6': nn.ReLU6, 'silu': nn.SiLU, 'swish': nn.SiLU, 'gelu': nn.GELU, 'hardswish': nn.Hardswish,
+}
+_GATE_LAYERS: dict[str, type[nn.Module]] = {
+    'sigmoid': nn.Sigmoid, 'hardsigmoid': nn.Hardsigmoid, 'h_sigmoid': nn.Hardsigmoid,
+}
+
+
+def _layer(spec: LayerSpec, table: dict[str, type[nn.Module]], what: str) -> nn.Module:
+    """An activation module from a name of ``table`` or a module class (ReLU in place, as the references)."""
+    if isinstance(spec, str):
+        if spec.lower() not in table:
+            raise ValueError(f'unknown bridge-attention {what} {spec!r}: choose one of {", ".join(table)} or pass '
+                             'a module class')
+        spec = table[spec.lower()]
+    if not (isinstance(spec, type) and issubclass(spec, nn.Module)):
+        raise ValueError(f'bridge-attention {what} must be a name ({", ".join(table)}) or an nn.Module class, '
+                         f'got {spec!r}')
+    return spec(inplace=True) if spec in (nn.ReLU, nn.ReLU6) else spec()
 
 
 class _BridgeAttention(BlockAttention):
@@ -75,6 +100,8 @@ class BridgeAttentionV1(_BridgeAttention):
         channels: channels C of the gated (last) conv output.
         inner_channels: channels of the inner conv outputs, in block order (e.g. ``(p, p)`` for a bottleneck).
         reduction: r of the hidden width ``m = max(1, C // r)``.
+        act_layer: hidden activation, a name (``'relu'``, ``'silu'``, ...) or a module class.
+        gate_layer: gate activation, ``'sigmoid'`` or ``'hardsigmoid'`` (or a module class).
     """
 
     def __init__(
@@ -83,6 +110,8 @@ class BridgeAttentionV1(_BridgeAttention):
             *,
             inner_channels: Sequence[int],
             reduction: int = 16,
+            act_layer: LayerSpec = 'relu',
+            gate_layer: LayerSpec = 'sigmoid',
             device=None,
             dtype=None,
     ) -> None:
@@ -93,7 +122,10 @@ class BridgeAttentionV1(_BridgeAttention):
             nn.Sequential(nn.Linear(c, m, bias=False, **dd), nn.BatchNorm1d(m, **dd))
             for c in (*self.inner_channels, channels)
         )
-        self.generation = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(m, channels, bias=False, **dd), nn.Sigmoid())
+        self.generation = nn.Sequential(
+            _layer(act_layer, _ACT_LAYERS, 'act_layer'), nn.Linear(m, channels, bias=False, **dd),
+            _layer(gate_layer, _GATE_LAYERS, 'gate_layer'),
+        )
 
     def gate(self, inner: list[Tensor], x: Tensor) -> Tensor:
         feats = self.bridged(inner, x)
@@ -113,6 +145,8 @@ class BridgeAttentionV2(_BridgeAttention):
         inner_channels: channels of the inner conv outputs, in block order.
         reduction: r of the hidden width ``m = max(1, C // r)``.
         selection: ``'linear'`` (released code) or ``'softmax'`` (ours: softmax-normalised layer weights).
+        act_layer: hidden activation, a name (``'relu'``, ``'silu'``, ...) or a module class.
+        gate_layer: gate activation, ``'sigmoid'`` or ``'hardsigmoid'`` (or a module class).
     """
 
     def __init__(
@@ -122,6 +156,8 @@ class BridgeAttentionV2(_BridgeAttention):
             inner_channels: Sequence[int],
             reduction: int = 16,
             selection: str = 'linear',
+            act_layer: LayerSpec = 'relu',
+            gate_layer: LayerSpec = 'sigmoid',
             device=None,
             dtype=None,
     ) -> None:
@@ -138,7 +174,8 @@ class BridgeAttentionV2(_BridgeAttention):
         )
         self.proj = nn.Linear(n, 1, **dd)
         self.generation = nn.Sequential(
-            nn.BatchNorm1d(m, **dd), nn.ReLU(inplace=True), nn.Linear(m, channels, bias=False, **dd), nn.Sigmoid(),
+            nn.BatchNorm1d(m, **dd), _layer(act_layer, _ACT_LAYERS, 'act_layer'),
+            nn.Linear(m, channels, bias=False, **dd), _layer(gate_layer, _GATE_LAYERS, 'gate_layer'),
         )
 
     def gate(self, inner: list[Tensor], x: Tensor) -> Tensor:

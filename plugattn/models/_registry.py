@@ -259,9 +259,7 @@ def create_model(
         # torchvision / timm models and warm-started attachment: plugattn.attach builds them
         from ..attach.build import create_model as create_attached
 
-        if features_only:
-            raise ValueError(f'features_only is not supported for {name}; build it with timm/torchvision directly')
-        return create_attached(name, pretrained, **kwargs)
+        return create_attached(name, pretrained, features_only=features_only, out_indices=out_indices, **kwargs)
     attn = kwargs.pop('attn', None)
     if name not in _MODELS and (split := _split_attn_name(name)) is not None:
         # A combination the registry skipped (e.g. ELA-T at 16 channels): build it so the module explains why.
