@@ -472,8 +472,35 @@ def test_features_only():
     cnx = plugattn.create_model('timm:convnext_atto+bav2', features_only=True, out_indices=(1, 3))
     assert [f.shape[1] for f in cnx(x)] == [80, 320]
     assert isinstance(cnx.model.head.fc, nn.Identity) and len(cnx.model.attention_modules()) == 12
-    with pytest.raises(ValueError, match=r'features_only is not supported for tv:resnet18.*torch\.fx'):
-        plugattn.create_model('tv:resnet18+se', features_only=True)
+
+
+
+@pytest.mark.parametrize('name, shapes', [
+    ('tv:resnet18+dia', [(64, 16), (128, 8), (256, 4), (512, 2)]),
+    # the gated BN sits inside torchvision's Conv2dNormActivation, a leaf of torchvision's FX tracer
+    ('tv:mobilenet_v3_small+bav1', [(16, 32), (16, 16), (24, 8), (48, 4), (576, 2)]),
+])
+def test_torchvision_features_only(name, shapes):
+    torch.manual_seed(0)
+    full = plugattn.create_model(name).eval()
+    feats = plugattn.create_model(name, features_only=True).eval()
+    assert not feats.graph.load_state_dict(full.state_dict(), strict=False).missing_keys  # only the head is gone
+    x = torch.randn(2, 3, 64, 64)
+    stage_outputs = {}
+    hooks = [full.get_submodule(d['module']).register_forward_hook(
+        lambda m, a, out, n=d['module']: stage_outputs.__setitem__(n, out)) for d in feats.feature_info]
+    with torch.no_grad():
+        full(x)
+        got = feats(x)
+    for h in hooks:
+        h.remove()
+    assert [(f.shape[1], f.shape[2]) for f in got] == shapes
+    assert [(d['num_chs'], 64 // d['reduction']) for d in feats.feature_info] == shapes
+    for f, d in zip(got, feats.feature_info):
+        torch.testing.assert_close(f, stage_outputs[d['module']])  # the traced graph runs the attention
+    assert len(plugattn.create_model(name, features_only=True, out_indices=(1, -1))(x)) == 2
+    with pytest.raises(ValueError, match=r'out_indices \(7,\) of tv:.*feature levels'):
+        plugattn.create_model(name, features_only=True, out_indices=(7,))
 
 
 def test_onnx_export_attached(tmp_path):

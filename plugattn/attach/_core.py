@@ -13,7 +13,7 @@ runs its blocks and resets the recurrent state at the start of every stage.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,8 +236,13 @@ class _TappedBlock:
         inner: list[Tensor] = []
         applied: list[bool] = []
         handles = []
-        tapped = [self.get_submodule(tap.name) for tap in (*ctx.plan.bridge, ctx.plan.gate)]
-        fx_leaves = _run_fx_leaves(tapped) if torch.fx._symbolic_trace.is_fx_symbolic_tracing() else []
+        names = [tap.name for tap in (*ctx.plan.bridge, ctx.plan.gate)]
+        tapped = [self.get_submodule(n) for n in names]
+        tracer = _fx_tracer(args, kwargs)
+        undo = None
+        if tracer is not None:  # the containers on the way to a tapped module must be traced into as well
+            inside = [self.get_submodule(n.rsplit('.', i)[0]) for n in names for i in range(1, n.count('.') + 1)]
+            undo = _call_tapped_leaves(tracer, tapped, inside)
         try:
             for tap, module in zip(ctx.plan.bridge, tapped):
                 handles.append(module.register_forward_hook(_bridge_hook(inner, tap)))
@@ -247,8 +252,8 @@ class _TappedBlock:
         finally:
             for h in handles:
                 h.remove()
-            for module, cls in fx_leaves:
-                module.__class__ = cls
+            if undo is not None:
+                undo()
         if not applied:
             raise PlugattnError(
                 f'the attention of this {type(self).__name__} was not applied: its gated submodule '
@@ -258,30 +263,61 @@ class _TappedBlock:
 
 
 class _FxLeaf:
-    """Mixin put on a tapped ``torch.nn`` layer while torch.fx traces its block. FX records a ``torch.nn`` layer as
-    one ``call_module`` node without calling it, so the block's hooks would never see its output and the traced
-    graph would lack the attention. With this mixin (and a class outside ``torch.nn``) FX calls the layer, its hooks
-    run on the output proxy, and the layer is still recorded as the same single ``call_module`` node."""
+    """Mixin put on a tapped leaf module while torch.fx traces its block: the tracer calls it (see
+    :func:`_call_tapped_leaves`), so the block's hooks run on its output proxy, and it records itself as the same
+    single ``call_module`` node the tracer would have made."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        tracer = next(a.tracer for a in (*args, *kwargs.values()) if isinstance(a, torch.fx.Proxy))
+        tracer = _fx_tracer(args, kwargs)
         return tracer.create_proxy('call_module', tracer.path_of_module(self), args, kwargs)
 
 
 @functools.cache
 def _fx_leaf_class(cls: type) -> type:
-    return type(cls.__name__, (_FxLeaf, cls), {'__module__': __name__, '__qualname__': cls.__qualname__})
+    return type(cls.__name__, (_FxLeaf, cls), {'__module__': cls.__module__, '__qualname__': cls.__qualname__})
 
 
-def _run_fx_leaves(modules: Sequence[nn.Module]) -> list[tuple[nn.Module, type]]:
-    """Give the ``torch.nn`` layers among ``modules`` the :class:`_FxLeaf` class; returns what to restore."""
-    swapped = []
-    for m in dict.fromkeys(modules):
-        cls = type(m)
-        if cls.__module__.startswith(('torch.nn.', 'torch.ao.nn.')) and not isinstance(m, nn.Sequential):
-            m.__class__ = _fx_leaf_class(cls)
-            swapped.append((m, cls))
-    return swapped
+def _fx_tracer(args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    """The torch.fx tracer tracing this call (from a proxy argument), or ``None`` outside FX tracing."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.fx.Proxy):
+            return a.tracer
+    return None
+
+
+def _call_tapped_leaves(tracer: Any, modules: Sequence[nn.Module], containers: Sequence[nn.Module]
+                        ) -> Callable[[], None]:
+    """Make ``tracer`` call the tapped ``modules`` (and trace into the ``containers`` that hold them) where it would
+    keep them as leaves; returns the undo.
+
+    A tracer records a leaf module (every ``torch.nn`` layer, and whatever its own list names, e.g. torchvision's
+    ops modules) as one ``call_module`` node without calling it, so forward hooks on it never run and the graph would
+    lack the attention. For this block's call the tracer treats those as non-leaves; the tapped ones (through
+    :class:`_FxLeaf`) record themselves as the node they would have been.
+    """
+    def is_leaf(m: nn.Module) -> bool:
+        return tracer.is_leaf_module(m, tracer.path_of_module(m))
+
+    leaves = {id(m): m for m in modules if is_leaf(m)}
+    opened = leaves.keys() | {id(m) for m in containers if is_leaf(m)}
+    if not opened:
+        return lambda: None
+    had_own = 'is_leaf_module' in vars(tracer)
+    original = tracer.is_leaf_module
+    tracer.is_leaf_module = lambda m, qualname: id(m) not in opened and original(m, qualname)
+    classes = {i: type(m) for i, m in leaves.items()}
+    for i, m in leaves.items():
+        m.__class__ = _fx_leaf_class(classes[i])
+
+    def undo() -> None:
+        for i, m in leaves.items():
+            m.__class__ = classes[i]
+        if had_own:
+            tracer.is_leaf_module = original
+        else:
+            del tracer.is_leaf_module
+
+    return undo
 
 
 def _stage_state_in(ctx: _TapCtx, block_input: Any) -> Any:

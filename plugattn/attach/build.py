@@ -133,7 +133,8 @@ def create_model(
         num_classes: classifier outputs (the last Linear is replaced for pretrained torchvision models).
         in_chans: input channels (torchvision: the first conv is replaced, pretrained RGB weights summed for one
             channel).
-        features_only: a feature extractor (timm names: see :func:`timm_features`; torchvision names raise).
+        features_only: a feature extractor (timm names: :func:`timm_features`, torchvision names:
+            :func:`torchvision_features`).
         out_indices: its feature levels (default: timm's for the model).
         **kwargs: attach options (``attn_kwargs``, ``stages``, ``keep_se``, ``attn_position``) and the host
             library's model options.
@@ -149,11 +150,6 @@ def create_model(
                              in_chans=in_chans, features_only=features_only, out_indices=out_indices, **opts, **kwargs)
         model.model_name = name
         return model
-    if features_only and name.startswith('tv:'):
-        raise ValueError(
-            f'features_only is not supported for {name}: torchvision\'s feature extraction traces with torch.fx, '
-            'which skips the forward hooks that carry the attached attention; use a timm: name, or forward hooks '
-            'on the stage outputs')
     if name.startswith(FOREIGN_PREFIXES):
         build = _torchvision if name.startswith('tv:') else _timm
         if features_only and attn is None:
@@ -170,7 +166,10 @@ def create_model(
         elif warm_start or opts:
             raise ValueError(f'{name}: warm_start/{"/".join(opts) or "options"} need attn=NAME')
         if features_only:
-            model = timm_features(model, name[5:], out_indices, kwargs)
+            if name.startswith('tv:'):
+                model = torchvision_features(model, name, out_indices)
+            else:
+                model = timm_features(model, name[5:], out_indices, kwargs)
             model.model_name = name
             return model
         model.model_name = name
@@ -222,6 +221,75 @@ def timm_features(model: nn.Module, arch: str, out_indices: Sequence[int] | None
     model.reset_classifier(0)
     # prune=False: pruning re-slices the block containers, which would drop a shared DIA unit
     return FeatureGetterNet(model, out_indices=indices, prune=False)
+
+
+class FeatureMaps(nn.Module):
+    """The feature maps of a torchvision model (attached or not) as a list, as timm's ``features_only`` models give.
+
+    Built by :func:`torchvision_features`. Attributes: ``graph`` (the torch.fx graph module from torchvision's
+    ``create_feature_extractor``) and ``feature_info`` (per level: ``num_chs``, ``reduction``, ``module``).
+    """
+
+    def __init__(self, graph: nn.Module, nodes: Sequence[str], feature_info: list[dict[str, Any]], nhwc: bool) -> None:
+        super().__init__()
+        self.graph = graph
+        self.nodes = tuple(nodes)
+        self.feature_info = feature_info
+        self.nhwc = nhwc
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = self.graph(x)
+        return [out[n].permute(0, 3, 1, 2) if self.nhwc else out[n] for n in self.nodes]
+
+
+def torchvision_features(model: nn.Module, name: str, out_indices: Sequence[int] | None) -> FeatureMaps:
+    """The feature extractor of a torchvision model: the output of the last layer at each resolution.
+
+    The candidate layers are the family's stages (ResNet ``layerS``, RegNet ``trunk_output.blockS``) or else the
+    children of the model's ``features`` (MobileNet, EfficientNet, ConvNeXt, Swin); a forward at 64 px finds the
+    last one of each resolution. The graph is torchvision's ``create_feature_extractor`` (torch.fx), which keeps
+    the attached attention (see :mod:`plugattn.attach`). Every level is NCHW (Swin's NHWC maps are permuted).
+    """
+    from torchvision.models import SwinTransformer, VisionTransformer
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from ._core import model_stages
+
+    if isinstance(model, VisionTransformer):
+        raise ValueError(f'features_only is not supported for {name}: a ViT has one resolution of tokens, no '
+                         'feature maps; use forward hooks on model.encoder.layers')
+    candidates = [n for n, _ in model_stages(model) or []]
+    features = getattr(model, 'features', None)
+    if not candidates and isinstance(features, nn.Sequential):
+        candidates = [f'features.{i}' for i in range(len(features))]
+    if not candidates:
+        raise ValueError(f'features_only is not supported for {name}: no stages or features to take maps from')
+    nhwc = isinstance(model, SwinTransformer)
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda m, a, out, n=n: shapes.__setitem__(n, tuple(out.shape))) for n in candidates]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, _first_conv(model)[1].in_channels, 64, 64))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    levels: dict[int, tuple[str, int]] = {}  # spatial size -> (last layer of that size, its channels)
+    for n in candidates:
+        shape = shapes[n]
+        size, chs = (shape[1], shape[3]) if nhwc else (shape[2], shape[1])
+        levels[size] = (n, chs)
+    info = [{'module': n, 'num_chs': c, 'reduction': 64 // size} for size, (n, c) in levels.items()]
+    indices = list(range(len(info))) if out_indices is None else list(out_indices)
+    if not all(-len(info) <= i < len(info) for i in indices):
+        raise ValueError(f'out_indices {tuple(indices)} of {name}: it has {len(info)} feature levels '
+                         f'(0-{len(info) - 1})')
+    info = [info[i] for i in indices]
+    nodes = [d['module'] for d in info]
+    graph = create_feature_extractor(model, return_nodes={n: n for n in nodes})
+    return FeatureMaps(graph, nodes, info, nhwc)
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
