@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._typecheck import checked_init
-from .fused import BNRecompute
+from .fused import BNRecompute, mean_hw
 
 __all__ = ['BlockAttention', 'GateAttention', 'StageAttention', 'check_train_batch']
 
@@ -121,8 +121,9 @@ class StageAttention(nn.Module):
 
 
 def pooled(x: Tensor) -> Tensor:
-    """Global average pool ``(B, C, H, W) -> (B, C)`` written as a mean (export-safe)."""
-    return x.mean((2, 3))
+    """Global average pool ``(B, C, H, W) -> (B, C)``: a mean in traced graphs (export-safe), the same numbers as a
+    sum over ``H * W`` in eager mode (see :func:`~plugattn.layers.fused.mean_hw`)."""
+    return mean_hw(x)
 
 
 def as_channel_gate(a: Tensor) -> Tensor:

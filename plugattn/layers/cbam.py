@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import GateAttention, as_channel_gate
+from .base import GateAttention, as_channel_gate, pooled
 from .fused import BNRecompute, gated_residual, scaled_channel_pool, spatial_amax, use_fused_path
 from .registry import register_attn
 
@@ -38,7 +38,7 @@ class ChannelGate(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        avg = self.mlp(x.mean((2, 3)))
+        avg = self.mlp(pooled(x))
         mx = self.mlp(spatial_amax(x))  # amax; in training its backward keeps indices, not x
         return as_channel_gate((avg + mx).sigmoid())
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import GateAttention
-from .fused import BNRecompute, gated_residual
+from .fused import BNRecompute, gated_residual, nhwc_gates, strip_means
 from .registry import register_attn
 
 __all__ = ['ELA_VARIANTS', 'EfficientLocalAttention']
@@ -96,9 +96,8 @@ class EfficientLocalAttention(GateAttention):
 
     def gate_hw(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The two directional gates, ``(B, C, H, 1)`` and ``(B, C, 1, W)``."""
-        a_h = self._direction(x.mean(3)).unsqueeze(3)
-        a_w = self._direction(x.mean(2)).unsqueeze(2)
-        return a_h, a_w
+        x_h, x_w = strip_means(x)
+        return nhwc_gates(x, self._direction(x_h).unsqueeze(3), self._direction(x_w).unsqueeze(2))
 
     def gate(self, x: Tensor) -> Tensor:
         a_h, a_w = self.gate_hw(x)

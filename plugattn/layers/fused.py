@@ -28,9 +28,14 @@ __all__ = [
     'gated_conv',
     'gated_residual',
     'hook_safe',
+    'is_eager',
+    'mean_hw',
     'needs_lean_path',
+    'nhwc_gates',
+    'nhwc_layout',
     'scaled_channel_pool',
     'spatial_amax',
+    'strip_means',
     'use_fused_path',
 ]
 
@@ -59,6 +64,53 @@ def needs_lean_path(x: Tensor) -> bool:
     if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
         return False
     return torch.is_grad_enabled() and x.requires_grad
+
+
+def is_eager() -> bool:
+    """Not tracing, scripting, exporting or FX-tracing: a formulation may depend on the input's memory layout."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
+        return False
+    return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def nhwc_layout(x: Tensor) -> bool:
+    """Whether ``x`` is a 4-D channels_last tensor that is not also NCHW-contiguous (its channels are innermost)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def mean_hw(x: Tensor) -> Tensor:
+    """``x.mean((2, 3))`` with the same numbers; in eager mode written as a sum divided by ``H * W``.
+
+    The sum's backward is a broadcast view that autograd adds into the input's gradient in place, where the mean's
+    materialises a full-size ``grad / (H * W)`` first. Traced graphs keep the mean (no sizes baked in as constants).
+    """
+    if torch.jit.is_scripting() or not is_eager():
+        return x.mean((2, 3))
+    return x.sum((2, 3)) / (x.shape[2] * x.shape[3])
+
+
+def strip_means(x: Tensor) -> tuple[Tensor, Tensor]:
+    """CA / ELA strip pooling: ``(x.mean(3), x.mean(2))``, shapes ``(B, C, H)`` and ``(B, C, W)``.
+
+    On channels_last tensors eager mode reduces the NHWC view (rows of contiguous channel vectors), which is many
+    times faster than reducing a strided NCHW dimension; the sums differ from ``mean`` only in rounding order. As in
+    :func:`mean_hw` the means are sums divided by the size, so backward adds broadcast views in place.
+    """
+    if torch.jit.is_scripting() or not is_eager() or not nhwc_layout(x):
+        return x.mean(3), x.mean(2)
+    xp = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
+    return (xp.sum(2) / x.shape[3]).transpose(1, 2), (xp.sum(1) / x.shape[2]).transpose(1, 2)
+
+
+def nhwc_gates(x: Tensor, a_h: Tensor, a_w: Tensor) -> tuple[Tensor, Tensor]:
+    """The strip gates of a channels_last ``x`` laid out with their channels innermost too, in eager mode.
+
+    Multiplying an NHWC map by a broadcast ``(B, C, H, 1)`` factor whose channel stride is not 1 gathers across
+    memory at every element; the copy of the small factor costs a fraction of one full-size pass.
+    """
+    if torch.jit.is_scripting() or not is_eager() or not nhwc_layout(x):
+        return a_h, a_w
+    return a_h.contiguous(memory_format=torch.channels_last), a_w.contiguous(memory_format=torch.channels_last)
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -123,8 +175,22 @@ def batch_norm_for_gating(bn: nn.Module, z: Tensor) -> tuple[Tensor, BNRecompute
 
 
 def _reduce_to(t: Tensor, like: Tensor) -> Tensor:
-    """Sum ``t`` over the dimensions ``like`` broadcasts (a gate's gradient), in ``like``'s dtype."""
+    """Sum ``t`` over the dimensions ``like`` broadcasts (a gate's gradient), in ``like``'s dtype.
+
+    A channels_last ``t`` summed over H and/or W only (CA / ELA strips, channel gates) is reduced as its NHWC view:
+    the strided NCHW reduction is many times slower.
+    """
+    if like.dim() == 4 and nhwc_layout(t) and like.shape[:2] == t.shape[:2]:
+        dims = [d - 1 for d in (2, 3) if like.shape[d] == 1 and t.shape[d] != 1]
+        if dims:
+            return t.permute(0, 2, 3, 1).sum(dims, keepdim=True).permute(0, 3, 1, 2).to(like.dtype)
     return t.sum_to_size(like.shape).to(like.dtype)
+
+
+def _recompute(src: Tensor, mean: Tensor, scale: Tensor, bias: Tensor, dtype: torch.dtype) -> Tensor:
+    """The BatchNorm output from its input in one pass, ``z * scale + (bias - mean * scale)``."""
+    shape = (1, -1) + (1,) * (src.ndim - 2)
+    return torch.addcmul((bias - mean * scale).view(shape), src, scale.view(shape)).to(dtype)
 
 
 def _plain(y: Tensor, a1: Tensor, a2: Tensor | None, shortcut: Tensor | None, relu: bool) -> Tensor:
@@ -133,7 +199,9 @@ def _plain(y: Tensor, a1: Tensor, a2: Tensor | None, shortcut: Tensor | None, re
     Written as the module calls compute it (the gated output, then an in-place addition), not as one ``addcmul``, so
     that eager runs and traced graphs (FX, TorchScript, export), which call the modules, give bitwise the same numbers.
     """
-    out = y * a1 if a2 is None else y * a1 * a2
+    out = y * a1
+    if a2 is not None:
+        out = out.mul_(a2) if not (torch.is_grad_enabled() and out.requires_grad) else out * a2
     if shortcut is not None:
         out += shortcut
     return out.relu_() if relu else out
@@ -160,19 +228,21 @@ class _GatedResidual(torch.autograd.Function):
             g = torch.ops.aten.threshold_backward(g, out, 0)
         grad_shortcut = g if ctx.has_shortcut and ctx.needs_input_grad[7] else None
         need_y, need_a1, need_a2 = ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6]
-        y = src
+        y, own_y = src, False  # own_y: y is a recomputed temporary that may be overwritten
         if (need_a1 or need_a2) and ctx.recompute:
-            shape = (1, -1) + (1,) * (src.ndim - 2)
-            y = torch.addcmul(bias.view(shape), src - mean.view(shape), scale.view(shape)).to(ctx.y_dtype)
+            y, own_y = _recompute(src, mean, scale, bias, ctx.y_dtype), True
         grad_y = grad_a1 = grad_a2 = None
+        # g is also the shortcut's gradient: never written in place; g_a is ours once it has been multiplied
+        g_a, own_g = g, False
         if ctx.has_a2:
             if need_a2:
-                grad_a2 = _reduce_to(g * (y * a1), a2)
-            g = g * a2
+                grad_a2 = _reduce_to((y * a1).mul_(g), a2)
+            g_a, own_g = g * a2, True
         if need_a1:
-            grad_a1 = _reduce_to(g * y, a1)
+            grad_a1 = _reduce_to(y.mul_(g_a) if own_y else g_a * y, a1)
+        del y
         if need_y:
-            grad_y = g * a1
+            grad_y = g_a.mul_(a1) if own_g else g_a * a1
         return grad_y, None, None, None, None, grad_a1, grad_a2, grad_shortcut, None
 
 
@@ -280,11 +350,8 @@ class _ScaledChannelPool(torch.autograd.Function):
         grad_y = gx1 * a if ctx.needs_input_grad[0] else None
         grad_a = None
         if ctx.needs_input_grad[5]:
-            y = src
-            if ctx.recompute:
-                shape = (1, -1) + (1,) * (src.ndim - 2)
-                y = torch.addcmul(bias.view(shape), src - mean.view(shape), scale.view(shape)).to(ctx.y_dtype)
-            grad_a = _reduce_to(gx1 * y, a)
+            y = _recompute(src, mean, scale, bias, ctx.y_dtype) if ctx.recompute else src
+            grad_a = _reduce_to(gx1.mul_(y), a)  # gx1 is ours; grad_y was taken from it above
         return grad_y, None, None, None, None, grad_a
 
 
@@ -304,10 +371,32 @@ def scaled_channel_pool(y: Tensor, a: Tensor, recompute: BNRecompute | None = No
     return _ScaledChannelPool.apply(y, r.z, r.mean, r.scale, r.bias, a)
 
 
+class _SpatialMax(torch.autograd.Function):
+    """``x.amax((2, 3))`` keeping the argmax indices (one per channel) instead of ``x`` for backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        # the pooling kernel walks channels_last maps in memory order (an NCHW-strided max with indices does not)
+        mx, idx = torch.nn.functional.adaptive_max_pool2d(x, 1, return_indices=True)
+        ctx.shape = x.shape
+        ctx.channels_last = nhwc_layout(x)
+        ctx.save_for_backward(idx)
+        return mx.flatten(1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (idx,) = ctx.saved_tensors
+        b, c, h, w = ctx.shape
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        gx = torch.empty(ctx.shape, dtype=g.dtype, device=g.device, memory_format=fmt).zero_()
+        gx.view(b, c, h * w).scatter_(2, idx.reshape(b, c, 1), g.reshape(b, c, 1))
+        return gx
+
+
 def spatial_amax(x: Tensor) -> Tensor:
     """``x.amax((2, 3))`` whose backward keeps the argmax indices instead of ``x`` in training."""
     if torch.jit.is_scripting():
         return x.amax((2, 3))
     if not needs_lean_path(x):
         return x.amax((2, 3))
-    return x.flatten(2).max(-1).values
+    return _SpatialMax.apply(x)
