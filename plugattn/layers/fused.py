@@ -98,8 +98,11 @@ def strip_means(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     if torch.jit.is_scripting() or not is_eager() or not nhwc_layout(x):
         return x.mean(3), x.mean(2)
-    xp = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
-    return (xp.sum(2) / x.shape[3]).transpose(1, 2), (xp.sum(1) / x.shape[2]).transpose(1, 2)
+    # one NHWC view per direction: backward then adds each broadcast gradient into x's in place, where a shared
+    # view would first sum the two broadcasts into a new full-size tensor
+    x_h = x.permute(0, 2, 3, 1).sum(2) / x.shape[3]
+    x_w = x.permute(0, 2, 3, 1).sum(1) / x.shape[2]
+    return x_h.transpose(1, 2), x_w.transpose(1, 2)
 
 
 def nhwc_gates(x: Tensor, a_h: Tensor, a_w: Tensor) -> tuple[Tensor, Tensor]:
@@ -207,6 +210,24 @@ def _plain(y: Tensor, a1: Tensor, a2: Tensor | None, shortcut: Tensor | None, re
     return out.relu_() if relu else out
 
 
+def _channel_spatial(y: Tensor, a1: Tensor, a2: Tensor) -> bool:
+    """Whether ``y * a1 * a2`` is an NHWC map times a channel gate ``(B, C, 1, 1)`` and a spatial gate ``(B, 1, H, W)``
+    of ``y``'s dtype: then both gate gradients are batched matrix products with one full-size product."""
+    if not nhwc_layout(y) or a1.dim() != 4 or a2.dim() != 4 or not (y.dtype == a1.dtype == a2.dtype):
+        return False
+    b, c, h, w = y.shape
+    return tuple(a1.shape) == (b, c, 1, 1) and tuple(a2.shape) == (b, 1, h, w)
+
+
+def _channel_spatial_grads(t: Tensor, a1: Tensor, a2: Tensor) -> tuple[Tensor, Tensor]:
+    """From ``t = g * y``: ``(sum_HW(t * a2), sum_C(t * a1))`` as products of the ``(B, HW, C)`` view of ``t``."""
+    b, c, h, w = t.shape
+    tv = t.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view for NHWC t
+    grad_a1 = torch.bmm(a2.reshape(b, 1, h * w), tv).reshape(a1.shape)
+    grad_a2 = torch.bmm(tv, a1.reshape(b, c, 1)).reshape(a2.shape)
+    return grad_a1, grad_a2
+
+
 class _GatedResidual(torch.autograd.Function):
     """``relu?(y * a1 [* a2] [+ shortcut])`` that keeps the BN input instead of ``y`` for backward."""
 
@@ -228,21 +249,29 @@ class _GatedResidual(torch.autograd.Function):
             g = torch.ops.aten.threshold_backward(g, out, 0)
         grad_shortcut = g if ctx.has_shortcut and ctx.needs_input_grad[7] else None
         need_y, need_a1, need_a2 = ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6]
-        y, own_y = src, False  # own_y: y is a recomputed temporary that may be overwritten
-        if (need_a1 or need_a2) and ctx.recompute:
-            y, own_y = _recompute(src, mean, scale, bias, ctx.y_dtype), True
         grad_y = grad_a1 = grad_a2 = None
-        # g is also the shortcut's gradient: never written in place; g_a is ours once it has been multiplied
-        g_a, own_g = g, False
-        if ctx.has_a2:
-            if need_a2:
-                grad_a2 = _reduce_to((y * a1).mul_(g), a2)
-            g_a, own_g = g * a2, True
-        if need_a1:
-            grad_a1 = _reduce_to(y.mul_(g_a) if own_y else g_a * y, a1)
-        del y
+        buf = None
+        if need_a1 or need_a2:
+            # t = g * y in the recomputed buffer (g is also the shortcut's gradient: never written in place)
+            t = _recompute(src, mean, scale, bias, ctx.y_dtype).mul_(g) if ctx.recompute else g * src
+            if a2 is None:
+                grad_a1 = _reduce_to(t, a1)
+            elif _channel_spatial(t, a1, a2):  # CBAM: (B, C, 1, 1) x (B, 1, H, W), two matrix products
+                grad_a1, grad_a2 = _channel_spatial_grads(t, a1, a2)
+            else:  # CA / ELA strips: g * y * a1 in a second buffer, then g * y * a2 in place
+                if need_a2:
+                    buf = t * a1
+                    grad_a2 = _reduce_to(buf, a2)
+                if need_a1:
+                    grad_a1 = _reduce_to(t.mul_(a2), a1)
+            del t
         if need_y:
-            grad_y = g_a.mul_(a1) if own_g else g_a * a1
+            if a2 is None:
+                grad_y = g * a1
+            elif buf is not None and buf.shape == g.shape != a2.shape and buf.dtype == g.dtype:  # grad_a2 not buf
+                grad_y = torch.mul(g, a1, out=buf).mul_(a2)  # the second buffer, reused
+            else:
+                grad_y = (g * a1).mul_(a2)
         return grad_y, None, None, None, None, grad_a1, grad_a2, grad_shortcut, None
 
 
@@ -343,6 +372,8 @@ class _ScaledChannelPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         src, mean, scale, bias, a, idx = ctx.saved_tensors
+        if nhwc_layout(src) and tuple(a.shape) == (src.shape[0], src.shape[1], 1, 1) and a.dtype == src.dtype:
+            return _ScaledChannelPool.backward_nhwc(ctx, g, src, mean, scale, bias, a, idx)
         channels = src.shape[1]
         # mean's gradient spread over the channels, plus max's gradient at the argmax (a unique maximum, as amax)
         gx1 = (g[:, 1:2] / channels).expand(src.shape).clone(memory_format=torch.preserve_format)
@@ -352,6 +383,32 @@ class _ScaledChannelPool(torch.autograd.Function):
         if ctx.needs_input_grad[5]:
             y = _recompute(src, mean, scale, bias, ctx.y_dtype) if ctx.recompute else src
             grad_a = _reduce_to(gx1.mul_(y), a)  # gx1 is ours; grad_y was taken from it above
+        return grad_y, None, None, None, None, grad_a
+
+    @staticmethod
+    def backward_nhwc(ctx, g, src, mean, scale, bias, a, idx):
+        """The same gradients for an NHWC map and a channel gate, without a full-size ``d out / d (y * a)``.
+
+        Over the ``(B, HW, C)`` view: the mean's part of ``grad_a`` is one batched matrix product with ``y``, the
+        max's part gathers ``y`` at the argmax of every pixel; ``grad_y`` is an outer product plus a scatter.
+        """
+        b, c, h, w = src.shape
+        hw = h * w
+        g_mx = g[:, 0].reshape(b, hw).to(src.dtype)
+        g_mean = (g[:, 1] / c).reshape(b, hw).to(src.dtype)
+        at = idx.reshape(b, hw, 1)  # the argmax channel of every pixel
+        a_bc = a.reshape(b, c)
+        grad_y = grad_a = None
+        if ctx.needs_input_grad[0]:
+            gy = g_mean.unsqueeze(2) * a_bc.unsqueeze(1)  # (B, HW, C), NHWC memory order
+            gy.scatter_add_(2, at, (g_mx * a_bc.gather(1, at.squeeze(2))).unsqueeze(2))
+            grad_y = gy.view(b, h, w, c).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[5]:
+            y = _recompute(src, mean, scale, bias, ctx.y_dtype) if ctx.recompute else src
+            yv = y.permute(0, 2, 3, 1).reshape(b, hw, c)
+            grad_a = torch.bmm(g_mean.unsqueeze(1), yv).reshape(b, c)
+            grad_a.scatter_add_(1, at.squeeze(2), g_mx * yv.gather(2, at).squeeze(2))
+            grad_a = grad_a.reshape(a.shape).to(a.dtype)
         return grad_y, None, None, None, None, grad_a
 
 
