@@ -50,6 +50,9 @@ class GateAttention(nn.Module):
     """
 
     channels: int
+    # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
+    # of the gate keeps that tensor (pooling, as here; a gate that convolves its input keeps it and must stay False).
+    merge_in_place = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -82,6 +85,9 @@ class BlockAttention(nn.Module):
     """
 
     channels: int
+    # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
+    # of the gate keeps that tensor (pooling, as here; a gate that convolves its input keeps it and must stay False).
+    merge_in_place = False
     # ``inner_channels`` (a tuple of ints) is set by subclasses; not annotated here because TorchScript cannot type
     # variable-length tuples.
 
@@ -106,6 +112,9 @@ class StageAttention(nn.Module):
     """
 
     channels: int
+    # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
+    # of the gate keeps that tensor (pooling, as here; a gate that convolves its input keeps it and must stay False).
+    merge_in_place = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -38,6 +38,8 @@ __all__ = ['BridgeAttentionV1', 'BridgeAttentionV2']
 class _BridgeAttention(BlockAttention):
     """Shared argument handling of the two bridge-attention versions."""
 
+    merge_in_place = True  # the gate only pools its input
+
     def __init__(self, channels: int, inner_channels: Sequence[int], reduction: int) -> None:
         super().__init__()
         if not inner_channels:

@@ -71,6 +71,8 @@ class CBAM(GateAttention):
         kernel_size: kernel of the spatial gate's conv.
     """
 
+    merge_in_place = True  # the gate only pools its input
+
     def __init__(
             self,
             channels: int,

@@ -36,6 +36,8 @@ class CoordAttention(GateAttention):
         min_hidden: the floor of the hidden width (8 in the official code).
     """
 
+    merge_in_place = True  # the gate only pools its input
+
     def __init__(
             self,
             channels: int,

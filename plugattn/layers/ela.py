@@ -58,6 +58,8 @@ class EfficientLocalAttention(GateAttention):
         variant: label used in error messages.
     """
 
+    merge_in_place = True  # the gate only pools its input
+
     def __init__(
             self,
             channels: int,

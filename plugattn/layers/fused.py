@@ -196,18 +196,32 @@ def _recompute(src: Tensor, mean: Tensor, scale: Tensor, bias: Tensor, dtype: to
     return torch.addcmul((bias - mean * scale).view(shape), src, scale.view(shape)).to(dtype)
 
 
-def _plain(y: Tensor, a1: Tensor, a2: Tensor | None, shortcut: Tensor | None, relu: bool) -> Tensor:
-    """The reference arithmetic: ``y * a1 [* a2] [+ shortcut]``, then ReLU.
+def _plain(
+        y: Tensor, a1: Tensor, a2: Tensor | None, shortcut: Tensor | None, relu: bool, inplace: bool = False,
+) -> Tensor:
+    """The reference arithmetic: ``y * a1 [* a2] [+ shortcut]``, then ReLU; ``inplace`` overwrites ``y``.
 
     Written as the module calls compute it (the gated output, then an in-place addition), not as one ``addcmul``, so
     that eager runs and traced graphs (FX, TorchScript, export), which call the modules, give bitwise the same numbers.
     """
-    out = y * a1
+    out = y.mul_(a1) if inplace else y * a1
     if a2 is not None:
         out = out.mul_(a2) if not (torch.is_grad_enabled() and out.requires_grad) else out * a2
     if shortcut is not None:
         out += shortcut
     return out.relu_() if relu else out
+
+
+def _can_overwrite(y: Tensor, gates: tuple[Tensor, ...]) -> bool:
+    """Whether ``y * a1 [* a2]`` has ``y``'s shape and dtype, so it can be computed in ``y``'s memory."""
+    if torch.compiler.is_compiling():  # compiled graphs fuse the multiplies anyway; no in-place input there
+        return False
+    for a in gates:
+        if a.dim() > y.dim() or any(n not in (1, m) for n, m in zip(reversed(a.shape), reversed(y.shape))):
+            return False
+        if torch.result_type(y, a) != y.dtype:
+            return False
+    return True
 
 
 def _channel_spatial(y: Tensor, a1: Tensor, a2: Tensor) -> bool:
@@ -232,8 +246,10 @@ class _GatedResidual(torch.autograd.Function):
     """``relu?(y * a1 [* a2] [+ shortcut])`` that keeps the BN input instead of ``y`` for backward."""
 
     @staticmethod
-    def forward(ctx, y, z, mean, scale, bias, a1, a2, shortcut, relu):
-        out = _plain(y, a1, a2, shortcut, relu)
+    def forward(ctx, y, z, mean, scale, bias, a1, a2, shortcut, relu, inplace):
+        out = _plain(y, a1, a2, shortcut, relu, inplace)
+        if inplace:  # y is recomputed in backward, so its memory holds the output
+            ctx.mark_dirty(y)
         ctx.relu = relu
         ctx.has_shortcut = shortcut is not None
         ctx.has_a2 = a2 is not None
@@ -272,7 +288,7 @@ class _GatedResidual(torch.autograd.Function):
                 grad_y = torch.mul(g, a1, out=buf).mul_(a2)  # the second buffer, reused
             else:
                 grad_y = (g * a1).mul_(a2)
-        return grad_y, None, None, None, None, grad_a1, grad_a2, grad_shortcut, None
+        return grad_y, None, None, None, None, grad_a1, grad_a2, grad_shortcut, None, None
 
 
 def gated_residual(
@@ -282,6 +298,7 @@ def gated_residual(
         *,
         relu: bool = False,
         recompute: BNRecompute | None = None,
+        inplace: bool = False,
 ) -> Tensor:
     """``relu?(y * a1 [* a2] [+ shortcut])`` with the same numbers as those plain ops, lean in training.
 
@@ -293,18 +310,22 @@ def gated_residual(
         recompute: from :func:`batch_norm_for_gating`: recompute ``y`` from the BatchNorm input in backward
             instead of keeping it. Without it the autograd node keeps ``y`` itself (use it where ``y`` is kept
             by another node anyway, e.g. an in-place activation's output).
+        inplace: the result may overwrite ``y`` (one full-size tensor less to allocate). Only for a ``y`` that
+            nothing else reads afterwards and no autograd node keeps (a gate that kept it would fail in backward):
+            in training it applies only with ``recompute``.
     """
     if isinstance(gates, Tensor):
         gates = (gates,)
     if not 1 <= len(gates) <= 2:
         raise ValueError(f'gated_residual takes one or two gate factors, got {len(gates)}')
     a1, a2 = gates[0], gates[1] if len(gates) == 2 else None
+    inplace = inplace and _can_overwrite(y, gates)
     if not (needs_lean_path(y) or any(needs_lean_path(a) for a in gates)):
-        return _plain(y, a1, a2, shortcut, relu)
+        return _plain(y, a1, a2, shortcut, relu, inplace and not y.requires_grad)
     r = recompute if recompute is not None and recompute.z.shape == y.shape else None
     if r is None:
-        return _GatedResidual.apply(y, None, None, None, None, a1, a2, shortcut, relu)
-    return _GatedResidual.apply(y, r.z, r.mean, r.scale, r.bias, a1, a2, shortcut, relu)
+        return _GatedResidual.apply(y, None, None, None, None, a1, a2, shortcut, relu, False)
+    return _GatedResidual.apply(y, r.z, r.mean, r.scale, r.bias, a1, a2, shortcut, relu, inplace and y.requires_grad)
 
 
 class _GatedConv(torch.autograd.Function):

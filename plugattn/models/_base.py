@@ -95,7 +95,7 @@ def gated_block_forward(block: nn.Module, x: Tensor, *, relu: bool) -> Tensor:
             y = hook_safe(y, block.attn)
         return block.merge(y, shortcut)
     gates = block.attn.gate(inner, y) if block.attn_level == 'block' else block.attn.gate_factors(y, rec)
-    return gated_residual(y, gates, shortcut, relu=relu, recompute=rec)
+    return gated_residual(y, gates, shortcut, relu=relu, recompute=rec, inplace=block.attn.merge_in_place)
 
 
 def staged_block_forward(
@@ -104,7 +104,7 @@ def staged_block_forward(
     """One block of a shared-attention stage: ``attn.gate(y, state)`` fused into the block's residual merge."""
     y, shortcut, _, rec = block._pre_gate(x, True)
     a, state = attn.gate(y, state)
-    return gated_residual(y, a, shortcut, relu=relu, recompute=rec), state
+    return gated_residual(y, a, shortcut, relu=relu, recompute=rec, inplace=attn.merge_in_place), state
 
 
 class LeanResidualBlock(nn.Module):
