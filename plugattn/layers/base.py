@@ -51,7 +51,7 @@ class GateAttention(nn.Module):
 
     channels: int
     # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
-    # of the gate keeps that tensor (pooling, as here; a gate that convolves its input keeps it and must stay False).
+    # of the gate keeps that tensor (a gate that only pools it; one that convolves it keeps it and must stay False).
     merge_in_place = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -71,6 +71,13 @@ class GateAttention(nn.Module):
         """
         return (self.gate(x),)
 
+    def forward_inplace(self, x: Tensor) -> Tensor:
+        """``forward(x)`` computed in ``x``'s memory, for inference (no autograd): the fused merge uses it when
+        :attr:`merge_in_place` is set. ``x`` must not be needed afterwards."""
+        for a in self.gate_factors(x):
+            x = x.mul_(a)
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(x)
 
@@ -86,7 +93,7 @@ class BlockAttention(nn.Module):
 
     channels: int
     # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
-    # of the gate keeps that tensor (pooling, as here; a gate that convolves its input keeps it and must stay False).
+    # of the gate keeps that tensor (a gate that only pools it; one that convolves it keeps it and must stay False).
     merge_in_place = False
     # ``inner_channels`` (a tuple of ints) is set by subclasses; not annotated here because TorchScript cannot type
     # variable-length tuples.
@@ -113,7 +120,7 @@ class StageAttention(nn.Module):
 
     channels: int
     # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
-    # of the gate keeps that tensor (pooling, as here; a gate that convolves its input keeps it and must stay False).
+    # of the gate keeps that tensor (a gate that only pools it; one that convolves it keeps it and must stay False).
     merge_in_place = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:

@@ -106,6 +106,11 @@ class CBAM(GateAttention):
         a_c = self.channel_gate(x)
         return a_c, self.spatial_gate.gate_from_pooled(scaled_channel_pool(x, a_c, recompute))
 
+    def forward_inplace(self, x: Tensor) -> Tensor:
+        """Inference in ``x``'s memory: ``x * a_c`` is computed once, pooled for the spatial gate and gated again."""
+        x = x.mul_(self.channel_gate(x))
+        return x.mul_(self.spatial_gate(x))
+
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():  # TorchScript cannot compile the lean node
             return self._forward_by_calls(x)
