@@ -17,7 +17,12 @@ from torch import nn
 
 from plugattn.layers import CBAM, BlockAttention, CoordAttention, EfficientLocalAttention, GateAttention, create_attn
 from plugattn.layers.fused import (
-    batch_norm_for_gating, gated_residual, mean_hw, scaled_channel_pool, spatial_amax, strip_means,
+    batch_norm_for_gating,
+    gated_residual,
+    mean_hw,
+    scaled_channel_pool,
+    spatial_amax,
+    strip_means,
 )
 from plugattn.models import create_model
 from plugattn.models._base import AttnStage
