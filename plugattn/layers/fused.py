@@ -7,10 +7,16 @@ one or two per block, about a quarter to a half more training memory than the ba
 
 :func:`gated_residual` computes the same numbers in one autograd node that keeps only ``z`` (shared with the
 BatchNorm, so no new memory), the per-channel BatchNorm affine and the small gates, and recomputes
-``y = (z - mean) * scale + bias`` in backward. The gate multiply and the residual addition run as one
-``addcmul``, the activation in place. The node is used only when a gradient is needed (training, Grad-CAM); under
-``torch.no_grad`` / ``inference_mode``, while tracing (TorchScript, FX, ONNX) and for ``torch.export`` the same
-arithmetic runs as plain tensor ops.
+``y = z * scale + (bias - mean * scale)`` in backward. The node is used only when a gradient is needed (training,
+Grad-CAM); under ``torch.no_grad`` / ``inference_mode``, while tracing (TorchScript, FX, ONNX) and for
+``torch.export`` the same arithmetic runs as plain tensor ops.
+
+On the CPU these full-size passes are memory-bound and every new full-size tensor also costs its first-touch page
+faults, so the eager code counts them: with ``inplace`` the gated output is written over ``y`` (nothing else keeps
+it), backward works in two full-size buffers, gate gradients reduce channels_last maps as their NHWC views (a strided
+NCHW reduction is many times slower), CBAM's channel x spatial gradients are batched matrix products, and the pooling
+helpers (:func:`mean_hw`, :func:`strip_means`) are sums whose backward autograd adds into the input's gradient in
+place. Traced graphs keep the plain formulation.
 
 :func:`batch_norm_for_gating` runs a block's BatchNorm2d and returns what backward needs for the recomputation;
 other norms (SyncBatchNorm, frozen norms, custom classes) give ``None`` and the fused node keeps ``y`` instead.
