@@ -90,7 +90,9 @@ def mean_hw(x: Tensor) -> Tensor:
     The sum's backward is a broadcast view that autograd adds into the input's gradient in place, where the mean's
     materialises a full-size ``grad / (H * W)`` first. Traced graphs keep the mean (no sizes baked in as constants).
     """
-    if torch.jit.is_scripting() or not is_eager():
+    if torch.jit.is_scripting():  # on its own line: TorchScript then skips compiling the rest
+        return x.mean((2, 3))
+    if not is_eager():
         return x.mean((2, 3))
     return x.sum((2, 3)) / (x.shape[2] * x.shape[3])
 
@@ -102,7 +104,9 @@ def strip_means(x: Tensor) -> tuple[Tensor, Tensor]:
     times faster than reducing a strided NCHW dimension; the sums differ from ``mean`` only in rounding order. As in
     :func:`mean_hw` the means are sums divided by the size, so backward adds broadcast views in place.
     """
-    if torch.jit.is_scripting() or not is_eager() or not nhwc_layout(x):
+    if torch.jit.is_scripting():
+        return x.mean(3), x.mean(2)
+    if not is_eager() or not nhwc_layout(x):
         return x.mean(3), x.mean(2)
     # one NHWC view per direction: backward then adds each broadcast gradient into x's in place, where a shared
     # view would first sum the two broadcasts into a new full-size tensor
@@ -117,7 +121,9 @@ def nhwc_gates(x: Tensor, a_h: Tensor, a_w: Tensor) -> tuple[Tensor, Tensor]:
     Multiplying an NHWC map by a broadcast ``(B, C, H, 1)`` factor whose channel stride is not 1 gathers across
     memory at every element; the copy of the small factor costs a fraction of one full-size pass.
     """
-    if torch.jit.is_scripting() or not is_eager() or not nhwc_layout(x):
+    if torch.jit.is_scripting():
+        return a_h, a_w
+    if not is_eager() or not nhwc_layout(x):
         return a_h, a_w
     return a_h.contiguous(memory_format=torch.channels_last), a_w.contiguous(memory_format=torch.channels_last)
 
@@ -212,7 +218,7 @@ def _plain(
     """
     out = y.mul_(a1) if inplace else y * a1
     if a2 is not None:
-        out = out.mul_(a2) if not (torch.is_grad_enabled() and out.requires_grad) else out * a2
+        out = out.mul_(a2) if inplace or not torch.is_grad_enabled() else out * a2  # no tensor test: FX traces this
     if shortcut is not None:
         out += shortcut
     return out.relu_() if relu else out
