@@ -93,13 +93,12 @@ class EfficientLocalAttention(GateAttention):
         )
         self.norm = nn.GroupNorm(num_groups, channels, **dd)
 
-    def _direction(self, z: Tensor) -> Tensor:
-        return self.norm(self.conv(z)).sigmoid()
-
     def gate_hw(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The two directional gates, ``(B, C, H, 1)`` and ``(B, C, 1, W)``."""
         x_h, x_w = strip_means(x)
-        return nhwc_gates(x, self._direction(x_h).unsqueeze(3), self._direction(x_w).unsqueeze(2))
+        # laid out before the sigmoid, which keeps its output for backward anyway: no second copy is kept
+        n_h, n_w = nhwc_gates(x, self.norm(self.conv(x_h)).unsqueeze(3), self.norm(self.conv(x_w)).unsqueeze(2))
+        return n_h.sigmoid(), n_w.sigmoid()
 
     def gate(self, x: Tensor) -> Tensor:
         a_h, a_w = self.gate_hw(x)
