@@ -7,6 +7,7 @@ thread (other processes' use of the cores does not count), channels_last, five r
 
     python benchmarks/bench_resnet.py                  # R50 224 px batch 8, R20 32 px batch 32, MBv2 224 px batch 8
     python benchmarks/bench_resnet.py --quick          # fewer models and rounds
+    python benchmarks/bench_resnet.py --skip r20 mbv2 --r50-models resnet50 ca_resnet50 --output /tmp/r50.md
     python benchmarks/bench_resnet.py --device cuda --r50-batch 128 --mbv2-batch 128
 """
 from __future__ import annotations
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--mbv2-batch', type=int, default=8)
     parser.add_argument('--skip', nargs='*', default=[], choices=('r20', 'r50', 'mbv2'), help='families to skip')
     parser.add_argument('--r50-subset', action='store_true', help='only the --quick subset of ResNet-50 variants')
+    parser.add_argument('--r50-models', nargs='+', default=None, metavar='NAME',
+                        help='only these ResNet-50 family models (resnet50 is always measured)')
     parser.add_argument('--no-channels-last', dest='channels_last', action='store_false')
     parser.add_argument('--output', type=Path, default=HERE / 'RESULTS.md')
     parser.add_argument('--figure', type=Path, default=HERE / 'bench_ratios.png')
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     parts = []
     if 'r50' not in args.skip:
-        r50 = benchmark(pick(R50, args.r50_subset), batch_size=args.r50_batch, warmup=1, min_time=0.0, **common)
+        names = args.r50_models if args.r50_models else pick(R50, args.r50_subset)
+        r50 = benchmark(names, batch_size=args.r50_batch, warmup=1, min_time=0.0, **common)
         parts.append(('ImageNet ResNet-50 family, 224x224 input, 1000 classes', r50))
     if 'r20' not in args.skip:
         r20 = benchmark(pick(R20), batch_size=args.r20_batch, warmup=2, min_time=0.2, **common)

@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugattn.layers import CBAM, BlockAttention, CoordAttention, EfficientLocalAttention, GateAttention, create_attn
-from plugattn.layers.fused import batch_norm_for_gating, gated_residual
+from plugattn.layers.fused import (
+    batch_norm_for_gating,
+    gated_residual,
+    mean_hw,
+    scaled_channel_pool,
+    spatial_amax,
+    strip_means,
+)
 from plugattn.models import create_model
 from plugattn.models._base import AttnStage
 from plugattn.models.mobilenetv2 import InvertedResidual
@@ -208,21 +215,26 @@ def test_transformer_blocks_unchanged_numbers():
 # --------------------------------------------------------------------------------------------- the building blocks
 
 
+@pytest.mark.parametrize('layout', ['nchw', 'nhwc', 'nhwc-inplace'])
 @pytest.mark.parametrize('relu', [False, True])
 @pytest.mark.parametrize('shape', [(3, 8, 1, 1), ((3, 8, 5, 1), (3, 8, 1, 6)), ((3, 8, 1, 1), (3, 1, 5, 6))])
-def test_gated_residual_matches_plain_ops(shape, relu: bool):
+def test_gated_residual_matches_plain_ops(shape, relu: bool, layout: str):
+    """Every backward formulation (one factor, CA/ELA strips, CBAM's channel x spatial gate in NHWC) and the
+    in-place forward give the plain ops' numbers."""
     torch.manual_seed(0)
+    fmt = torch.contiguous_format if layout == 'nchw' else torch.channels_last
     bn = nn.BatchNorm2d(8).double().train()
     nn.init.uniform_(bn.weight, 0.5, 1.5)
     nn.init.uniform_(bn.bias, -0.5, 0.5)
     ref_bn = copy.deepcopy(bn)
-    z = (torch.randn(3, 8, 5, 6, dtype=torch.double) * 3 + 1).requires_grad_(True)
+    z = (torch.randn(3, 8, 5, 6, dtype=torch.double) * 3 + 1).contiguous(memory_format=fmt).requires_grad_(True)
     s = torch.randn(3, 8, 5, 6, dtype=torch.double, requires_grad=True)
     shapes = shape if isinstance(shape[0], tuple) else (shape,)
-    gates = [torch.rand(sh, dtype=torch.double, requires_grad=True) for sh in shapes]
+    gates = [torch.rand(sh, dtype=torch.double).contiguous(memory_format=fmt).requires_grad_(True) for sh in shapes]
 
     y, rec = batch_norm_for_gating(bn, z)
-    out = gated_residual(y, gates, s, relu=relu, recompute=rec)
+    out = gated_residual(y, gates, s, relu=relu, recompute=rec, inplace=layout == 'nhwc-inplace')
+    assert (out.data_ptr() == y.data_ptr()) == (layout == 'nhwc-inplace')
     y_ref = ref_bn(z)
     ref = y_ref
     for a in gates:
@@ -238,6 +250,90 @@ def test_gated_residual_matches_plain_ops(shape, relu: bool):
     torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, rtol=0, atol=0)
     torch.testing.assert_close(bn.running_var, ref_bn.running_var, rtol=0, atol=0)
     assert bn.num_batches_tracked == ref_bn.num_batches_tracked == 1
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_pooling_helpers_match_the_plain_reductions(channels_last: bool):
+    """mean_hw is bitwise the mean; the NHWC strip sums, the indexed maxima and their gradients match the plain ops."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 16, 7, 9).contiguous(memory_format=fmt)
+    assert torch.equal(mean_hw(x), x.mean((2, 3)))
+    x64 = x.double().requires_grad_(True)
+    ref = x64.detach().clone().requires_grad_(True)
+    w_h, w_w, w_c = torch.randn(2, 16, 7, dtype=torch.double), torch.randn(2, 16, 9, dtype=torch.double), \
+        torch.randn(2, 16, dtype=torch.double)
+    x_h, x_w = strip_means(x64)
+    torch.testing.assert_close(strip_means(x)[0], x.mean(3), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(strip_means(x)[1], x.mean(2), rtol=1e-6, atol=1e-7)
+    loss = (x_h * w_h).sum() + (x_w * w_w).sum() + (spatial_amax(x64) * w_c).sum() + (mean_hw(x64) * w_c).sum()
+    loss_ref = (ref.mean(3) * w_h).sum() + (ref.mean(2) * w_w).sum() + (ref.amax((2, 3)) * w_c).sum() \
+        + (ref.mean((2, 3)) * w_c).sum()
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=1e-12)
+    loss.backward()
+    loss_ref.backward()
+    torch.testing.assert_close(x64.grad, ref.grad, rtol=1e-12, atol=1e-12)
+    assert x64.grad.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('with_recompute', [False, True])
+def test_scaled_channel_pool_matches_plain_ops(channels_last: bool, with_recompute: bool):
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    bn = nn.BatchNorm2d(8).double().train()
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    z = (torch.randn(3, 8, 5, 6, dtype=torch.double) * 2 + 1).contiguous(memory_format=fmt).requires_grad_(True)
+    a = torch.rand(3, 8, 1, 1, dtype=torch.double, requires_grad=True)
+    y, rec = batch_norm_for_gating(bn, z)
+    out = scaled_channel_pool(y, a, rec if with_recompute else None)
+    x1 = bn(z) * a  # the same batch statistics: the reference norm runs on the same input
+    ref = torch.cat([x1.amax(1, keepdim=True), x1.mean(1, keepdim=True)], dim=1)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [z, a, bn.weight], g)
+    want = torch.autograd.grad(ref, [z, a, bn.weight], g)
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('attn', ['se', 'cbam', 'ca', 'ela_b', 'bav2', 'dia'])
+def test_inference_in_place_merge_same_numbers(attn: str):
+    """Without autograd the gate runs in the BatchNorm output's memory (CBAM reusing x * a_c): the same outputs,
+    and the input is not touched."""
+    torch.manual_seed(0)
+    model = ResNet(Bottleneck, (1, 1), widths=(16, 32), num_classes=3, stem='cifar', attn=attn).eval().double()
+    for m in model.modules():  # non-trivial running statistics, so the norm is not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    ref = reference_copy(model)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 3, 10, 10, dtype=torch.double).contiguous(memory_format=fmt)
+        x0 = x.clone()
+        with torch.inference_mode():
+            out, out_r = model.to(memory_format=fmt)(x), ref(x)
+        torch.testing.assert_close(out, out_r, rtol=1e-10, atol=1e-12)
+        assert torch.equal(x, x0)
+
+
+class _ConvGate(GateAttention):
+    """A gate that convolves its input (its autograd node keeps it): merge_in_place stays False."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.conv = nn.Conv2d(channels, 1, 3, padding=1)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).sigmoid()
+
+
+def test_gate_that_keeps_its_input_is_not_overwritten():
+    assert not _ConvGate.merge_in_place and CBAM.merge_in_place
+    torch.manual_seed(0)
+    model = ResNet(Bottleneck, (1, 1), widths=(16, 32), num_classes=3, stem='cifar', attn=_ConvGate)
+    assert_same_numbers(model, torch.randn(2, 3, 8, 8))
 
 
 def test_batch_norm_for_gating_cumulative_momentum_and_no_tracking():
@@ -328,7 +424,7 @@ def test_compile_fullgraph_training_step_same_numbers(attn: str):
         torch.testing.assert_close(g, grads_r[name.replace('_orig_mod.', '')], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('attn', ['se', 'cbam', 'ca', 'bav2', 'dia'])
+@pytest.mark.parametrize('attn', ['se', 'eca', 'cbam', 'ca', 'ela_b', 'bav2', 'dia'])
 def test_channels_last_training_same_numbers(attn: str):
     """The lean path on channels_last tensors against the plain formulation on contiguous ones (float64: float32
     rounding of a 2-image BatchNorm would hide the comparison)."""

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._typecheck import checked_init
-from .fused import BNRecompute
+from .fused import BNRecompute, mean_hw
 
 __all__ = ['BlockAttention', 'GateAttention', 'StageAttention', 'check_train_batch']
 
@@ -50,6 +50,9 @@ class GateAttention(nn.Module):
     """
 
     channels: int
+    # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
+    # of the gate keeps that tensor (a gate that only pools it; one that convolves it keeps it and must stay False).
+    merge_in_place = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -68,6 +71,13 @@ class GateAttention(nn.Module):
         """
         return (self.gate(x),)
 
+    def forward_inplace(self, x: Tensor) -> Tensor:
+        """``forward(x)`` computed in ``x``'s memory, for inference (no autograd): the fused merge uses it when
+        :attr:`merge_in_place` is set. ``x`` must not be needed afterwards."""
+        for a in self.gate_factors(x):
+            x = x.mul_(a)
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(x)
 
@@ -82,6 +92,9 @@ class BlockAttention(nn.Module):
     """
 
     channels: int
+    # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
+    # of the gate keeps that tensor (a gate that only pools it; one that convolves it keeps it and must stay False).
+    merge_in_place = False
     # ``inner_channels`` (a tuple of ints) is set by subclasses; not annotated here because TorchScript cannot type
     # variable-length tuples.
 
@@ -106,6 +119,9 @@ class StageAttention(nn.Module):
     """
 
     channels: int
+    # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
+    # of the gate keeps that tensor (a gate that only pools it; one that convolves it keeps it and must stay False).
+    merge_in_place = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -121,8 +137,9 @@ class StageAttention(nn.Module):
 
 
 def pooled(x: Tensor) -> Tensor:
-    """Global average pool ``(B, C, H, W) -> (B, C)`` written as a mean (export-safe)."""
-    return x.mean((2, 3))
+    """Global average pool ``(B, C, H, W) -> (B, C)``: a mean in traced graphs (export-safe), the same numbers as a
+    sum over ``H * W`` in eager mode (see :func:`~plugattn.layers.fused.mean_hw`)."""
+    return mean_hw(x)
 
 
 def as_channel_gate(a: Tensor) -> Tensor:

@@ -63,6 +63,8 @@ def _layer(spec: LayerSpec, table: dict[str, type[nn.Module]], what: str) -> nn.
 class _BridgeAttention(BlockAttention):
     """Shared argument handling of the two bridge-attention versions."""
 
+    merge_in_place = True  # the gate only pools its input
+
     def __init__(self, channels: int, inner_channels: Sequence[int], reduction: int) -> None:
         super().__init__()
         if not inner_channels:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import GateAttention, as_channel_gate
+from .base import GateAttention, as_channel_gate, pooled
 from .fused import BNRecompute, gated_residual, scaled_channel_pool, spatial_amax, use_fused_path
 from .registry import register_attn
 
@@ -38,7 +38,7 @@ class ChannelGate(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        avg = self.mlp(x.mean((2, 3)))
+        avg = self.mlp(pooled(x))
         mx = self.mlp(spatial_amax(x))  # amax; in training its backward keeps indices, not x
         return as_channel_gate((avg + mx).sigmoid())
 
@@ -70,6 +70,8 @@ class CBAM(GateAttention):
         reduction: reduction ratio of the channel MLP (hidden width ``max(1, C // r)``).
         kernel_size: kernel of the spatial gate's conv.
     """
+
+    merge_in_place = True  # the gate only pools its input
 
     def __init__(
             self,
@@ -103,6 +105,11 @@ class CBAM(GateAttention):
         """``(a_c, a_s)`` with ``a_s`` computed from ``x * a_c`` without keeping that product for backward."""
         a_c = self.channel_gate(x)
         return a_c, self.spatial_gate.gate_from_pooled(scaled_channel_pool(x, a_c, recompute))
+
+    def forward_inplace(self, x: Tensor) -> Tensor:
+        """Inference in ``x``'s memory: ``x * a_c`` is computed once, pooled for the spatial gate and gated again."""
+        x = x.mul_(self.channel_gate(x))
+        return x.mul_(self.spatial_gate(x))
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():  # TorchScript cannot compile the lean node

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import GateAttention
-from .fused import BNRecompute, gated_residual
+from .fused import BNRecompute, gated_residual, nhwc_gates, strip_means
 from .registry import register_attn
 
 __all__ = ['CoordAttention']
@@ -35,6 +35,8 @@ class CoordAttention(GateAttention):
         reduction: r of the hidden width ``mip = max(min_hidden, C // r)``.
         min_hidden: the floor of the hidden width (8 in the official code).
     """
+
+    merge_in_place = True  # the gate only pools its input
 
     def __init__(
             self,
@@ -58,12 +60,11 @@ class CoordAttention(GateAttention):
     def gate_hw(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The two directional gates, ``(B, C, H, 1)`` and ``(B, C, 1, W)``."""
         h = x.shape[2]
-        x_h = x.mean(3, keepdim=True)                      # (B, C, H, 1)
-        x_w = x.mean(2, keepdim=True).transpose(2, 3)      # (B, C, W, 1)
-        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        x_h, x_w = strip_means(x)                          # (B, C, H), (B, C, W)
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2).unsqueeze(3))))
         a_h = self.conv_h(y[:, :, :h]).sigmoid()
         a_w = self.conv_w(y[:, :, h:].transpose(2, 3)).sigmoid()
-        return a_h, a_w
+        return nhwc_gates(x, a_h, a_w)
 
     def gate(self, x: Tensor) -> Tensor:
         a_h, a_w = self.gate_hw(x)

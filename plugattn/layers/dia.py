@@ -47,6 +47,8 @@ class DIAUnit(StageAttention):
         zero_bias: set every bias to zero at init (official WRN / ResNeXt variants).
     """
 
+    merge_in_place = True  # the gate only pools its input
+
     def __init__(
             self,
             channels: int,

@@ -38,6 +38,8 @@ class EfficientChannelAttention(GateAttention):
         beta: b of the adaptive rule.
     """
 
+    merge_in_place = True  # the gate only pools its input
+
     def __init__(
             self,
             channels: int,

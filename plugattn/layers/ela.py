@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import GateAttention
-from .fused import BNRecompute, gated_residual
+from .fused import BNRecompute, gated_residual, nhwc_gates, strip_means
 from .registry import register_attn
 
 __all__ = ['ELA_VARIANTS', 'EfficientLocalAttention']
@@ -58,6 +58,8 @@ class EfficientLocalAttention(GateAttention):
         variant: label used in error messages.
     """
 
+    merge_in_place = True  # the gate only pools its input
+
     def __init__(
             self,
             channels: int,
@@ -91,14 +93,12 @@ class EfficientLocalAttention(GateAttention):
         )
         self.norm = nn.GroupNorm(num_groups, channels, **dd)
 
-    def _direction(self, z: Tensor) -> Tensor:
-        return self.norm(self.conv(z)).sigmoid()
-
     def gate_hw(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The two directional gates, ``(B, C, H, 1)`` and ``(B, C, 1, W)``."""
-        a_h = self._direction(x.mean(3)).unsqueeze(3)
-        a_w = self._direction(x.mean(2)).unsqueeze(2)
-        return a_h, a_w
+        x_h, x_w = strip_means(x)
+        # laid out before the sigmoid, which keeps its output for backward anyway: no second copy is kept
+        n_h, n_w = nhwc_gates(x, self.norm(self.conv(x_h)).unsqueeze(3), self.norm(self.conv(x_w)).unsqueeze(2))
+        return n_h.sigmoid(), n_w.sigmoid()
 
     def gate(self, x: Tensor) -> Tensor:
         a_h, a_w = self.gate_hw(x)

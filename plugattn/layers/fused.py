@@ -7,10 +7,16 @@ one or two per block, about a quarter to a half more training memory than the ba
 
 :func:`gated_residual` computes the same numbers in one autograd node that keeps only ``z`` (shared with the
 BatchNorm, so no new memory), the per-channel BatchNorm affine and the small gates, and recomputes
-``y = (z - mean) * scale + bias`` in backward. The gate multiply and the residual addition run as one
-``addcmul``, the activation in place. The node is used only when a gradient is needed (training, Grad-CAM); under
-``torch.no_grad`` / ``inference_mode``, while tracing (TorchScript, FX, ONNX) and for ``torch.export`` the same
-arithmetic runs as plain tensor ops.
+``y = z * scale + (bias - mean * scale)`` in backward. The node is used only when a gradient is needed (training,
+Grad-CAM); under ``torch.no_grad`` / ``inference_mode``, while tracing (TorchScript, FX, ONNX) and for
+``torch.export`` the same arithmetic runs as plain tensor ops.
+
+On the CPU these full-size passes are memory-bound and every new full-size tensor also costs its first-touch page
+faults, so the eager code counts them: with ``inplace`` the gated output is written over ``y`` (nothing else keeps
+it), backward works in two full-size buffers, gate gradients reduce channels_last maps as their NHWC views (a strided
+NCHW reduction is many times slower), CBAM's channel x spatial gradients are batched matrix products, and the pooling
+helpers (:func:`mean_hw`, :func:`strip_means`) are sums whose backward autograd adds into the input's gradient in
+place. Traced graphs keep the plain formulation.
 
 :func:`batch_norm_for_gating` runs a block's BatchNorm2d and returns what backward needs for the recomputation;
 other norms (SyncBatchNorm, frozen norms, custom classes) give ``None`` and the fused node keeps ``y`` instead.
@@ -28,9 +34,14 @@ __all__ = [
     'gated_conv',
     'gated_residual',
     'hook_safe',
+    'is_eager',
+    'mean_hw',
     'needs_lean_path',
+    'nhwc_gates',
+    'nhwc_layout',
     'scaled_channel_pool',
     'spatial_amax',
+    'strip_means',
     'use_fused_path',
 ]
 
@@ -59,6 +70,62 @@ def needs_lean_path(x: Tensor) -> bool:
     if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
         return False
     return torch.is_grad_enabled() and x.requires_grad
+
+
+def is_eager() -> bool:
+    """Not tracing, scripting, exporting or FX-tracing: a formulation may depend on the input's memory layout."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
+        return False
+    return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def nhwc_layout(x: Tensor) -> bool:
+    """Whether ``x`` is a 4-D channels_last tensor that is not also NCHW-contiguous (its channels are innermost)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def mean_hw(x: Tensor) -> Tensor:
+    """``x.mean((2, 3))`` with the same numbers; in eager mode written as a sum divided by ``H * W``.
+
+    The sum's backward is a broadcast view that autograd adds into the input's gradient in place, where the mean's
+    materialises a full-size ``grad / (H * W)`` first. Traced graphs keep the mean (no sizes baked in as constants).
+    """
+    if torch.jit.is_scripting():  # on its own line: TorchScript then skips compiling the rest
+        return x.mean((2, 3))
+    if not is_eager():
+        return x.mean((2, 3))
+    return x.sum((2, 3)) / (x.shape[2] * x.shape[3])
+
+
+def strip_means(x: Tensor) -> tuple[Tensor, Tensor]:
+    """CA / ELA strip pooling: ``(x.mean(3), x.mean(2))``, shapes ``(B, C, H)`` and ``(B, C, W)``.
+
+    On channels_last tensors eager mode reduces the NHWC view (rows of contiguous channel vectors), which is many
+    times faster than reducing a strided NCHW dimension; the sums differ from ``mean`` only in rounding order. As in
+    :func:`mean_hw` the means are sums divided by the size, so backward adds broadcast views in place.
+    """
+    if torch.jit.is_scripting():
+        return x.mean(3), x.mean(2)
+    if not is_eager() or not nhwc_layout(x):
+        return x.mean(3), x.mean(2)
+    # one NHWC view per direction: backward then adds each broadcast gradient into x's in place, where a shared
+    # view would first sum the two broadcasts into a new full-size tensor
+    x_h = x.permute(0, 2, 3, 1).sum(2) / x.shape[3]
+    x_w = x.permute(0, 2, 3, 1).sum(1) / x.shape[2]
+    return x_h.transpose(1, 2), x_w.transpose(1, 2)
+
+
+def nhwc_gates(x: Tensor, a_h: Tensor, a_w: Tensor) -> tuple[Tensor, Tensor]:
+    """The strip gates of a channels_last ``x`` laid out with their channels innermost too, in eager mode.
+
+    Multiplying an NHWC map by a broadcast ``(B, C, H, 1)`` factor whose channel stride is not 1 gathers across
+    memory at every element; the copy of the small factor costs a fraction of one full-size pass.
+    """
+    if torch.jit.is_scripting():
+        return a_h, a_w
+    if not is_eager() or not nhwc_layout(x):
+        return a_h, a_w
+    return a_h.contiguous(memory_format=torch.channels_last), a_w.contiguous(memory_format=torch.channels_last)
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -123,28 +190,78 @@ def batch_norm_for_gating(bn: nn.Module, z: Tensor) -> tuple[Tensor, BNRecompute
 
 
 def _reduce_to(t: Tensor, like: Tensor) -> Tensor:
-    """Sum ``t`` over the dimensions ``like`` broadcasts (a gate's gradient), in ``like``'s dtype."""
+    """Sum ``t`` over the dimensions ``like`` broadcasts (a gate's gradient), in ``like``'s dtype.
+
+    A channels_last ``t`` summed over H and/or W only (CA / ELA strips, channel gates) is reduced as its NHWC view:
+    the strided NCHW reduction is many times slower.
+    """
+    if like.dim() == 4 and nhwc_layout(t) and like.shape[:2] == t.shape[:2]:
+        dims = [d - 1 for d in (2, 3) if like.shape[d] == 1 and t.shape[d] != 1]
+        if dims:
+            return t.permute(0, 2, 3, 1).sum(dims, keepdim=True).permute(0, 3, 1, 2).to(like.dtype)
     return t.sum_to_size(like.shape).to(like.dtype)
 
 
-def _plain(y: Tensor, a1: Tensor, a2: Tensor | None, shortcut: Tensor | None, relu: bool) -> Tensor:
-    """The reference arithmetic: ``y * a1 [* a2] [+ shortcut]``, then ReLU.
+def _recompute(src: Tensor, mean: Tensor, scale: Tensor, bias: Tensor, dtype: torch.dtype) -> Tensor:
+    """The BatchNorm output from its input in one pass, ``z * scale + (bias - mean * scale)``."""
+    shape = (1, -1) + (1,) * (src.ndim - 2)
+    return torch.addcmul((bias - mean * scale).view(shape), src, scale.view(shape)).to(dtype)
+
+
+def _plain(
+        y: Tensor, a1: Tensor, a2: Tensor | None, shortcut: Tensor | None, relu: bool, inplace: bool = False,
+) -> Tensor:
+    """The reference arithmetic: ``y * a1 [* a2] [+ shortcut]``, then ReLU; ``inplace`` overwrites ``y``.
 
     Written as the module calls compute it (the gated output, then an in-place addition), not as one ``addcmul``, so
     that eager runs and traced graphs (FX, TorchScript, export), which call the modules, give bitwise the same numbers.
     """
-    out = y * a1 if a2 is None else y * a1 * a2
+    out = y.mul_(a1) if inplace else y * a1
+    if a2 is not None:
+        out = out.mul_(a2) if inplace or not torch.is_grad_enabled() else out * a2  # no tensor test: FX traces this
     if shortcut is not None:
         out += shortcut
     return out.relu_() if relu else out
+
+
+def _can_overwrite(y: Tensor, gates: tuple[Tensor, ...]) -> bool:
+    """Whether ``y * a1 [* a2]`` has ``y``'s shape and dtype, so it can be computed in ``y``'s memory."""
+    if torch.compiler.is_compiling():  # compiled graphs fuse the multiplies anyway; no in-place input there
+        return False
+    for a in gates:
+        if a.dim() > y.dim() or any(n not in (1, m) for n, m in zip(reversed(a.shape), reversed(y.shape))):
+            return False
+        if torch.result_type(y, a) != y.dtype:
+            return False
+    return True
+
+
+def _channel_spatial(y: Tensor, a1: Tensor, a2: Tensor) -> bool:
+    """Whether ``y * a1 * a2`` is an NHWC map times a channel gate ``(B, C, 1, 1)`` and a spatial gate ``(B, 1, H, W)``
+    of ``y``'s dtype: then both gate gradients are batched matrix products with one full-size product."""
+    if not nhwc_layout(y) or a1.dim() != 4 or a2.dim() != 4 or not (y.dtype == a1.dtype == a2.dtype):
+        return False
+    b, c, h, w = y.shape
+    return tuple(a1.shape) == (b, c, 1, 1) and tuple(a2.shape) == (b, 1, h, w)
+
+
+def _channel_spatial_grads(t: Tensor, a1: Tensor, a2: Tensor) -> tuple[Tensor, Tensor]:
+    """From ``t = g * y``: ``(sum_HW(t * a2), sum_C(t * a1))`` as products of the ``(B, HW, C)`` view of ``t``."""
+    b, c, h, w = t.shape
+    tv = t.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view for NHWC t
+    grad_a1 = torch.bmm(a2.reshape(b, 1, h * w), tv).reshape(a1.shape)
+    grad_a2 = torch.bmm(tv, a1.reshape(b, c, 1)).reshape(a2.shape)
+    return grad_a1, grad_a2
 
 
 class _GatedResidual(torch.autograd.Function):
     """``relu?(y * a1 [* a2] [+ shortcut])`` that keeps the BN input instead of ``y`` for backward."""
 
     @staticmethod
-    def forward(ctx, y, z, mean, scale, bias, a1, a2, shortcut, relu):
-        out = _plain(y, a1, a2, shortcut, relu)
+    def forward(ctx, y, z, mean, scale, bias, a1, a2, shortcut, relu, inplace):
+        out = _plain(y, a1, a2, shortcut, relu, inplace)
+        if inplace:  # y is recomputed in backward, so its memory holds the output
+            ctx.mark_dirty(y)
         ctx.relu = relu
         ctx.has_shortcut = shortcut is not None
         ctx.has_a2 = a2 is not None
@@ -160,20 +277,30 @@ class _GatedResidual(torch.autograd.Function):
             g = torch.ops.aten.threshold_backward(g, out, 0)
         grad_shortcut = g if ctx.has_shortcut and ctx.needs_input_grad[7] else None
         need_y, need_a1, need_a2 = ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6]
-        y = src
-        if (need_a1 or need_a2) and ctx.recompute:
-            shape = (1, -1) + (1,) * (src.ndim - 2)
-            y = torch.addcmul(bias.view(shape), src - mean.view(shape), scale.view(shape)).to(ctx.y_dtype)
         grad_y = grad_a1 = grad_a2 = None
-        if ctx.has_a2:
-            if need_a2:
-                grad_a2 = _reduce_to(g * (y * a1), a2)
-            g = g * a2
-        if need_a1:
-            grad_a1 = _reduce_to(g * y, a1)
+        buf = None
+        if need_a1 or need_a2:
+            # t = g * y in the recomputed buffer (g is also the shortcut's gradient: never written in place)
+            t = _recompute(src, mean, scale, bias, ctx.y_dtype).mul_(g) if ctx.recompute else g * src
+            if a2 is None:
+                grad_a1 = _reduce_to(t, a1)
+            elif _channel_spatial(t, a1, a2):  # CBAM: (B, C, 1, 1) x (B, 1, H, W), two matrix products
+                grad_a1, grad_a2 = _channel_spatial_grads(t, a1, a2)
+            else:  # CA / ELA strips: g * y * a1 in a second buffer, then g * y * a2 in place
+                if need_a2:
+                    buf = t * a1
+                    grad_a2 = _reduce_to(buf, a2)
+                if need_a1:
+                    grad_a1 = _reduce_to(t.mul_(a2), a1)
+            del t
         if need_y:
-            grad_y = g * a1
-        return grad_y, None, None, None, None, grad_a1, grad_a2, grad_shortcut, None
+            if a2 is None:
+                grad_y = g * a1
+            elif buf is not None and buf.shape == g.shape != a2.shape and buf.dtype == g.dtype:  # grad_a2 not buf
+                grad_y = torch.mul(g, a1, out=buf).mul_(a2)  # the second buffer, reused
+            else:
+                grad_y = (g * a1).mul_(a2)
+        return grad_y, None, None, None, None, grad_a1, grad_a2, grad_shortcut, None, None
 
 
 def gated_residual(
@@ -183,6 +310,7 @@ def gated_residual(
         *,
         relu: bool = False,
         recompute: BNRecompute | None = None,
+        inplace: bool = False,
 ) -> Tensor:
     """``relu?(y * a1 [* a2] [+ shortcut])`` with the same numbers as those plain ops, lean in training.
 
@@ -194,18 +322,22 @@ def gated_residual(
         recompute: from :func:`batch_norm_for_gating`: recompute ``y`` from the BatchNorm input in backward
             instead of keeping it. Without it the autograd node keeps ``y`` itself (use it where ``y`` is kept
             by another node anyway, e.g. an in-place activation's output).
+        inplace: the result may overwrite ``y`` (one full-size tensor less to allocate). Only for a ``y`` that
+            nothing else reads afterwards and no autograd node keeps (a gate that kept it would fail in backward):
+            in training it applies only with ``recompute``.
     """
     if isinstance(gates, Tensor):
         gates = (gates,)
     if not 1 <= len(gates) <= 2:
         raise ValueError(f'gated_residual takes one or two gate factors, got {len(gates)}')
     a1, a2 = gates[0], gates[1] if len(gates) == 2 else None
+    inplace = inplace and _can_overwrite(y, gates)
     if not (needs_lean_path(y) or any(needs_lean_path(a) for a in gates)):
-        return _plain(y, a1, a2, shortcut, relu)
+        return _plain(y, a1, a2, shortcut, relu, inplace and not y.requires_grad)
     r = recompute if recompute is not None and recompute.z.shape == y.shape else None
     if r is None:
-        return _GatedResidual.apply(y, None, None, None, None, a1, a2, shortcut, relu)
-    return _GatedResidual.apply(y, r.z, r.mean, r.scale, r.bias, a1, a2, shortcut, relu)
+        return _GatedResidual.apply(y, None, None, None, None, a1, a2, shortcut, relu, False)
+    return _GatedResidual.apply(y, r.z, r.mean, r.scale, r.bias, a1, a2, shortcut, relu, inplace and y.requires_grad)
 
 
 class _GatedConv(torch.autograd.Function):
@@ -273,6 +405,8 @@ class _ScaledChannelPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         src, mean, scale, bias, a, idx = ctx.saved_tensors
+        if nhwc_layout(src) and tuple(a.shape) == (src.shape[0], src.shape[1], 1, 1) and a.dtype == src.dtype:
+            return _ScaledChannelPool.backward_nhwc(ctx, g, src, mean, scale, bias, a, idx)
         channels = src.shape[1]
         # mean's gradient spread over the channels, plus max's gradient at the argmax (a unique maximum, as amax)
         gx1 = (g[:, 1:2] / channels).expand(src.shape).clone(memory_format=torch.preserve_format)
@@ -280,11 +414,34 @@ class _ScaledChannelPool(torch.autograd.Function):
         grad_y = gx1 * a if ctx.needs_input_grad[0] else None
         grad_a = None
         if ctx.needs_input_grad[5]:
-            y = src
-            if ctx.recompute:
-                shape = (1, -1) + (1,) * (src.ndim - 2)
-                y = torch.addcmul(bias.view(shape), src - mean.view(shape), scale.view(shape)).to(ctx.y_dtype)
-            grad_a = _reduce_to(gx1 * y, a)
+            y = _recompute(src, mean, scale, bias, ctx.y_dtype) if ctx.recompute else src
+            grad_a = _reduce_to(gx1.mul_(y), a)  # gx1 is ours; grad_y was taken from it above
+        return grad_y, None, None, None, None, grad_a
+
+    @staticmethod
+    def backward_nhwc(ctx, g, src, mean, scale, bias, a, idx):
+        """The same gradients for an NHWC map and a channel gate, without a full-size ``d out / d (y * a)``.
+
+        Over the ``(B, HW, C)`` view: the mean's part of ``grad_a`` is one batched matrix product with ``y``, the
+        max's part gathers ``y`` at the argmax of every pixel; ``grad_y`` is an outer product plus a scatter.
+        """
+        b, c, h, w = src.shape
+        hw = h * w
+        g_mx = g[:, 0].reshape(b, hw).to(src.dtype)
+        g_mean = (g[:, 1] / c).reshape(b, hw).to(src.dtype)
+        at = idx.reshape(b, hw, 1)  # the argmax channel of every pixel
+        a_bc = a.reshape(b, c)
+        grad_y = grad_a = None
+        if ctx.needs_input_grad[0]:
+            gy = g_mean.unsqueeze(2) * a_bc.unsqueeze(1)  # (B, HW, C), NHWC memory order
+            gy.scatter_add_(2, at, (g_mx * a_bc.gather(1, at.squeeze(2))).unsqueeze(2))
+            grad_y = gy.view(b, h, w, c).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[5]:
+            y = _recompute(src, mean, scale, bias, ctx.y_dtype) if ctx.recompute else src
+            yv = y.permute(0, 2, 3, 1).reshape(b, hw, c)
+            grad_a = torch.bmm(g_mean.unsqueeze(1), yv).reshape(b, c)
+            grad_a.scatter_add_(1, at.squeeze(2), g_mx * yv.gather(2, at).squeeze(2))
+            grad_a = grad_a.reshape(a.shape).to(a.dtype)
         return grad_y, None, None, None, None, grad_a
 
 
@@ -304,10 +461,32 @@ def scaled_channel_pool(y: Tensor, a: Tensor, recompute: BNRecompute | None = No
     return _ScaledChannelPool.apply(y, r.z, r.mean, r.scale, r.bias, a)
 
 
+class _SpatialMax(torch.autograd.Function):
+    """``x.amax((2, 3))`` keeping the argmax indices (one per channel) instead of ``x`` for backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        # the pooling kernel walks channels_last maps in memory order (an NCHW-strided max with indices does not)
+        mx, idx = torch.nn.functional.adaptive_max_pool2d(x, 1, return_indices=True)
+        ctx.shape = x.shape
+        ctx.channels_last = nhwc_layout(x)
+        ctx.save_for_backward(idx)
+        return mx.flatten(1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (idx,) = ctx.saved_tensors
+        b, c, h, w = ctx.shape
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        gx = torch.empty(ctx.shape, dtype=g.dtype, device=g.device, memory_format=fmt).zero_()
+        gx.view(b, c, h * w).scatter_(2, idx.reshape(b, c, 1), g.reshape(b, c, 1))
+        return gx
+
+
 def spatial_amax(x: Tensor) -> Tensor:
     """``x.amax((2, 3))`` whose backward keeps the argmax indices instead of ``x`` in training."""
     if torch.jit.is_scripting():
         return x.amax((2, 3))
     if not needs_lean_path(x):
         return x.amax((2, 3))
-    return x.flatten(2).max(-1).values
+    return _SpatialMax.apply(x)

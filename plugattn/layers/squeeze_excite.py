@@ -32,6 +32,8 @@ class SqueezeExcite(GateAttention):
         act_layer: activation between the FCs.
     """
 
+    merge_in_place = True  # the gate only pools its input
+
     def __init__(
             self,
             channels: int,

@@ -94,8 +94,11 @@ def gated_block_forward(block: nn.Module, x: Tensor, *, relu: bool) -> Tensor:
             y = block.attn(inner, y) if block.attn_level == 'block' else block.attn(y)
             y = hook_safe(y, block.attn)
         return block.merge(y, shortcut)
+    if block.attn_level == 'gate' and block.attn.merge_in_place and not torch.is_grad_enabled():
+        # inference: the gate applied in y's memory (CBAM also reuses y * a_c), then the block's in-place merge
+        return block.merge(block.attn.forward_inplace(y), shortcut)
     gates = block.attn.gate(inner, y) if block.attn_level == 'block' else block.attn.gate_factors(y, rec)
-    return gated_residual(y, gates, shortcut, relu=relu, recompute=rec)
+    return gated_residual(y, gates, shortcut, relu=relu, recompute=rec, inplace=block.attn.merge_in_place)
 
 
 def staged_block_forward(
@@ -104,7 +107,7 @@ def staged_block_forward(
     """One block of a shared-attention stage: ``attn.gate(y, state)`` fused into the block's residual merge."""
     y, shortcut, _, rec = block._pre_gate(x, True)
     a, state = attn.gate(y, state)
-    return gated_residual(y, a, shortcut, relu=relu, recompute=rec), state
+    return gated_residual(y, a, shortcut, relu=relu, recompute=rec, inplace=attn.merge_in_place), state
 
 
 class LeanResidualBlock(nn.Module):
