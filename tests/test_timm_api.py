@@ -383,6 +383,7 @@ def timm_host(name: str) -> nn.Module:
 
 
 @pytest.mark.filterwarnings('ignore::FutureWarning')
+@pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning')  # timm's ViT checks its input size in Python
 @pytest.mark.parametrize('host_name, attn', ATTACHED, ids=[f'{h}-{a}' for h, a in ATTACHED])
 def test_attached_timm_model_keeps_timm_api(host_name, attn):
     from timm.models import create_feature_extractor
