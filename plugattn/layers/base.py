@@ -92,9 +92,7 @@ class BlockAttention(nn.Module):
     """
 
     channels: int
-    # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
-    # of the gate keeps that tensor (a gate that only pools it; one that convolves it keeps it and must stay False).
-    merge_in_place = False
+    merge_in_place = False  # as GateAttention.merge_in_place
     # ``inner_channels`` (a tuple of ints) is set by subclasses; not annotated here because TorchScript cannot type
     # variable-length tuples.
 
@@ -119,9 +117,7 @@ class StageAttention(nn.Module):
     """
 
     channels: int
-    # The fused residual merge may write the gated output over the gated tensor: set True only when no autograd node
-    # of the gate keeps that tensor (a gate that only pools it; one that convolves it keeps it and must stay False).
-    merge_in_place = False
+    merge_in_place = False  # as GateAttention.merge_in_place
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
