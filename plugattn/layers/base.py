@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from ._typecheck import checked_init
-from .fused import BNRecompute, mean_hw
+from .fused import BNRecompute, gated_residual, mean_hw
 
-__all__ = ['BlockAttention', 'GateAttention', 'StageAttention', 'check_train_batch']
+__all__ = ['BlockAttention', 'GateAttention', 'StageAttention', 'StripGateAttention', 'check_train_batch']
 
 AttnState = tuple[Tensor, Tensor]
 
@@ -80,6 +80,39 @@ class GateAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(x)
+
+
+class StripGateAttention(GateAttention):
+    """A gate that is the product of a row and a column gate (CA, ELA): ``x * a_h * a_w``.
+
+    Subclasses implement :meth:`gate_hw`, returning ``(B, C, H, 1)`` and ``(B, C, 1, W)`` gates. The two factors
+    are applied one after the other (the fused merge and the lean training node never build their full-size
+    product), and in place at inference: the gates only pool ``x``.
+    """
+
+    merge_in_place = True
+
+    def gate_hw(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The row and column gates, ``(B, C, H, 1)`` and ``(B, C, 1, W)``."""
+        raise NotImplementedError
+
+    def gate(self, x: Tensor) -> Tensor:
+        a_h, a_w = self.gate_hw(x)
+        return a_h * a_w
+
+    def gate_factors(self, x: Tensor, recompute: BNRecompute | None = None) -> tuple[Tensor, ...]:
+        return self.gate_hw(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a_h, a_w = self.gate_hw(x)
+        if torch.jit.is_scripting():  # TorchScript cannot compile the autograd.Function
+            return x * a_h * a_w
+        return self._lean_gating(x, a_h, a_w)
+
+    @torch.jit.unused
+    def _lean_gating(self, x: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
+        # x * a_h * a_w, without keeping the full-size x * a_h for backward
+        return gated_residual(x, (a_h, a_w))
 
 
 class BlockAttention(nn.Module):

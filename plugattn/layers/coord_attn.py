@@ -19,15 +19,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import GateAttention
-from .fused import BNRecompute, gated_residual, nhwc_gates, strip_means
+from .base import StripGateAttention
+from .fused import nhwc_gates, strip_means
 from .registry import register_attn
 
 __all__ = ['CoordAttention']
 
 
 @register_attn('ca')
-class CoordAttention(GateAttention):
+class CoordAttention(StripGateAttention):
     """CA gate: ``x * sigmoid(conv_h(f_h)) * sigmoid(conv_w(f_w))`` from a shared 1x1 conv + BN + h-swish.
 
     Args:
@@ -35,8 +35,6 @@ class CoordAttention(GateAttention):
         reduction: r of the hidden width ``mip = max(min_hidden, C // r)``.
         min_hidden: the floor of the hidden width (8 in the official code).
     """
-
-    merge_in_place = True  # the gate only pools its input
 
     def __init__(
             self,
@@ -65,21 +63,3 @@ class CoordAttention(GateAttention):
         a_h = self.conv_h(y[:, :, :h]).sigmoid()
         a_w = self.conv_w(y[:, :, h:].transpose(2, 3)).sigmoid()
         return nhwc_gates(x, a_h, a_w)
-
-    def gate(self, x: Tensor) -> Tensor:
-        a_h, a_w = self.gate_hw(x)
-        return a_h * a_w
-
-    def gate_factors(self, x: Tensor, recompute: BNRecompute | None = None) -> tuple[Tensor, ...]:
-        return self.gate_hw(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        a_h, a_w = self.gate_hw(x)
-        if torch.jit.is_scripting():  # TorchScript cannot compile the autograd.Function
-            return x * a_h * a_w
-        return self._lean_gating(x, a_h, a_w)
-
-    @torch.jit.unused
-    def _lean_gating(self, x: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
-        # x * a_h * a_w, without keeping the full-size x * a_h for backward
-        return gated_residual(x, (a_h, a_w))

@@ -17,11 +17,10 @@ Differences from the reference:
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from .base import GateAttention
-from .fused import BNRecompute, gated_residual, nhwc_gates, strip_means
+from .base import StripGateAttention
+from .fused import nhwc_gates, strip_means
 from .registry import register_attn
 
 __all__ = ['ELA_VARIANTS', 'EfficientLocalAttention']
@@ -36,7 +35,7 @@ ELA_VARIANTS: dict[str, tuple[int, int, int]] = {
 
 
 @register_attn('ela_b')
-class EfficientLocalAttention(GateAttention):
+class EfficientLocalAttention(StripGateAttention):
     """ELA gate: strip-pool each direction, shared grouped Conv1d + GroupNorm + sigmoid, ``x * a_h * a_w``.
 
     The registered names ``ela_t``, ``ela_b`` (also ``ela``), ``ela_s`` and ``ela_l`` preset the paper's variants:
@@ -57,8 +56,6 @@ class EfficientLocalAttention(GateAttention):
         num_groups: GroupNorm groups.
         variant: label used in error messages.
     """
-
-    merge_in_place = True  # the gate only pools its input
 
     def __init__(
             self,
@@ -99,24 +96,6 @@ class EfficientLocalAttention(GateAttention):
         # laid out before the sigmoid, which keeps its output for backward anyway: no second copy is kept
         n_h, n_w = nhwc_gates(x, self.norm(self.conv(x_h)).unsqueeze(3), self.norm(self.conv(x_w)).unsqueeze(2))
         return n_h.sigmoid(), n_w.sigmoid()
-
-    def gate(self, x: Tensor) -> Tensor:
-        a_h, a_w = self.gate_hw(x)
-        return a_h * a_w
-
-    def gate_factors(self, x: Tensor, recompute: BNRecompute | None = None) -> tuple[Tensor, ...]:
-        return self.gate_hw(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        a_h, a_w = self.gate_hw(x)
-        if torch.jit.is_scripting():  # TorchScript cannot compile the autograd.Function
-            return x * a_h * a_w
-        return self._lean_gating(x, a_h, a_w)
-
-    @torch.jit.unused
-    def _lean_gating(self, x: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
-        # x * a_h * a_w, without keeping the full-size x * a_h for backward
-        return gated_residual(x, (a_h, a_w))
 
 
 for _variant, (_k, _gc, _ng) in ELA_VARIANTS.items():
