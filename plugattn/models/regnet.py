@@ -40,17 +40,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import GateAttention, attn_level, create_attn, list_attn
-from ..layers.base import AttnState, pooled
+from ..layers.base import pooled
 from ..layers.fused import BNRecompute, batch_norm_for_gating, gated_residual, hook_safe, use_fused_path
 from ..layers.registry import AttnSpec
 from ._base import (
     AttnNet,
     AttnStage,
     FeatureInfo,
+    LeanResidualBlock,
     block_attn,
     init_attn_modules,
     stage_attn_kwargs,
-    staged_block_forward,
 )
 from ._registry import register_model
 
@@ -117,7 +117,7 @@ class RegNetSE(GateAttention):
         return self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
 
 
-class RegNetBottleneck(nn.Module):
+class RegNetBottleneck(LeanResidualBlock):
     """RegNet-Y block (bottleneck ratio 1): conv1 1x1 -> conv2 grouped 3x3 (stride) -> [SE] -> conv3 1x1 -> + shortcut.
 
     Args:
@@ -197,24 +197,15 @@ class RegNetBottleneck(nn.Module):
         y, rec = batch_norm_for_gating(self.conv3.bn, self.conv3.conv(out))
         return self.conv3.act(y), shortcut, inner, rec
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():  # TorchScript compiles the plain module calls
-            branch, shortcut = self.forward_branch(x)
-            return self.merge(branch, shortcut)
-        return self._forward_lean(x)
-
     @torch.jit.unused
     def _forward_lean(self, x: Tensor) -> Tensor:
+        # only bridge attention is fused with the merge: a gate sits before conv3 here, not on the merged branch
         bridge = self.attn_level == 'block'
         fused = bridge and use_fused_path(self.attn, self.conv3)
         y, shortcut, inner, rec = self._pre_gate(x, fused)
         if not fused:
             return self.merge(hook_safe(self.attn(inner, y), self.attn) if bridge else y, shortcut)
         return gated_residual(y, self.attn.gate(inner, y), shortcut, relu=True, recompute=rec)
-
-    def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
-        """The block inside a shared-attention stage: gate with ``attn(., state)``, fused with the merge."""
-        return staged_block_forward(self, x, attn, state, relu=True)
 
 
 class RegNet(AttnNet):
