@@ -576,32 +576,17 @@ def _ddp_worker(rank: int, port: int, queue) -> None:  # pragma: no cover - runs
     dist.destroy_process_group()
 
 
-def test_ddp_two_processes_attached():
+def test_ddp_two_processes_attached(run_two_processes):
     """2 gloo processes x 4 images with all-reduce BatchNorm (also the BAv2 BatchNorm1d) give the float64 gradients
     of one process on the 8 images, on both ranks."""
-    import socket
-
-    import torch.multiprocessing as mp
     import torch.nn.functional as F
 
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context('spawn')
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
+    results = run_two_processes(_ddp_worker, 2)
     model, x, y = _ddp_problem()
     F.cross_entropy(model(x), y).backward()
     ref = torch.cat([p.grad.flatten() for p in model.parameters()])
-    got = {}
-    for _ in procs:
-        rank, names, flat = queue.get(timeout=120)
-        got[rank] = torch.from_numpy(flat)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = {rank: torch.from_numpy(flat) for rank, _, flat in results}
+    names = results[0][1]
     assert names == [n for n, _ in model.named_parameters()] and sum('.attn.' in n for n in names) == 4 * 7
     for rank in (0, 1):
         assert float((got[rank] - ref).abs().max()) <= 1e-10 * float(ref.abs().max()), rank

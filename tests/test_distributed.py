@@ -132,25 +132,11 @@ def _grad_problem():
     return model, torch.randn(32, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(32) % 10
 
 
-def test_dist_batchnorm_gradients_are_exact():
+def test_dist_batchnorm_gradients_are_exact(run_two_processes):
     """In float64, DDP + all-reduce BatchNorm on 2 x 16 samples gives the gradients of one process on 32."""
-    import socket
-
-    import torch.multiprocessing as mp
     import torch.nn.functional as F
 
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context('spawn')
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_grad_worker, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    grads = queue.get(timeout=120)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    (grads,) = run_two_processes(_grad_worker, 1)
     model, x, y = _grad_problem()
     F.cross_entropy(model(x), y).backward()
     for name, param in model.named_parameters():
