@@ -40,6 +40,15 @@ def same_model(attached: nn.Module, ours: nn.Module, x: torch.Tensor, map_key=la
     return max(diffs)
 
 
+def assert_exports_with_dynamic_sizes(model: nn.Module) -> None:
+    """``torch.export`` with dynamic batch and H/W runs like the eager model at two input sizes."""
+    batch, size = torch.export.Dim('batch', min=1, max=8), torch.export.Dim('size', min=64, max=256)
+    ep = torch.export.export(model, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: batch, 2: size, 3: size},))
+    for shape in ((2, 3, 64, 64), (3, 3, 96, 96)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert torch.allclose(ep.module()(x), model(x), atol=1e-5)
+
 # ------------------------------------------------------------------ exactness where plugattn builds the same network
 
 
@@ -303,13 +312,7 @@ def test_deepcopy_and_export_dynamic():
             p.add_(1.0)
         x = torch.randn(2, 3, 32, 32)
         assert not torch.equal(clone(x), model(x))
-    dia = attach(tvm.resnet18(num_classes=10), 'dia', warm_start=True).eval()
-    batch, size = torch.export.Dim('batch', min=1, max=8), torch.export.Dim('size', min=64, max=256)
-    ep = torch.export.export(dia, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: batch, 2: size, 3: size},))
-    for shape in ((2, 3, 64, 64), (3, 3, 96, 96)):
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            assert torch.allclose(ep.module()(x), dia(x), atol=1e-5)
+    assert_exports_with_dynamic_sizes(attach(tvm.resnet18(num_classes=10), 'dia', warm_start=True).eval())
 
 
 def test_ddp_single_process(tmp_path):
@@ -525,13 +528,7 @@ def test_onnx_export_attached(tmp_path):
 
 
 def test_export_dynamic_mobilenetv3_bav1():
-    model = attach(timm.create_model('mobilenetv3_small_050', num_classes=10), 'bav1').eval()
-    batch, size = torch.export.Dim('batch', min=1, max=8), torch.export.Dim('size', min=64, max=256)
-    ep = torch.export.export(model, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: batch, 2: size, 3: size},))
-    for shape in ((2, 3, 64, 64), (3, 3, 96, 96)):
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            assert torch.allclose(ep.module()(x), model(x), atol=1e-5)
+    assert_exports_with_dynamic_sizes(attach(timm.create_model('mobilenetv3_small_050', num_classes=10), 'bav1').eval())
 
 
 def test_torch_compile_attached():
