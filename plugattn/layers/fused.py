@@ -62,21 +62,17 @@ class BNRecompute(NamedTuple):
     bias: Tensor
 
 
-def needs_lean_path(x: Tensor) -> bool:
-    """Whether the memory-saving autograd node applies: a gradient is wanted and nothing is tracing the graph."""
-    # tracing first: under torch.fx ``x.requires_grad`` is a Proxy, which cannot decide a Python ``if``
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
-        return False
-    if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
-        return False
-    return torch.is_grad_enabled() and x.requires_grad
-
-
 def is_eager() -> bool:
     """Not tracing, scripting, exporting or FX-tracing: a formulation may depend on the input's memory layout."""
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
         return False
     return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def needs_lean_path(x: Tensor) -> bool:
+    """Whether the memory-saving autograd node applies: a gradient is wanted and nothing is tracing the graph."""
+    # tracing first: under torch.fx ``x.requires_grad`` is a Proxy, which cannot decide a Python ``if``
+    return is_eager() and torch.is_grad_enabled() and x.requires_grad
 
 
 def nhwc_layout(x: Tensor) -> bool:
@@ -147,9 +143,7 @@ def use_fused_path(*modules: nn.Module | None) -> bool:
     Not while tracing or exporting (TorchScript, FX, ONNX, ``torch.export`` see the plain module calls), and not
     when one of the modules has forward hooks or a patched ``forward`` (analysis hooks keep firing).
     """
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
-        return False
-    if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+    if not is_eager():
         return False
     from torch.nn.modules import module as _module
 
