@@ -407,6 +407,48 @@ def test_reference_formulation_does_keep_more():
     assert ref > 1.15 * plain
 
 
+def _full_size_allocations_in_backward(attn: str | None) -> int:
+    """How many tensors of the block's output size the backward of one channels_last layer1-like block allocates."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    block = Bottleneck(64, 16, attn=attn).to(memory_format=torch.channels_last).train()
+    x = torch.randn(2, 64, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = block(x)
+    grad = torch.ones_like(out)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out.backward(grad)
+    return sum(1 for e in prof.profiler.kineto_results.events()
+               if e.name() == '[memory]' and e.nbytes() == x.numel() * x.element_size())
+
+
+@pytest.mark.parametrize(('attn', 'extra'), [('se', 1), ('eca', 1), ('bav2', 1), ('ca', 2), ('ela_b', 2), ('cbam', 3)])
+def test_backward_allocates_few_full_size_buffers(attn: str, extra: int):
+    """Beyond the plain block's: channel gates one (``g * z``, which then takes ``grad_y``; no recomputed ``y``), CA /
+    ELA two (``g * y`` and ``g * y * a_h``, the second taking ``grad_y``), CBAM three (``g * y``, the channel pool's
+    gradient, the spatial max's scattered gradient). Each new full-size tensor is a pass plus fresh pages."""
+    assert _full_size_allocations_in_backward(attn) - _full_size_allocations_in_backward(None) == extra
+
+
+@pytest.mark.parametrize('attn', ['se', 'eca', 'cbam', 'bav2', 'ca'])
+def test_float32_lean_gradients_as_accurate_as_plain_ops(attn: str):
+    """The channel gates' gradient from sums of ``g * z`` and ``g`` (instead of ``g * y``) cancels by about
+    ``mean / std`` of ``z``: in float32 the lean gradients stay as close to float64 as the plain formulation's."""
+    torch.manual_seed(0)
+    model = create_model(f'{attn}_resnet20').train()
+    x = torch.randn(4, 3, 32, 32)
+    _, grads, _ = _run(model, x)
+    _, grads_plain, _ = _run(reference_copy(model), x)
+    _, grads64, _ = _run(reference_copy(copy.deepcopy(model).double()), x.double())
+    scale = max(g.norm() for g in grads64.values())
+    names = [n for n, g in grads64.items() if g.norm() > 1e-6 * scale]  # gradients that are not exactly zero
+
+    def worst(got: dict) -> float:
+        return max(((got[n].double() - grads64[n]).norm() / grads64[n].norm()).item() for n in names)
+
+    assert worst(grads) <= 2 * worst(grads_plain) + 1e-6, (worst(grads), worst(grads_plain))
+
+
 # --------------------------------------------------------------------------------------------- compile, layouts
 
 
@@ -470,3 +512,24 @@ def test_hooked_attention_is_called_and_numbers_unchanged(attn: str):
     torch.testing.assert_close(out, out_l, rtol=1e-6, atol=1e-9)
     for name, g in grads.items():
         torch.testing.assert_close(g, grads_l[name], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize('attn', ['se', 'cbam', 'bav2'])
+def test_hooked_gated_norm_is_called_and_numbers_unchanged(attn: str):
+    """The norm before the gate keeps its hooks in training (feature recorders, observers): the fused merge then calls
+    the module and keeps its output instead of recomputing it."""
+    torch.manual_seed(0)
+    model = ResNet(Bottleneck, (1, 1), widths=(8, 16), num_classes=3, stem='cifar', attn=attn).train().double()
+    lean = copy.deepcopy(model)
+    seen, grads_seen = [], []
+    for block in (model.layer1[0], model.layer2[0]):
+        block.bn3.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+        block.bn3.register_full_backward_hook(lambda mod, gin, gout: grads_seen.append(gout[0].shape))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.double)
+    out, grads, gx = _run(model, x)
+    out_l, grads_l, gx_l = _run(lean, x)
+    assert seen == [(2, 32, 8, 8), (2, 64, 4, 4)] and sorted(grads_seen) == sorted(seen)
+    torch.testing.assert_close(out, out_l, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx, gx_l, rtol=1e-10, atol=1e-12)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, grads_l[name], rtol=1e-10, atol=1e-12)

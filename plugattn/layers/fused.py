@@ -158,9 +158,10 @@ def batch_norm_for_gating(bn: nn.Module, z: Tensor) -> tuple[Tensor, BNRecompute
     For a plain :class:`torch.nn.BatchNorm2d` in train mode the norm runs through ``torch.native_batch_norm``
     (the kernel ``F.batch_norm`` dispatches to on the CPU), which also returns the batch mean and inverse std, with
     nn.BatchNorm2d's running-statistics update (momentum, ``num_batches_tracked``) reproduced exactly. Every other
-    case calls the module itself and returns ``None`` when it cannot describe the norm as a per-channel affine.
+    case calls the module itself (a hooked norm too, so its hooks fire) and returns ``None`` where it does not
+    recompute: the fused node then keeps ``y``.
     """
-    if type(bn) is not nn.BatchNorm2d or not needs_lean_path(z):
+    if type(bn) is not nn.BatchNorm2d or _hooked(bn) or not needs_lean_path(z):  # hooks see the module call
         return bn(z), None
     c = z.shape[1]
     w = bn.weight.detach() if bn.weight is not None else z.new_ones(c)
@@ -248,6 +249,22 @@ def _channel_spatial_grads(t: Tensor, a1: Tensor, a2: Tensor) -> tuple[Tensor, T
     return grad_a1, grad_a2
 
 
+def _sums_without_y(z: Tensor, g: Tensor, a: Tensor) -> bool:
+    """Whether a one-factor gate's gradient may come from sums of ``g * z`` and ``g`` instead of ``g * y``: single or
+    double precision throughout (the two sums cancel by about ``mean / std`` of ``z``, a rounding that half
+    precision does not afford) and a gate that keeps the channel axis (the sums must not mix channels, whose
+    BatchNorm affines differ)."""
+    if not (z.dtype == g.dtype == a.dtype and z.dtype in (torch.float32, torch.float64)) or z.shape != g.shape:
+        return False
+    return a.dim() == z.dim() and a.shape[1] == z.shape[1] and all(n in (1, m) for n, m in zip(a.shape, z.shape))
+
+
+def _free_buffer(buf: Tensor, like: Tensor, gates: tuple[Tensor | None, ...]) -> bool:
+    """Whether ``buf`` can take a result of ``like``'s shape and dtype: no gate has the full shape, whose gradient
+    (a sum over no dimension) would be ``buf`` itself."""
+    return buf.shape == like.shape and buf.dtype == like.dtype and all(a is None or a.shape != buf.shape for a in gates)
+
+
 class _GatedResidual(torch.autograd.Function):
     """``relu?(y * a1 [* a2] [+ shortcut])`` that keeps the BN input instead of ``y`` for backward."""
 
@@ -272,9 +289,16 @@ class _GatedResidual(torch.autograd.Function):
         grad_shortcut = g if ctx.has_shortcut and ctx.needs_input_grad[7] else None
         need_y, need_a1, need_a2 = ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6]
         grad_y = grad_a1 = grad_a2 = None
-        buf = None
-        if need_a1 or need_a2:
-            # t = g * y in the recomputed buffer (g is also the shortcut's gradient: never written in place)
+        spare = []  # full-size buffers of this backward that grad_y may take once the gate gradients are reduced
+        if a2 is None and need_a1 and ctx.recompute and _sums_without_y(src, g, a1):
+            # sum(g * y) = scale * sum(g * z) + shift * sum(g) per (sample, channel): y is not recomputed
+            t = g * src  # g is also the shortcut's gradient: never written in place
+            shape = (1, -1) + (1,) * (src.ndim - 2)
+            grad_a1 = torch.addcmul(_reduce_to(t, a1) * scale.view(shape), _reduce_to(g, a1),
+                                    (bias - mean * scale).view(shape))
+            spare.append(t)
+        elif need_a1 or need_a2:
+            # t = g * y in the recomputed buffer
             t = _recompute(src, mean, scale, bias, ctx.y_dtype).mul_(g) if ctx.recompute else g * src
             if a2 is None:
                 grad_a1 = _reduce_to(t, a1)
@@ -284,16 +308,15 @@ class _GatedResidual(torch.autograd.Function):
                 if need_a2:
                     buf = t * a1
                     grad_a2 = _reduce_to(buf, a2)
+                    spare.append(buf)
                 if need_a1:
                     grad_a1 = _reduce_to(t.mul_(a2), a1)
-            del t
+            spare.append(t)
         if need_y:
-            if a2 is None:
-                grad_y = g * a1
-            elif buf is not None and buf.shape == g.shape != a2.shape and buf.dtype == g.dtype:  # grad_a2 not buf
-                grad_y = torch.mul(g, a1, out=buf).mul_(a2)  # the second buffer, reused
-            else:
-                grad_y = (g * a1).mul_(a2)
+            into = [b for b in spare if _free_buffer(b, g, (a1, a2))]
+            grad_y = torch.mul(g, a1, out=into[0]) if into else g * a1
+            if a2 is not None:
+                grad_y = grad_y.mul_(a2)
         return grad_y, None, None, None, None, grad_a1, grad_a2, grad_shortcut, None, None
 
 
@@ -431,10 +454,21 @@ class _ScaledChannelPool(torch.autograd.Function):
             gy.scatter_add_(2, at, (g_mx * a_bc.gather(1, at.squeeze(2))).unsqueeze(2))
             grad_y = gy.view(b, h, w, c).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[5]:
-            y = _recompute(src, mean, scale, bias, ctx.y_dtype) if ctx.recompute else src
-            yv = y.permute(0, 2, 3, 1).reshape(b, hw, c)
-            grad_a = torch.bmm(g_mean.unsqueeze(1), yv).reshape(b, c)
-            grad_a.scatter_add_(1, at.squeeze(2), g_mx * yv.gather(2, at).squeeze(2))
+            if ctx.recompute and src.dtype in (torch.float32, torch.float64):  # see _sums_without_y
+                # y = z * scale + shift per channel: sum_HW(g_mean * y) = scale * (g_mean @ z) + shift * sum_HW(g_mean)
+                # and y at the argmax channels from z there, so y is not recomputed
+                zv = src.permute(0, 2, 3, 1).reshape(b, hw, c)
+                shift = bias - mean * scale
+                grad_a = torch.addcmul(torch.bmm(g_mean.unsqueeze(1), zv).reshape(b, c) * scale,
+                                       g_mean.sum(1, keepdim=True), shift)
+                ch = at.squeeze(2)
+                y_at = torch.addcmul(shift[ch], zv.gather(2, at).squeeze(2), scale[ch])
+            else:
+                y = _recompute(src, mean, scale, bias, ctx.y_dtype) if ctx.recompute else src
+                yv = y.permute(0, 2, 3, 1).reshape(b, hw, c)
+                grad_a = torch.bmm(g_mean.unsqueeze(1), yv).reshape(b, c)
+                y_at = yv.gather(2, at).squeeze(2)
+            grad_a.scatter_add_(1, at.squeeze(2), g_mx * y_at)
             grad_a = grad_a.reshape(a.shape).to(a.dtype)
         return grad_y, None, None, None, None, grad_a
 
