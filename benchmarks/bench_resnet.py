@@ -34,6 +34,16 @@ R50 = ['resnet50', 'torchvision:resnet50', 'se_resnet50', 'eca_resnet50', 'cbam_
        'dia_resnet50']
 MBV2 = ['mobilenetv2', 'torchvision:mobilenet_v2', 'ca_mobilenetv2']
 QUICK = {'se', 'eca', 'cbam', 'ca', 'ela_b', 'bav1', 'bav2', 'dia', 'none'}
+# targets (training peak memory, training step, inference) as ratios to the plain backbone: ResNet-50 at 224 px and
+# MobileNetV2 with CA; plugattn's plain resnet50 at most torchvision's (checked on the torchvision row, >= 1.00)
+CHANNEL_TARGET = (1.05, 1.05, 1.03)
+SPATIAL_TARGET = (1.10, 1.10, 1.08)
+TARGETS = {'se': CHANNEL_TARGET, 'eca': CHANNEL_TARGET, 'bav1': CHANNEL_TARGET, 'bav2': CHANNEL_TARGET,
+           'dia': CHANNEL_TARGET, 'cbam': SPATIAL_TARGET, 'ca': SPATIAL_TARGET, 'ela_t': SPATIAL_TARGET,
+           'ela_b': SPATIAL_TARGET, 'ela_s': SPATIAL_TARGET, 'ela_l': SPATIAL_TARGET}
+TARGET_FAMILIES = ('ImageNet ResNet-50', 'MobileNetV2')
+# RESULTS.md keeps what follows this line when the tables above it are regenerated
+KEEP_MARKER = '<!-- analysis: written by hand, kept when the script regenerates the tables above -->'
 
 
 def _load() -> str:
@@ -42,6 +52,53 @@ def _load() -> str:
         return f'{one:.2f} (1 min), {five:.2f} (5 min)'
     except OSError:
         return 'unknown'
+
+
+def _verdict(ratio: float | None, lo: float | None, hi: float | None, target: float) -> str:
+    """``met`` / ``missed`` when the whole confidence interval is on one side of the target, else ``within noise``."""
+    if ratio is None:
+        return '-'
+    cell = f'{ratio:.3f} ({lo:.2f}-{hi:.2f})'
+    if hi <= target:
+        return f'{cell} met'
+    if lo > target:
+        return f'{cell} **missed by {ratio - target:+.2f}**'
+    return f'{cell} within noise'
+
+
+def target_table(parts: list[tuple[str, list]]) -> list[str]:
+    """Markdown lines: every targeted model's ratios against its targets, and the torchvision comparison."""
+    lines = ['| family | model | train peak (target) | train step, CI (target) | inference, CI (target) |',
+             '|:---|:---|:---|:---|:---|']
+    flagged = []
+    for title, recs in parts:
+        for r in recs:
+            if r.attn != 'none' and min(r.infer_ratio_hi or 2.0, r.train_ratio_hi or 2.0) < 1.0:
+                flagged.append(r.model)
+            if not title.startswith(TARGET_FAMILIES):
+                continue
+            family = title.split(',')[0]
+            if r.model.startswith('torchvision:'):
+                lines.append(f'| {family} | {r.model} / {r.backbone} (target >= 1.00: plugattn no slower) | '
+                             f'{r.train_mem_ratio:.3f} | {r.train_ratio:.3f} ({r.train_ratio_lo:.2f}-'
+                             f'{r.train_ratio_hi:.2f}) | {r.infer_ratio:.3f} ({r.infer_ratio_lo:.2f}-'
+                             f'{r.infer_ratio_hi:.2f}) |')
+                continue
+            if r.attn not in TARGETS:
+                continue
+            mem_t, step_t, infer_t = TARGETS[r.attn]
+            mem = '-' if r.train_mem_ratio is None else (
+                f'{r.train_mem_ratio:.3f} {"met" if r.train_mem_ratio <= mem_t else "**missed**"}')
+            lines.append(f'| {family} | {r.model} | {mem} ({mem_t:.2f}) | '
+                         f'{_verdict(r.train_ratio, r.train_ratio_lo, r.train_ratio_hi, step_t)} ({step_t:.2f}) | '
+                         f'{_verdict(r.infer_ratio, r.infer_ratio_lo, r.infer_ratio_hi, infer_t)} ({infer_t:.2f}) |')
+    lines.append('')
+    lines.append('met / missed: the whole confidence interval is at or below / above the target; within noise: the '
+                 'interval contains it. Memory is exact (allocator events), so it has no interval.')
+    if flagged:
+        lines.append(f'Measurement error: the whole interval is below 1.00 for {", ".join(flagged)} (they do strictly '
+                     'more work than their backbone).')
+    return [*lines, '']
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         f'* Load average when the run started: {load_before}; at the end: {_load()}. Times are '
         f'{parts[0][1][0].clock if parts else "process CPU time"} per batch (on the CPU: what this process '
         'computed, so waiting for a shared core does not count), median and min-max over the rounds; every model is '
-        'measured interleaved with its backbone (A B C ... repeated), so the ratios (xbb) come from the same '
-        'machine state.',
+        'measured interleaved with its backbone (A B C ... repeated); xbb is the median over the rounds of the '
+        "model's time / the backbone's in the same round and CI its distribution-free confidence interval (order "
+        'statistics of the per-round ratios), which shows how much of a difference the machine\'s swings allow.',
         '* Inference: eval mode, `torch.inference_mode()`, one forward of the batch. Training step: train mode, '
         'forward + cross-entropy + backward + SGD (momentum) step; batch at least 2 (bridge attention has BatchNorm1d, '
         'specs D10).',
@@ -121,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                      + ('.' if recs[0].load_before is None else f'; load average {recs[0].load_before:.2f} at the '
                         f'start of this family, {recs[0].load_after:.2f} at its end.'))
         lines.append('')
+    lines += ['## Targets', '', *target_table(parts)]
     try:
         from plugattn.analysis.plots import plot_bench
 
@@ -130,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f'![time ratios]({args.figure.name})', '']
     except ValueError as e:  # matplotlib missing
         log(f'no figure: {e}')
-    args.output.write_text('\n'.join(lines), encoding='utf-8')
+    kept = args.output.read_text(encoding='utf-8').partition(KEEP_MARKER)[2] if args.output.exists() else ''
+    args.output.write_text('\n'.join(lines) + (f'\n{KEEP_MARKER}{kept}' if kept else ''), encoding='utf-8')
     args.json.write_text(json.dumps({title: [r.to_dict() for r in recs] for title, recs in parts}, indent=1) + '\n',
                          encoding='utf-8')
     log(f'wrote {args.output} ({wall:.0f} s)')

@@ -24,6 +24,7 @@ from plugattn.analysis import (
 )
 from plugattn.analysis import complexity as complexity_mod
 from plugattn.analysis._common import require
+from plugattn.analysis.complexity import median_interval
 
 # --------------------------------------------------------------------------------------------- bench
 
@@ -91,7 +92,12 @@ def test_bench_timing_is_interleaved_and_reported(monkeypatch):
     assert calls[6:18] == [a, b] * 6        # 3 reps x (inference A B, training step A B): interleaved
     assert calls[18:] == [a] * 3 + [b] * 3  # memory: inference, then a training step before the measured one
     assert by['resnet20'].infer_ratio == 1.0 and by['resnet20'].train_ratio == 1.0
-    assert by['bav2_resnet20'].infer_ratio == pytest.approx(by['bav2_resnet20'].infer_ms / by['resnet20'].infer_ms)
+    bav2 = by['bav2_resnet20']
+    for kind in ('infer', 'train'):  # a paired median inside its interval; 3 rounds: the range, 75 % coverage
+        lo, ratio, hi = (getattr(bav2, f'{kind}_ratio{s}') for s in ('_lo', '', '_hi'))
+        assert 0 < lo <= ratio <= hi and getattr(by['resnet20'], f'{kind}_ratio_lo') == 1.0
+    assert bav2.ratio_confidence == pytest.approx(0.75)
+    assert bav2.infer_ratio_lo <= bav2.infer_ms_max / by['resnet20'].infer_ms_min
     assert by['bav2_resnet20'].train_batch_size == 2 and by['bav2_resnet20'].train_ms > 0
     assert by['bav2_resnet20'].train_mem_mb > 0 and by['bav2_resnet20'].infer_mem_mb > 0
     rows = json.loads(format_records(recs, 'json'))
@@ -99,6 +105,17 @@ def test_bench_timing_is_interleaved_and_reported(monkeypatch):
         assert key in rows[0] and rows[0][key] is not None
     table = format_records(recs, 'table')
     assert 'MACs' in table and 'not counted' in table and 'bav2_resnet20' in table
+
+
+def test_median_interval_order_statistics():
+    median, lo, hi, cover = median_interval([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (median, lo, hi) == (3.0, 1.0, 5.0) and cover == pytest.approx(1 - 2 / 32)  # too few for 95 %: the range
+    median, lo, hi, cover = median_interval([float(v) for v in range(1, 11)])
+    assert (median, lo, hi) == (5.5, 2.0, 9.0) and cover == pytest.approx(1 - 2 * 11 / 1024)  # k = 2 of 10
+    median, lo, hi, cover = median_interval([float(v) for v in range(1, 21)])
+    assert (lo, hi) == (6.0, 15.0) and cover >= 0.95  # k = 6 of 20 (95.9 %); k = 7 would cover 88.5 %
+    with pytest.raises(ValueError):
+        median_interval([])
 
 
 def test_bench_reports_spread_load_layout_and_torchvision():

@@ -580,7 +580,7 @@ def test_a_script_exits_with_a_loader_alive(tmp_path):
 
 def test_sigterm_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path, capsys):
     # Schedulers signal every process of the job: the DataLoader workers must leave the stop to the main process.
-    root = make_folder(tmp_path / 'imgs', n=60)  # 30 steps: time for the second train below
+    root = make_folder(tmp_path / 'imgs', n=200)  # 100 steps: the run is still going when the signal comes
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1', 'XDG_CACHE_HOME': str(tmp_path / 'c')}
     cmd = [sys.executable, '-m', 'plugattn', 'train', '--data', 'imagefolder', '--data-dir', str(root), '--model',
            'resnet20', '--epochs', '1', '--batch-size', '4', '--threads', '1', '--workers', '2', '--no-progress',
@@ -588,7 +588,7 @@ def test_sigterm_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
-        _wait_for(proc, '[3/30]')
+        _wait_for(proc, '[3/100]')
         # while it runs, a second train in the same run directory is refused, and touches nothing
         code = main(['train', '--resume', str(tmp_path / 'run'), '--no-progress'])
         assert_one_line_error(code, capsys.readouterr().err, f'run directory {tmp_path / "run"} is in use by a '

@@ -7,7 +7,10 @@ attention module's overhead is its convs and linears only.
 
 Timing: every model is measured in the same run as its plain backbone, with interleaved rounds after a warm-up
 (``A B C A B C ...``, at least five by default), and the report gives the minimum, median and maximum per-batch time
-and the ratio of the medians to the backbone's. On the CPU the clock is the process CPU time
+and the ratio to the backbone: the median over the rounds of the model's time divided by the backbone's time in the
+same round, with a distribution-free confidence interval of that median (order statistics of the per-round ratios;
+see :func:`median_interval`), so a shared machine's round-to-round swings show as a wide interval instead of a
+misleading point. On the CPU the clock is the process CPU time
 (:func:`time.process_time`) at one intra-op thread by default, so time the process spends waiting for a core on a
 shared machine is not counted; on CUDA it is the wall clock between synchronisations. Models and inputs are in
 ``channels_last`` memory format by default (the layout fast convolution kernels prefer). The load average before and
@@ -46,6 +49,7 @@ __all__ = [
     'count_params',
     'format_records',
     'machine_description',
+    'median_interval',
 ]
 
 MACS_NOTE = (
@@ -92,12 +96,17 @@ class BenchRecord:
             the CPU, wall time on CUDA).
         infer_ms_min: Fastest round of the inference forward.
         infer_ms_max: Slowest round of the inference forward.
-        infer_ratio: ``infer_ms`` / backbone ``infer_ms`` (same run).
+        infer_ratio: Median over the rounds of the round's inference time / the backbone's in the same round.
+        infer_ratio_lo: Lower end of the confidence interval of ``infer_ratio`` (:func:`median_interval`).
+        infer_ratio_hi: Upper end of that interval.
         infer_img_s: Throughput, ``batch_size / infer_ms`` in images per second.
         train_ms: Median time of one training step (forward, cross-entropy, backward, SGD step), milliseconds.
         train_ms_min: Fastest round of the training step.
         train_ms_max: Slowest round of the training step.
-        train_ratio: ``train_ms`` / backbone ``train_ms``.
+        train_ratio: The same paired median for the training step.
+        train_ratio_lo: Lower end of its confidence interval.
+        train_ratio_hi: Upper end of its confidence interval.
+        ratio_confidence: Coverage of those intervals (95 %, or the most the number of rounds allows).
         infer_mem_mb: Peak inference memory above the resident weights (MiB, see :data:`MEMORY_NOTE`).
         train_mem_mb: Peak training-step memory above weights and optimizer state (MiB).
         train_mem_ratio: ``train_mem_mb`` / backbone ``train_mem_mb``.
@@ -122,11 +131,16 @@ class BenchRecord:
     macs_ratio: float
     infer_ms: float | None = None
     infer_ratio: float | None = None
+    infer_ratio_lo: float | None = None
+    infer_ratio_hi: float | None = None
     infer_ms_min: float | None = None
     infer_ms_max: float | None = None
     infer_img_s: float | None = None
     train_ms: float | None = None
     train_ratio: float | None = None
+    train_ratio_lo: float | None = None
+    train_ratio_hi: float | None = None
+    ratio_confidence: float | None = None
     train_ms_min: float | None = None
     train_ms_max: float | None = None
     infer_mem_mb: float | None = None
@@ -145,6 +159,28 @@ class BenchRecord:
 
 
 # --------------------------------------------------------------------------------------------- timing helpers
+
+
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Median of ``values`` and a distribution-free confidence interval for it: ``(median, lo, hi, coverage)``.
+
+    The interval is ``[x_(k), x_(n+1-k)]`` of the sorted values with the largest ``k`` whose coverage
+    ``1 - 2 P(Binomial(n, 1/2) < k)`` is at least ``level``; with too few values for ``level`` (fewer than six for
+    95 %) it is the full range, whose coverage ``1 - 2^(1-n)`` is returned instead. No assumption on the noise's
+    distribution is made, only that the rounds are independent.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError('median_interval needs at least one value')
+
+    def coverage(k: int) -> float:
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return statistics.median(xs), xs[k - 1], xs[n - k], coverage(k)
 
 
 def _sync(device: torch.device) -> None:
@@ -431,18 +467,26 @@ def _bench_group(
         return pick(times) * 1e3 if times else None
 
     base = runners[0]
-    base_infer, base_train = median_ms(base.infer_times), median_ms(base.train_times)
+
+    def paired(times: list[float], base_times: list[float]) -> tuple[float | None, ...]:
+        """Median and interval of the per-round ratios, and the interval's coverage."""
+        if not times:
+            return None, None, None, None
+        return median_interval([t / b for t, b in zip(times, base_times)])
+
     out = []
     for r, s in zip(runners, static):
         infer_ms, train_ms = median_ms(r.infer_times), median_ms(r.train_times)
+        infer_ratio, infer_lo, infer_hi, conf = paired(r.infer_times, base.infer_times)
+        train_ratio, train_lo, train_hi, _ = paired(r.train_times, base.train_times)
         rec = BenchRecord(
             **s, batch_size=batch_size, train_batch_size=train_batch,
             macs_ratio=s['macs'] / static[0]['macs'],
             infer_ms=infer_ms,
-            infer_ratio=infer_ms / base_infer if infer_ms is not None else None,
+            infer_ratio=infer_ratio, infer_ratio_lo=infer_lo, infer_ratio_hi=infer_hi,
             infer_img_s=batch_size / infer_ms * 1e3 if infer_ms else None,
             train_ms=train_ms,
-            train_ratio=train_ms / base_train if train_ms is not None else None,
+            train_ratio=train_ratio, train_ratio_lo=train_lo, train_ratio_hi=train_hi, ratio_confidence=conf,
             infer_ms_min=extreme_ms(r.infer_times, min), infer_ms_max=extreme_ms(r.infer_times, max),
             train_ms_min=extreme_ms(r.train_times, min), train_ms_max=extreme_ms(r.train_times, max),
             device=str(device), threads=torch.get_num_threads(), reps=reps if timing else 0,
@@ -472,19 +516,31 @@ _COLUMNS = [
     ('infer_ms', 'infer (ms)', '{:.2f}'),
     ('infer_range', 'infer min-max (ms)', '{:.1f}-{:.1f}'),
     ('infer_ratio', 'infer xbb', '{:.3f}'),
+    ('infer_ratio_ci', 'infer xbb CI', '{:.2f}-{:.2f}'),
     ('infer_img_s', 'img/s', '{:.1f}'),
     ('train_ms', 'train step (ms)', '{:.2f}'),
     ('train_range', 'train min-max (ms)', '{:.1f}-{:.1f}'),
     ('train_ratio', 'train xbb', '{:.3f}'),
+    ('train_ratio_ci', 'train xbb CI', '{:.2f}-{:.2f}'),
     ('infer_mem_mb', 'infer peak (MiB)', '{:.1f}'),
     ('train_mem_mb', 'train peak (MiB)', '{:.1f}'),
     ('train_mem_ratio', 'train peak xbb', '{:.3f}'),
 ]
 
 
-def _cell(key: str, fmt: str, row: dict[str, Any]) -> str:
+def _pair_keys(key: str) -> tuple[str, str] | None:
+    """The two record fields a two-value column shows (``*_range``: fastest / slowest round; ``*_ci``: interval)."""
     if key.endswith('_range'):
-        lo, hi = row[key.replace('_range', '_ms_min')], row[key.replace('_range', '_ms_max')]
+        return key.replace('_range', '_ms_min'), key.replace('_range', '_ms_max')
+    if key.endswith('_ci'):
+        return key.replace('_ci', '_lo'), key.replace('_ci', '_hi')
+    return None
+
+
+def _cell(key: str, fmt: str, row: dict[str, Any]) -> str:
+    pair = _pair_keys(key)
+    if pair is not None:
+        lo, hi = row[pair[0]], row[pair[1]]
         return '-' if lo is None else fmt.format(lo, hi)
     value = row[key]
     if value is None:
@@ -497,8 +553,8 @@ def _cell(key: str, fmt: str, row: dict[str, Any]) -> str:
 
 
 def _measured(key: str, rows: list[dict[str, Any]]) -> bool:
-    key = key.replace('_range', '_ms_min') if key.endswith('_range') else key
-    return any(row[key] is not None for row in rows)
+    pair = _pair_keys(key)
+    return any(row[pair[0] if pair else key] is not None for row in rows)
 
 
 def format_records(records: Sequence[BenchRecord], fmt: str = 'table') -> str:
@@ -537,8 +593,9 @@ def format_records(records: Sequence[BenchRecord], fmt: str = 'table') -> str:
             lines.append(f'Inference batch {r0.batch_size}, training-step batch {r0.train_batch_size}, '
                          f'{r0.img_size}x{r0.img_size} input unless the table says otherwise, {r0.device}, '
                          f'{r0.threads} thread{"" if r0.threads == 1 else "s"}, {layout}; times are {r0.clock} per '
-                         f'batch, medians (and min-max) of {r0.reps} interleaved rounds; xbb = ratio of the medians '
-                         'to the plain backbone measured in the same run.')
+                         f'batch, medians (and min-max) of {r0.reps} interleaved rounds; xbb = median over the rounds '
+                         "of the model's time / the plain backbone's in the same round, CI = its "
+                         f'{100 * r0.ratio_confidence:.1f} % distribution-free confidence interval.')
             loads = [r.load_before for r in records if r.load_before is not None]
             loads += [r.load_after for r in records if r.load_after is not None]
             if loads:

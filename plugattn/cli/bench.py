@@ -17,8 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
         details=(
             'Every model is measured in the same run as its plain backbone, with interleaved rounds (A B A B ...)\n'
             'after a warm-up; times are process CPU time on the CPU (1 thread by default) and wall time on CUDA,\n'
-            'reported as median and min-max over the rounds; "xbb" columns are ratios to the backbone. Models and\n'
-            'inputs are channels_last unless --no-channels-last. "torchvision:NAME" measures torchvision\'s model.\n'
+            'reported as median and min-max over the rounds; "xbb" columns are the median over the rounds of the\n'
+            "model's time / the backbone's in the same round, with a distribution-free confidence interval (CI).\n"
+            'Models and inputs are channels_last unless --no-channels-last. "torchvision:NAME" measures\n'
+            "torchvision's model.\n"
             'MACs are conv/linear/matmul multiply-adds per image (torch FlopCounterMode FLOPs / 2); norms, pooling,\n'
             'activations and gating multiplies are not counted. Peak memory is what torch allocates during one call\n'
             'above the live weights (CUDA: max_memory_allocated; CPU: torch.profiler allocation events).'

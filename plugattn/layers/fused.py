@@ -270,7 +270,14 @@ class _GatedResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, z, mean, scale, bias, a1, a2, shortcut, relu, inplace):
-        out = _plain(y, a1, a2, shortcut, relu, inplace)
+        if shortcut is None or not _can_overwrite(y, (a1,) if a2 is None else (a1, a2)) or shortcut.shape != y.shape:
+            out = _plain(y, a1, a2, shortcut, relu, inplace)
+        else:  # the last gate factor and the residual add in one pass, as the backbone's own add: no extra pass
+            gated = y.mul_(a1) if inplace and a2 is not None else y * a1 if a2 is not None else y
+            last = a1 if a2 is None else a2
+            out = torch.addcmul(shortcut, gated, last, out=y) if inplace else torch.addcmul(shortcut, gated, last)
+            if relu:
+                out = out.relu_()
         if inplace:  # y is recomputed in backward, so its memory holds the output
             ctx.mark_dirty(y)
         ctx.relu = relu
