@@ -13,10 +13,12 @@ Grad-CAM); under ``torch.no_grad`` / ``inference_mode``, while tracing (TorchScr
 
 On the CPU these full-size passes are memory-bound and every new full-size tensor also costs its first-touch page
 faults, so the eager code counts them: with ``inplace`` the gated output is written over ``y`` (nothing else keeps
-it), backward works in two full-size buffers, gate gradients reduce channels_last maps as their NHWC views (a strided
-NCHW reduction is many times slower), CBAM's channel x spatial gradients are batched matrix products, and the pooling
-helpers (:func:`mean_hw`, :func:`strip_means`) are sums whose backward autograd adds into the input's gradient in
-place. Traced graphs keep the plain formulation.
+it) and the last gate factor is applied with the residual addition in one ``addcmul``; in backward, a channel gate's
+gradient comes from per-channel sums of ``g * z`` and ``g`` (``y`` is affine in ``z`` per channel, so it is not
+recomputed) and ``grad_y`` reuses that buffer, CA / ELA work in two full-size buffers, gate gradients reduce
+channels_last maps as their NHWC views (a strided NCHW reduction is many times slower), CBAM's channel x spatial
+gradients are batched matrix products, and the pooling helpers (:func:`mean_hw`, :func:`strip_means`) are sums whose
+backward autograd adds into the input's gradient in place. Traced graphs keep the plain formulation.
 
 :func:`batch_norm_for_gating` runs a block's BatchNorm2d and returns what backward needs for the recomputation;
 other norms (SyncBatchNorm, frozen norms, custom classes) give ``None`` and the fused node keeps ``y`` instead.
@@ -219,6 +221,21 @@ def _plain(
     return out.relu_() if relu else out
 
 
+def _merge_in_one_pass(
+        y: Tensor, a1: Tensor, a2: Tensor | None, shortcut: Tensor | None, relu: bool, inplace: bool,
+) -> Tensor:
+    """:func:`_plain`'s result with the last gate factor and the residual addition in one ``addcmul`` pass, so the
+    gated merge makes as many full-size passes as the backbone's add (rounding differs from ``_plain`` by the fused
+    multiply-add: used by the training node only, where no traced graph is compared with it)."""
+    gates = (a1,) if a2 is None else (a1, a2)
+    if shortcut is None or shortcut.shape != y.shape or shortcut.dtype != y.dtype or not _can_overwrite(y, gates):
+        return _plain(y, a1, a2, shortcut, relu, inplace)
+    if a2 is not None:  # a buffer of ours after the first factor, in place or not
+        y, inplace = (y.mul_(a1) if inplace else y * a1), True
+    out = torch.addcmul(shortcut, y, gates[-1], out=y) if inplace else torch.addcmul(shortcut, y, a1)
+    return out.relu_() if relu else out
+
+
 def _can_overwrite(y: Tensor, gates: tuple[Tensor, ...]) -> bool:
     """Whether ``y * a1 [* a2]`` has ``y``'s shape and dtype, so it can be computed in ``y``'s memory."""
     if torch.compiler.is_compiling():  # compiled graphs fuse the multiplies anyway; no in-place input there
@@ -270,14 +287,7 @@ class _GatedResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, z, mean, scale, bias, a1, a2, shortcut, relu, inplace):
-        if shortcut is None or not _can_overwrite(y, (a1,) if a2 is None else (a1, a2)) or shortcut.shape != y.shape:
-            out = _plain(y, a1, a2, shortcut, relu, inplace)
-        else:  # the last gate factor and the residual add in one pass, as the backbone's own add: no extra pass
-            gated = y.mul_(a1) if inplace and a2 is not None else y * a1 if a2 is not None else y
-            last = a1 if a2 is None else a2
-            out = torch.addcmul(shortcut, gated, last, out=y) if inplace else torch.addcmul(shortcut, gated, last)
-            if relu:
-                out = out.relu_()
+        out = _merge_in_one_pass(y, a1, a2, shortcut, relu, inplace)
         if inplace:  # y is recomputed in backward, so its memory holds the output
             ctx.mark_dirty(y)
         ctx.relu = relu
