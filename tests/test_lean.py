@@ -317,6 +317,21 @@ def test_inference_in_place_merge_same_numbers(attn: str):
         assert torch.equal(x, x0)
 
 
+@pytest.mark.parametrize(('attn', 'position'), [('ca', 'hidden'), ('ela_b', 'hidden'), ('eca', 'output'),
+                                             ('cbam', 'output')])
+def test_mobilenetv2_inference_in_place_same_numbers(attn: str, position: str):
+    """MobileNetV2's gates run in the ReLU6 output's (hidden) or the projection BN output's memory at inference."""
+    torch.manual_seed(0)
+    model = create_model('mobilenetv2', attn=attn, attn_position=position, num_classes=5).eval().double()
+    ref = reference_copy(model)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.double).contiguous(memory_format=torch.channels_last)
+    x0 = x.clone()
+    with torch.inference_mode():
+        out, out_r = model.to(memory_format=torch.channels_last)(x), ref(x)
+    torch.testing.assert_close(out, out_r, rtol=1e-10, atol=1e-12)
+    assert torch.equal(x, x0)
+
+
 class _ConvGate(GateAttention):
     """A gate that convolves its input (its autograd node keeps it): merge_in_place stays False."""
 

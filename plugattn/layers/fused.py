@@ -278,7 +278,9 @@ def _sums_without_y(z: Tensor, g: Tensor, a: Tensor) -> bool:
 
 def _free_buffer(buf: Tensor, like: Tensor, gates: tuple[Tensor | None, ...]) -> bool:
     """Whether ``buf`` can take a result of ``like``'s shape and dtype: no gate has the full shape, whose gradient
-    (a sum over no dimension) would be ``buf`` itself."""
+    (a sum over no dimension) would be ``buf`` itself. Not in compiled graphs, which plan their own buffers."""
+    if torch.compiler.is_compiling():
+        return False
     return buf.shape == like.shape and buf.dtype == like.dtype and all(a is None or a.shape != buf.shape for a in gates)
 
 
@@ -374,37 +376,49 @@ def gated_residual(
     return _GatedResidual.apply(y, r.z, r.mean, r.scale, r.bias, a1, a2, shortcut, relu, inplace and y.requires_grad)
 
 
+def _gated_input(y: Tensor, a1: Tensor, a2: Tensor | None) -> Tensor:
+    """``y * a1 [* a2]`` in one new tensor."""
+    o = y * a1
+    if a2 is None:
+        return o
+    return o.mul_(a2) if _can_overwrite(o, (a2,)) else o * a2
+
+
 class _GatedConv(torch.autograd.Function):
     """``conv2d(y * a1 [* a2], weight)`` keeping ``y`` (kept by its activation anyway) instead of the gated input."""
 
     @staticmethod
     def forward(ctx, y, a1, a2, weight, stride, padding, groups):
-        o = y * a1 if a2 is None else y * a1 * a2
         ctx.conv = (stride, padding, groups)
         ctx.save_for_backward(y, a1, a2, weight)
-        return torch.nn.functional.conv2d(o, weight, None, stride, padding, 1, groups)
+        return torch.nn.functional.conv2d(_gated_input(y, a1, a2), weight, None, stride, padding, 1, groups)
 
     @staticmethod
     def backward(ctx, g):
         y, a1, a2, weight = ctx.saved_tensors
         stride, padding, groups = ctx.conv
-        o = y * a1 if a2 is None else y * a1 * a2
+        o = _gated_input(y, a1, a2)
         need = ctx.needs_input_grad
         grad_o, grad_w, _ = torch.ops.aten.convolution_backward(
             g, o, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], groups,
             [any(need[:3]), need[3], False],
         )
+        # the recomputed input's buffer then holds the products the gate gradients reduce; grad_o (the conv's new
+        # tensor) is scaled in place into grad_y
+        buf = o if _free_buffer(o, y, (a1, a2)) else None
         del o
         grad_y = grad_a1 = grad_a2 = None
         if grad_o is not None:
+            own = buf is not None and _can_overwrite(grad_o, (a1,) if a2 is None else (a1, a2))
             if a2 is not None:
                 if need[2]:
-                    grad_a2 = _reduce_to(grad_o * (y * a1), a2)
-                grad_o = grad_o * a2
+                    t = y * a1 if buf is None else torch.mul(y, a1, out=buf)
+                    grad_a2 = _reduce_to(t.mul_(grad_o), a2)
+                grad_o = grad_o.mul_(a2) if own else grad_o * a2
             if need[1]:
-                grad_a1 = _reduce_to(grad_o * y, a1)
+                grad_a1 = _reduce_to(grad_o * y if buf is None else torch.mul(grad_o, y, out=buf), a1)
             if need[0]:
-                grad_y = grad_o * a1
+                grad_y = grad_o.mul_(a1) if own else grad_o * a1
         return grad_y, grad_a1, grad_a2, grad_w, None, None, None
 
 

@@ -46,7 +46,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from ..layers import EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
-from ..layers.fused import batch_norm_for_gating, gated_conv, gated_residual, use_fused_path
+from ..layers.fused import batch_norm_for_gating, gated_conv, gated_residual, hook_safe, use_fused_path
 from ..layers.registry import AttnSpec
 from ._base import (
     AttnNet,
@@ -188,6 +188,8 @@ class InvertedResidual(nn.Module):
         elif hidden and self.attn is not None and use_fused_path(self.attn, proj):
             # the gate fused with the projection conv: only the ReLU6 output (which ReLU6 keeps) is kept
             x = dw(x)
+            if self.attn.merge_in_place and not torch.is_grad_enabled():  # inference: gated in the ReLU6 output
+                return self._merge(bn(proj(self.attn.forward_inplace(hook_safe(x, dw)))), shortcut)
             return self._merge(bn(gated_conv(x, self.attn.gate_factors(x), proj)), shortcut)
         else:
             x = dw(x)
@@ -201,7 +203,7 @@ class InvertedResidual(nn.Module):
         if not hidden and self.attn is not None:
             y, rec = batch_norm_for_gating(bn, proj(x))
             gates = self.attn.gate(inner, y) if bridge else self.attn.gate_factors(y, rec)
-            return gated_residual(y, gates, shortcut, recompute=rec)
+            return gated_residual(y, gates, shortcut, recompute=rec, inplace=self.attn.merge_in_place)
         return self._merge(bn(proj(x)), shortcut)
 
     @staticmethod
