@@ -169,7 +169,8 @@ def plot_bench(records: Sequence[dict[str, Any]], path: str | Path, title: str) 
     """Bar chart of the inference and training-step time ratios to the plain backbone (1 = no overhead).
 
     Args:
-        records: Dicts with ``model``, ``infer_ratio`` and ``train_ratio`` (``BenchRecord.to_dict()``).
+        records: Dicts with ``model``, ``infer_ratio`` and ``train_ratio`` (``BenchRecord.to_dict()``); their
+            ``*_ratio_lo`` / ``*_ratio_hi`` confidence intervals, when present, become error bars.
         path: PNG to write.
         title: Figure title.
     """
@@ -183,8 +184,20 @@ def plot_bench(records: Sequence[dict[str, Any]], path: str | Path, title: str) 
     colors = [attn_color(n) for n in names]
     infer = [r.get('infer_ratio') or np.nan for r in records]
     train = [r.get('train_ratio') or np.nan for r in records]
-    ax.bar(x - width / 2, infer, width, color=colors, edgecolor='black', linewidth=0.5)
-    ax.bar(x + width / 2, train, width, color=colors, edgecolor='white', linewidth=0.0, hatch='///')
+
+    def interval(kind: str, mid: list[float]) -> np.ndarray | None:
+        """Error bars from the confidence interval of the ratio, where the records have one."""
+        lo = [r.get(f'{kind}_ratio_lo') for r in records]
+        hi = [r.get(f'{kind}_ratio_hi') for r in records]
+        if any(v is None for v in lo + hi):
+            return None
+        return np.array([np.subtract(mid, lo), np.subtract(hi, mid)])
+
+    err = dict(ecolor='#333333', capsize=2, error_kw={'linewidth': 0.8})
+    ax.bar(x - width / 2, infer, width, color=colors, edgecolor='black', linewidth=0.5, yerr=interval('infer', infer),
+           **err)
+    ax.bar(x + width / 2, train, width, color=colors, edgecolor='white', linewidth=0.0, hatch='///',
+           yerr=interval('train', train), **err)
     ax.axhline(1.0, color='black', linewidth=0.8, linestyle='--')
     ax.set_xticks(x, names, rotation=35, ha='right')
     ax.set_ylabel('time / plain backbone time (ratio)')
