@@ -54,11 +54,15 @@ def _load() -> str:
         return 'unknown'
 
 
+def _ratio_cell(ratio: float, lo: float, hi: float) -> str:
+    return f'{ratio:.3f} ({lo:.2f}-{hi:.2f})'
+
+
 def _verdict(ratio: float | None, lo: float | None, hi: float | None, target: float) -> str:
     """``met`` / ``missed`` when the whole confidence interval is on one side of the target, else ``within noise``."""
     if ratio is None:
         return '-'
-    cell = f'{ratio:.3f} ({lo:.2f}-{hi:.2f})'
+    cell = _ratio_cell(ratio, lo, hi)
     if hi <= target:
         return f'{cell} met'
     if lo > target:
@@ -79,10 +83,10 @@ def target_table(parts: list[tuple[str, list]]) -> list[str]:
                 continue
             family = title.split(',')[0]
             if r.model.startswith('torchvision:'):
+                train = _ratio_cell(r.train_ratio, r.train_ratio_lo, r.train_ratio_hi)
+                infer = _ratio_cell(r.infer_ratio, r.infer_ratio_lo, r.infer_ratio_hi)
                 lines.append(f'| {family} | {r.model} / {r.backbone} (target >= 1.00: plugattn no slower) | '
-                             f'{r.train_mem_ratio:.3f} | {r.train_ratio:.3f} ({r.train_ratio_lo:.2f}-'
-                             f'{r.train_ratio_hi:.2f}) | {r.infer_ratio:.3f} ({r.infer_ratio_lo:.2f}-'
-                             f'{r.infer_ratio_hi:.2f}) |')
+                             f'{r.train_mem_ratio:.3f} | {train} | {infer} |')
                 continue
             if r.attn not in TARGETS:
                 continue

@@ -266,12 +266,18 @@ def _channel_spatial_grads(t: Tensor, a1: Tensor, a2: Tensor) -> tuple[Tensor, T
     return grad_a1, grad_a2
 
 
+def _precise_enough(dtype: torch.dtype) -> bool:
+    """Whether gradients may come from sums over the BatchNorm input ``z`` instead of its output ``y``: single or
+    double precision (the sums cancel by about ``mean / std`` of ``z``, a rounding that half precision does not
+    afford)."""
+    return dtype in (torch.float32, torch.float64)
+
+
 def _sums_without_y(z: Tensor, g: Tensor, a: Tensor) -> bool:
-    """Whether a one-factor gate's gradient may come from sums of ``g * z`` and ``g`` instead of ``g * y``: single or
-    double precision throughout (the two sums cancel by about ``mean / std`` of ``z``, a rounding that half
-    precision does not afford) and a gate that keeps the channel axis (the sums must not mix channels, whose
+    """Whether a one-factor gate's gradient may come from sums of ``g * z`` and ``g`` instead of ``g * y``: one
+    precise enough dtype throughout and a gate that keeps the channel axis (the sums must not mix channels, whose
     BatchNorm affines differ)."""
-    if not (z.dtype == g.dtype == a.dtype and z.dtype in (torch.float32, torch.float64)) or z.shape != g.shape:
+    if not (z.dtype == g.dtype == a.dtype and _precise_enough(z.dtype)) or z.shape != g.shape:
         return False
     return a.dim() == z.dim() and a.shape[1] == z.shape[1] and all(n in (1, m) for n, m in zip(a.shape, z.shape))
 
@@ -409,7 +415,7 @@ class _GatedConv(torch.autograd.Function):
         del o
         grad_y = grad_a1 = grad_a2 = None
         if grad_o is not None:
-            own = buf is not None and _can_overwrite(grad_o, (a1,) if a2 is None else (a1, a2))
+            own = _can_overwrite(grad_o, (a1,) if a2 is None else (a1, a2))
             if a2 is not None:
                 if need[2]:
                     t = y * a1 if buf is None else torch.mul(y, a1, out=buf)
@@ -485,7 +491,7 @@ class _ScaledChannelPool(torch.autograd.Function):
             gy.scatter_add_(2, at, (g_mx * a_bc.gather(1, at.squeeze(2))).unsqueeze(2))
             grad_y = gy.view(b, h, w, c).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[5]:
-            if ctx.recompute and src.dtype in (torch.float32, torch.float64):  # see _sums_without_y
+            if ctx.recompute and _precise_enough(src.dtype):
                 # y = z * scale + shift per channel: sum_HW(g_mean * y) = scale * (g_mean @ z) + shift * sum_HW(g_mean)
                 # and y at the argmax channels from z there, so y is not recomputed
                 zv = src.permute(0, 2, 3, 1).reshape(b, hw, c)
