@@ -13,13 +13,16 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
+import plugattn
 from plugattn.layers import CBAM, BlockAttention, CoordAttention, EfficientLocalAttention, GateAttention, create_attn
 from plugattn.layers.fused import (
     batch_norm_for_gating,
     gated_residual,
     mean_hw,
+    relu_mean_hw,
     scaled_channel_pool,
     spatial_amax,
     strip_means,
@@ -567,3 +570,96 @@ def test_hooked_gated_norm_is_called_and_numbers_unchanged(attn: str):
     torch.testing.assert_close(gx, gx_l, rtol=1e-10, atol=1e-12)
     for name, g in grads.items():
         torch.testing.assert_close(g, grads_l[name], rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------- attached models
+# An attached torchvision block computes its attention where the host's BatchNorm runs: it must give the numbers of
+# the hook formulation (the attention module called on the norm's output, which runs whenever that module is hooked)
+# and keep no more for backward than the host.
+
+ATTACH_ATTNS = ATTNS[1:]
+
+
+def _tv_host(arch: str) -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.get_model(arch, num_classes=5)
+
+
+def _hooked_copy(model: nn.Module) -> nn.Module:
+    """A copy whose attention modules carry a no-op forward hook: attach then calls them on the norm's output."""
+    ref = copy.deepcopy(model)
+    for m in ref.attention_modules().values():
+        m.register_forward_hook(lambda mod, args, out: None)
+    return ref
+
+
+def _attached_step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    w = torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (out * w).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, x.grad.clone()
+
+
+@pytest.mark.parametrize('arch', ['resnet18', 'resnet50'])
+@pytest.mark.parametrize('attn', ATTACH_ATTNS)
+def test_attached_lean_path_gives_the_hook_formulation_numbers(arch: str, attn: str):
+    model = plugattn.attach(_tv_host(arch), attn).double().train()
+    ref = _hooked_copy(model)
+    x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    out, grads, gx = _attached_step(model, x)
+    out_r, grads_r, gx_r = _attached_step(ref, x)
+    torch.testing.assert_close(out, out_r, rtol=1e-7, atol=1e-10)
+    assert grads.keys() == grads_r.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_r[name], rtol=1e-6, atol=1e-9, msg=lambda m, n=name: f'{n}: {m}')
+    torch.testing.assert_close(gx, gx_r, rtol=1e-6, atol=1e-9)
+    buffers_r = dict(ref.named_buffers())
+    for name, buf in model.named_buffers():  # running statistics updated identically
+        torch.testing.assert_close(buf, buffers_r[name], rtol=1e-7, atol=1e-12, msg=lambda m, n=name: f'{n}: {m}')
+
+
+@pytest.mark.parametrize('attn', ['se', 'cbam', 'ca', 'bav2', 'dia'])
+def test_attached_lean_path_in_eval_and_without_grad(attn: str):
+    model = plugattn.attach(_tv_host('resnet18'), attn).eval()
+    ref = _hooked_copy(model).eval()
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-6)
+    out, _, gx = _attached_step(model, x)  # eval mode with gradients (Grad-CAM)
+    out_r, _, gx_r = _attached_step(ref, x)
+    torch.testing.assert_close(out, out_r, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, gx_r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('attn', ATTACH_ATTNS)
+def test_attached_resnet50_keeps_what_plugattns_own_keeps(attn: str):
+    # at 64 px the attention's own weights (saved by its linear layers) weigh more than at 224 px, so the ratio to
+    # the host is not the 224-px cost; the attached model must keep exactly what plugattn's own model keeps
+    x = torch.randn(2, 3, 64, 64)
+    own = _saved_bytes(create_model(f'{attn}_resnet50', num_classes=5), x)
+    attached = _saved_bytes(plugattn.attach(_tv_host('resnet50'), attn), x)
+    assert attached <= own, attached / own
+
+
+def test_attached_hook_formulation_does_keep_more():
+    """The measurement above can fail: the hooked (plain) formulation of the same attached model keeps far more."""
+    x = torch.randn(2, 3, 64, 64)
+    own = _saved_bytes(create_model('bav2_resnet50', num_classes=5), x)
+    hooked = _saved_bytes(_hooked_copy(plugattn.attach(_tv_host('resnet50'), 'bav2')), x)
+    assert hooked > 1.02 * own, hooked / own  # one full-size map more per block (weights dominate at 64 px)
+
+
+@pytest.mark.parametrize('relu_in_place', [False, True])
+def test_relu_mean_hw_gradient_survives_the_hosts_relu(relu_in_place: bool):
+    z = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    y = z * 1.5 - 0.2  # a non-leaf, as a BatchNorm output
+    pooled = relu_mean_hw(y)
+    out = F.relu(y, inplace=relu_in_place)
+    ((pooled * torch.arange(6.0, dtype=torch.float64).view(2, 3)).sum() + (out ** 2).sum()).backward()
+    z_ref = z.detach().clone().requires_grad_(True)
+    y_ref = z_ref * 1.5 - 0.2
+    ((F.relu(y_ref).mean((2, 3)) * torch.arange(6.0, dtype=torch.float64).view(2, 3)).sum()
+     + (F.relu(y_ref) ** 2).sum()).backward()
+    torch.testing.assert_close(pooled, F.relu(y_ref).mean((2, 3)))
+    torch.testing.assert_close(z.grad, z_ref.grad)

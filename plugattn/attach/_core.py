@@ -26,6 +26,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..errors import PlugattnError
 from ..layers import attn_level, create_attn, list_attn
 from ..layers.base import StageAttention
+from ..layers.fused import _hooked, batch_norm_with_recompute, gated_residual, relu_mean_hw, use_fused_path
 
 __all__ = ['BlockPlan', 'Family', 'Tap', 'attach_module', 'blend_forward', 'register_family']
 
@@ -165,6 +166,8 @@ def nhwc_to_nchw(x: Tensor) -> Tensor:
 
 def pool(x: Tensor, tap: Tap) -> Tensor:
     """Global average of a tapped output, ``(B, C)``."""
+    if tap.act == 'relu' and tap.layout == 'nchw':  # the host's ReLU follows: nothing full-size kept for backward
+        return relu_mean_hw(x)
     if tap.act is not None:
         x = _ACTS[tap.act](x)
     if tap.layout == 'nchw':
@@ -239,7 +242,7 @@ class _TappedBlock:
         names = [tap.name for tap in (*ctx.plan.bridge, ctx.plan.gate)]
         tapped = [self.get_submodule(n) for n in names]
         tracer = _fx_tracer(args, kwargs)
-        undo = None
+        undo = norm = None
         if tracer is not None:  # the containers on the way to a tapped module must be traced into as well
             inside = [self.get_submodule(n.rsplit('.', i)[0]) for n in names for i in range(1, n.count('.') + 1)]
             undo = _call_tapped_leaves(tracer, tapped, inside)
@@ -247,11 +250,18 @@ class _TappedBlock:
             for tap, module in zip(ctx.plan.bridge, tapped):
                 handles.append(module.register_forward_hook(_bridge_hook(inner, tap)))
             state_in = _stage_state_in(ctx, args[0] if args else None) if ctx.level == 'stage' else None
-            handles.append(tapped[-1].register_forward_hook(_gate_hook(self, ctx, inner, state_in, applied)))
+            norm = _lean_norm(self, ctx, tapped[-1]) if tracer is None else None
+            if norm is not None:  # the norm's call computes the gated output (lean_gated_norm)
+                norm.__dict__['forward'] = functools.partial(
+                    _lean_gated_norm, norm, self, ctx, inner, state_in, applied)
+            else:
+                handles.append(tapped[-1].register_forward_hook(_gate_hook(self, ctx, inner, state_in, applied)))
             out = super().forward(*args, **kwargs)
         finally:
             for h in handles:
                 h.remove()
+            if norm is not None:
+                del norm.__dict__['forward']
             if undo is not None:
                 undo()
         if not applied:
@@ -343,6 +353,50 @@ def _bridge_hook(inner: list[Tensor], tap: Tap) -> Callable:
         inner.append(pool(output, tap))
 
     return hook
+
+
+def _attention_of(block: nn.Module, ctx: _TapCtx) -> nn.Module:
+    return ctx.stage.attn if ctx.level == 'stage' else getattr(block, ctx.key)
+
+
+def _lean_norm(block: nn.Module, ctx: _TapCtx, gated: nn.Module) -> nn.BatchNorm2d | None:
+    """The plain BatchNorm2d whose output the block's attention gates, where the lean gating applies to it.
+
+    That is the gated submodule itself or, for a ``Sequential`` (conv + norm), its last child; in eager mode, with
+    no hooks on the norm or the attention (they would see other tensors than the module calls give) and not for a
+    warm-started module (its blend is applied by its own forward).
+    """
+    if ctx.plan.gate.layout != 'nchw':
+        return None
+    if isinstance(gated, nn.Sequential) and len(gated) and not _hooked(gated):
+        gated = gated[-1]
+    attn = _attention_of(block, ctx)
+    if type(gated) is not nn.BatchNorm2d or _hooked(gated) or isinstance(attn, _WarmStart):
+        return None
+    return gated if use_fused_path(attn) else None
+
+
+def _lean_gated_norm(norm: nn.BatchNorm2d, block: nn.Module, ctx: _TapCtx, inner: list[Tensor], state_in: Any,
+                     applied: list[bool], z: Tensor) -> Tensor:
+    """The gated norm output ``norm(z) * gate``, computed as plugattn's own blocks compute it before their residual
+    merge: in training the result overwrites the norm output and backward recomputes that output from ``z`` (which
+    the norm keeps anyway), so the attached block keeps as many full-size tensors as the host's block; without a
+    gradient the gate is applied in the norm output's memory."""
+    applied.append(True)
+    attn = _attention_of(block, ctx)
+    if torch.is_grad_enabled() and z.requires_grad:
+        y, rec = batch_norm_with_recompute(norm, z)
+    else:
+        y, rec = nn.BatchNorm2d.forward(norm, z), None
+    if ctx.level == 'stage':
+        a, state = attn.gate(y, state_in)
+        ctx.stage.__dict__['_plugattn_state'] = None if ctx.last else state
+        gates: tuple[Tensor, ...] = (a,)
+    elif ctx.level == 'block':
+        gates = (attn.gate(list(inner), y),)
+    else:
+        gates = attn.gate_factors(y, rec)
+    return gated_residual(y, gates, recompute=rec, inplace=attn.merge_in_place)
 
 
 def _gate_hook(block: nn.Module, ctx: _TapCtx, inner: list[Tensor], state_in: Any, applied: list[bool]) -> Callable:

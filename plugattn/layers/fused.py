@@ -33,6 +33,7 @@ from torch import Tensor, nn
 __all__ = [
     'BNRecompute',
     'batch_norm_for_gating',
+    'batch_norm_with_recompute',
     'gated_conv',
     'gated_residual',
     'hook_safe',
@@ -41,6 +42,7 @@ __all__ = [
     'needs_lean_path',
     'nhwc_gates',
     'nhwc_layout',
+    'relu_mean_hw',
     'scaled_channel_pool',
     'spatial_amax',
     'strip_means',
@@ -93,6 +95,36 @@ def mean_hw(x: Tensor) -> Tensor:
     if not is_eager():
         return x.mean((2, 3))
     return x.sum((2, 3)) / (x.shape[2] * x.shape[3])
+
+
+class _ReluMeanHW(torch.autograd.Function):
+    """``relu(x).mean((2, 3))`` whose backward keeps no full-size tensor of its own (see :func:`relu_mean_hw`)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.x = x.detach()  # not saved for backward: an in-place ReLU of x afterwards is expected (version bump)
+        return x.clamp_min(0).sum((2, 3)) / (x.shape[2] * x.shape[3])
+
+    @staticmethod
+    def backward(ctx, g):
+        x = ctx.x
+        del ctx.x
+        scale = (g / (x.shape[2] * x.shape[3])).to(x.dtype)[:, :, None, None]
+        return (x > 0) * scale
+
+
+def relu_mean_hw(x: Tensor) -> Tensor:
+    """``relu(x).mean((2, 3))`` for a BatchNorm output that the host block passes through a ReLU next.
+
+    Written with plain ops, the ReLU's own output would be kept for backward: one full-size tensor per tapped map
+    (attached bridge attention pools the post-ReLU maps of torchvision's blocks, whose one ReLU module runs several
+    times and cannot be tapped itself). Backward needs only where ``x > 0``, which the host's ReLU keeps whether it
+    runs in place or not, so this node holds a reference to ``x``'s memory (kept by the host's ReLU anyway) instead.
+    Only for an ``x`` that nothing but a ReLU changes in place before backward.
+    """
+    if not needs_lean_path(x) or x.dim() != 4:
+        return torch.relu(x).mean((2, 3))
+    return _ReluMeanHW.apply(x)
 
 
 def strip_means(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,14 +189,22 @@ def use_fused_path(*modules: nn.Module | None) -> bool:
 def batch_norm_for_gating(bn: nn.Module, z: Tensor) -> tuple[Tensor, BNRecompute | None]:
     """``bn(z)`` and, when the lean gated merge can use it, the recipe to recompute the output in backward.
 
-    For a plain :class:`torch.nn.BatchNorm2d` in train mode the norm runs through ``torch.native_batch_norm``
-    (the kernel ``F.batch_norm`` dispatches to on the CPU), which also returns the batch mean and inverse std, with
-    nn.BatchNorm2d's running-statistics update (momentum, ``num_batches_tracked``) reproduced exactly. Every other
+    For a plain :class:`torch.nn.BatchNorm2d` the norm runs through :func:`batch_norm_with_recompute`. Every other
     case calls the module itself (a hooked norm too, so its hooks fire) and returns ``None`` where it does not
     recompute: the fused node then keeps ``y``.
     """
     if type(bn) is not nn.BatchNorm2d or _hooked(bn) or not needs_lean_path(z):  # hooks see the module call
         return bn(z), None
+    return batch_norm_with_recompute(bn, z)
+
+
+def batch_norm_with_recompute(bn: nn.BatchNorm2d, z: Tensor) -> tuple[Tensor, BNRecompute]:
+    """What ``nn.BatchNorm2d.forward(bn, z)`` computes, plus the recipe that recomputes it from ``z`` in backward.
+
+    In train mode the norm runs through ``torch.native_batch_norm`` (the kernel ``F.batch_norm`` dispatches to on
+    the CPU), which also returns the batch mean and inverse std, with nn.BatchNorm2d's running-statistics update
+    (momentum, ``num_batches_tracked``) reproduced exactly. The module's ``__call__`` is not used (no hooks fire).
+    """
     c = z.shape[1]
     w = bn.weight.detach() if bn.weight is not None else z.new_ones(c)
     b = bn.bias.detach() if bn.bias is not None else z.new_zeros(c)
@@ -180,7 +220,7 @@ def batch_norm_for_gating(bn: nn.Module, z: Tensor) -> tuple[Tensor, BNRecompute
         )
         mean, invstd = mean.detach(), invstd.detach()
     else:
-        y = bn(z)
+        y = nn.BatchNorm2d.forward(bn, z)
         mean = bn.running_mean.detach().clone()
         invstd = torch.rsqrt(bn.running_var.detach() + bn.eps)
     return y, BNRecompute(z, mean, (w * invstd).detach(), b)
