@@ -26,7 +26,14 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..errors import PlugattnError
 from ..layers import attn_level, create_attn, list_attn
 from ..layers.base import StageAttention
-from ..layers.fused import _hooked, batch_norm_with_recompute, gated_residual, relu_mean_hw, use_fused_path
+from ..layers.fused import (
+    _hooked,
+    batch_norm_with_recompute,
+    gated_conv,
+    gated_residual,
+    relu_mean_hw,
+    use_fused_path,
+)
 
 __all__ = ['BlockPlan', 'Family', 'Tap', 'attach_module', 'blend_forward', 'register_family']
 
@@ -60,6 +67,9 @@ class BlockPlan:
         bridge: bridged inner outputs, in block order (block-level attention only).
         inner_channels: their channels.
         attn_kwargs: extra options of the attention module of this block (e.g. MobileNetV2's ECA kernel size).
+        consumer: the submodule that takes the gated output as its only input (MobileNetV2's projection conv after
+            the hidden-width gate); where it is a bias-free ``Conv2d``, a gate-level attention is applied inside its
+            call in training, so the gated map is not kept next to the ungated one.
     """
 
     gate: Tap
@@ -67,6 +77,7 @@ class BlockPlan:
     bridge: tuple[Tap, ...] = ()
     inner_channels: tuple[int, ...] = ()
     attn_kwargs: dict[str, Any] = field(default_factory=dict)
+    consumer: str | None = None
 
 
 PlanFn = Callable[[nn.Module, str, dict[str, Any]], BlockPlan | None]
@@ -242,7 +253,7 @@ class _TappedBlock:
         names = [tap.name for tap in (*ctx.plan.bridge, ctx.plan.gate)]
         tapped = [self.get_submodule(n) for n in names]
         tracer = _fx_tracer(args, kwargs)
-        undo = norm = None
+        undo = norm = conv = None
         if tracer is not None:  # the containers on the way to a tapped module must be traced into as well
             inside = [self.get_submodule(n.rsplit('.', i)[0]) for n in names for i in range(1, n.count('.') + 1)]
             undo = _call_tapped_leaves(tracer, tapped, inside)
@@ -251,17 +262,23 @@ class _TappedBlock:
                 handles.append(module.register_forward_hook(_bridge_hook(inner, tap)))
             state_in = _stage_state_in(ctx, args[0] if args else None) if ctx.level == 'stage' else None
             norm = _lean_norm(self, ctx, tapped[-1]) if tracer is None else None
+            conv = _lean_consumer(self, ctx) if tracer is None and norm is None else None
             if norm is not None:  # the norm's call computes the gated output (lean_gated_norm)
                 norm.__dict__['forward'] = functools.partial(
                     _lean_gated_norm, norm, self, ctx, inner, state_in, applied)
+            elif conv is not None:  # the gate is computed on the tapped output and applied inside the conv's call
+                gated: list[Any] = []
+                handles.append(tapped[-1].register_forward_hook(_gate_factors_hook(self, ctx, gated, applied)))
+                conv.__dict__['forward'] = functools.partial(_lean_gated_conv, conv, gated)
             else:
                 handles.append(tapped[-1].register_forward_hook(_gate_hook(self, ctx, inner, state_in, applied)))
             out = super().forward(*args, **kwargs)
         finally:
             for h in handles:
                 h.remove()
-            if norm is not None:
-                del norm.__dict__['forward']
+            for m in (norm, conv):
+                if m is not None:
+                    del m.__dict__['forward']
             if undo is not None:
                 undo()
         if not applied:
@@ -397,6 +414,35 @@ def _lean_gated_norm(norm: nn.BatchNorm2d, block: nn.Module, ctx: _TapCtx, inner
     else:
         gates = attn.gate_factors(y, rec)
     return gated_residual(y, gates, recompute=rec, inplace=attn.merge_in_place)
+
+
+def _lean_consumer(block: nn.Module, ctx: _TapCtx) -> nn.Conv2d | None:
+    """The plan's consumer conv, where a gate-level attention can be applied inside its call (see
+    :class:`BlockPlan`): eager mode, no hooks on it or the attention, a bias-free undilated ``Conv2d``."""
+    if ctx.plan.consumer is None or ctx.level != 'gate' or ctx.plan.gate.layout != 'nchw':
+        return None
+    conv = block.get_submodule(ctx.plan.consumer)
+    attn = _attention_of(block, ctx)
+    if type(conv) is not nn.Conv2d or _hooked(conv) or isinstance(attn, _WarmStart) or not use_fused_path(attn):
+        return None
+    return conv
+
+
+def _gate_factors_hook(block: nn.Module, ctx: _TapCtx, gated: list[Any], applied: list[bool]) -> Callable:
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+        applied.append(True)
+        gated[:] = [output, _attention_of(block, ctx).gate_factors(output)]
+
+    return hook
+
+
+def _lean_gated_conv(conv: nn.Conv2d, gated: list[Any], x: Tensor) -> Tensor:
+    """``conv(x * gate)`` for the tapped output ``x``, through :func:`~plugattn.layers.fused.gated_conv`, which keeps
+    ``x`` (kept by the host's activation anyway) and the small gates instead of the gated map."""
+    y, gates = gated
+    if x is not y:  # not the tapped output: the block does something the plan does not describe
+        raise RuntimeError(f'the attached {type(conv).__name__} received another tensor than the gated output')
+    return gated_conv(y, gates, conv)
 
 
 def _gate_hook(block: nn.Module, ctx: _TapCtx, inner: list[Tensor], state_in: Any, applied: list[bool]) -> Callable:

@@ -240,7 +240,7 @@ def mobilenetv2_plan(block: nn.Module, level: str, opts: dict[str, Any]) -> Bloc
             return None
         if level == 'block':
             return BlockPlan(Tap('conv.1.1'), hidden, (Tap('conv.0'),), (hidden,))
-        return BlockPlan(Tap('conv.1'), hidden)
+        return BlockPlan(Tap('conv.1'), hidden, consumer='conv.2')
     last = len(block.conv) - 1
     out = block.conv[last].num_features
     kwargs = {'kernel_size': 1 if out < 96 else 3} if is_eca else {}
