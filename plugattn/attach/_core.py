@@ -418,13 +418,15 @@ def _lean_gated_norm(norm: nn.BatchNorm2d, block: nn.Module, ctx: _TapCtx, inner
 
 def _lean_consumer(block: nn.Module, ctx: _TapCtx) -> nn.Conv2d | None:
     """The plan's consumer conv, where a gate-level attention can be applied inside its call (see
-    :class:`BlockPlan`): eager mode, no hooks on it or the attention, a bias-free undilated ``Conv2d``."""
+    :class:`BlockPlan`): eager mode, no hooks on it or the attention, a bias-free undilated zero-padded ``Conv2d``."""
     if ctx.plan.consumer is None or ctx.level != 'gate' or ctx.plan.gate.layout != 'nchw':
         return None
     conv = block.get_submodule(ctx.plan.consumer)
     attn = _attention_of(block, ctx)
     if type(conv) is not nn.Conv2d or _hooked(conv) or isinstance(attn, _WarmStart) or not use_fused_path(attn):
         return None
+    if conv.bias is not None or conv.dilation != (1, 1) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+        return None  # what gated_conv computes itself
     return conv
 
 
@@ -442,7 +444,11 @@ def _lean_gated_conv(conv: nn.Conv2d, gated: list[Any], x: Tensor) -> Tensor:
     y, gates = gated
     if x is not y:  # not the tapped output: the block does something the plan does not describe
         raise RuntimeError(f'the attached {type(conv).__name__} received another tensor than the gated output')
-    return gated_conv(y, gates, conv)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (y, *gates, conv.weight)):
+        return gated_conv(y, gates, conv)
+    for a in gates:  # no autograd: in the tapped output's memory, which only this conv reads
+        y = y.mul_(a) if not torch.is_grad_enabled() else y * a
+    return nn.Conv2d.forward(conv, y)  # not conv(...): its forward is this function during the block's call
 
 
 def _gate_hook(block: nn.Module, ctx: _TapCtx, inner: list[Tensor], state_in: Any, applied: list[bool]) -> Callable:
