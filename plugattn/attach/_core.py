@@ -425,7 +425,8 @@ def _lean_consumer(block: nn.Module, ctx: _TapCtx) -> nn.Conv2d | None:
     attn = _attention_of(block, ctx)
     if type(conv) is not nn.Conv2d or _hooked(conv) or isinstance(attn, _WarmStart) or not use_fused_path(attn):
         return None
-    if conv.bias is not None or conv.dilation != (1, 1) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+    if conv.bias is not None or conv.dilation != (1, 1) or conv.padding_mode != 'zeros' \
+            or isinstance(conv.padding, str):
         return None  # what gated_conv computes itself
     return conv
 
