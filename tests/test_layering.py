@@ -132,3 +132,22 @@ def test_readme_states_the_order():
     assert README_ORDER == ('`errors`/`version` < `layers` < `models`, `data` < `attach` < `hub` < `engine` < '
                             '`analysis`, `export`, `demos` < `experiments` < `cli`')
     assert README_ORDER in ' '.join((ROOT / 'README.md').read_text(encoding='utf-8').split())
+
+
+def test_hub_is_the_one_entry_point():
+    import torchvision
+
+    import plugattn
+    from plugattn import hub, models
+
+    assert (plugattn.create_model, plugattn.attachable, plugattn.list_models) == (
+        hub.create_model, hub.attachable, hub.list_models)
+    with pytest.raises(ValueError, match="unknown model 'tv:resnet18'"):  # models builds plugattn's names only
+        models.create_model('tv:resnet18')
+    entry = hub.get_model_entry('tv:resnet18+eca')
+    assert (entry.backbone, entry.attn, entry.cfg['family']) == ('tv:resnet18', 'eca', 'tv')
+    assert hub.get_model_entry('se_resnet20') is models.get_model_entry('se_resnet20')
+    # by name (built on the meta device) as for the model itself
+    assert hub.attachable('tv:resnet18') == plugattn.attachable(torchvision.models.resnet18()) == [
+        'bav1', 'bav2', 'ca', 'cbam', 'dia', 'eca', 'ela_b', 'ela_l', 'ela_s', 'ela_t', 'se']
+    assert 'ela_t' not in hub.attachable('resnet20')  # GroupNorm(32) cannot take 16 channels

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import ATTN_REGISTRY, attn_info, attn_level, create_attn, list_attn
+from ..layers import ATTN_REGISTRY, AttnInfo, attn_info, attn_level, create_attn, list_attn
 
 __all__ = [
     'ModelEntry', 'ModelFamily', 'create_model', 'get_model_entry', 'get_model_family', 'list_models',
@@ -120,8 +120,8 @@ class _Backbone:
 
 _BACKBONES: dict[str, _Backbone] = {}
 _MODELS: dict[str, ModelEntry] = {}
-_synced: tuple[Any, ...] = ()  # the backbones and attention registry _MODELS was made from
-_buildable: dict[tuple[str, str, int], bool] = {}  # (backbone, attention, its registration) -> buildable
+_synced: tuple[Any, ...] = ()  # the backbones and attention registrations _MODELS was made from
+_buildable: dict[tuple[str, str], tuple[AttnInfo, bool]] = {}  # (backbone, attention) -> (registration, buildable)
 
 
 def _attn_buildable(attn: str, widths: Iterable[int]) -> bool:
@@ -181,7 +181,7 @@ def _sync() -> None:
     """Bring the attention variants in ``_MODELS`` in line with the backbones and the attention registry (attention
     modules registered after a backbone get their variants, removed ones lose them)."""
     global _synced
-    state = (len(_BACKBONES), *((name, id(info)) for name, info in ATTN_REGISTRY.items()))
+    state = (len(_BACKBONES), *ATTN_REGISTRY.items())
     if state == _synced:
         return
     variants: dict[str, ModelEntry] = {}
@@ -189,10 +189,11 @@ def _sync() -> None:
         for attn in list_attn() if spec.attns is None else spec.attns:
             if attn in spec.exclude_attns or attn not in ATTN_REGISTRY:
                 continue
-            key = (backbone, attn, id(ATTN_REGISTRY[attn]))
-            if key not in _buildable:
-                _buildable[key] = _attn_buildable(attn, spec.attn_widths)
-            if _buildable[key]:
+            info = ATTN_REGISTRY[attn]
+            hit = _buildable.get((backbone, attn))
+            if hit is None or hit[0] is not info:  # checked once per registration
+                hit = _buildable[backbone, attn] = info, _attn_buildable(attn, spec.attn_widths)
+            if hit[1]:
                 name = f'{attn}_{backbone}'
                 if name in _BACKBONES:
                     raise ValueError(f'model {name!r} is both a backbone and an attention variant')
