@@ -11,9 +11,9 @@ to plug any of them into torchvision and timm models.
     >>> names = plugattn.register_timm()  # timm.create_model('bav2_resnet50') from now on (timm is optional)
 """
 from . import attach
-from .attach import attachable
-from .layers import create_attn, get_attn, list_attn, register_attn
-from .models import create_model, list_models, load_official
+from .hub import attachable, create_model, list_models
+from .layers import attn_info, create_attn, get_attn, list_attn, register_attn
+from .models import load_official
 from .models import register_with_timm as register_timm
 from .version import __version__
 
@@ -21,6 +21,7 @@ __all__ = [
     '__version__',
     'attach',
     'attachable',
+    'attn_info',
     'create_attn',
     'create_model',
     'get_attn',

@@ -344,7 +344,7 @@ def test_unsupported_model_error():
 def test_pretrained_offline_error(monkeypatch):
     from urllib.error import URLError
 
-    from plugattn.attach import create_model
+    from plugattn.hub import create_model
 
     def offline(*args, **kwargs):
         raise URLError('no network')

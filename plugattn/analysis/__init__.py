@@ -16,10 +16,9 @@ from ._common import AnalysisError, load_model
 from .attn_corr import CorrReport, GateRecorder, attn_correlation, collect_gates, gate_correlation, pearson_matrix
 from .complexity import MACS_NOTE, MEMORY_NOTE, BenchRecord, benchmark, count_macs, count_params, format_records
 from .gradcam import CAM_METHODS, CamResult, compute_cam, default_target_layer, run_cam
-from .plots import ATTN_COLORS, attn_color
+from .plots import attn_color, attn_label
 
 __all__ = [
-    'ATTN_COLORS',
     'CAM_METHODS',
     'MACS_NOTE',
     'MEMORY_NOTE',
@@ -30,6 +29,7 @@ __all__ = [
     'GateRecorder',
     'attn_color',
     'attn_correlation',
+    'attn_label',
     'benchmark',
     'collect_gates',
     'compute_cam',

@@ -52,7 +52,7 @@ def model_stages(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
 
 def model_attn(name: str) -> str:
     """Attention key of a registered model name (``'none'`` for a plain backbone or an unknown name)."""
-    from ..models import get_model_entry
+    from ..hub import get_model_entry
 
     try:
         return get_model_entry(name).attn or 'none'
@@ -79,7 +79,7 @@ def load_model(
         ``(model, meta)``: the model and the checkpoint metadata (``{}`` for a model built by name; for a checkpoint
         ``meta['data']`` names the training data set and its input size).
     """
-    from ..models import create_model
+    from ..hub import create_model
 
     if (model is None) == (checkpoint is None):
         raise AnalysisError('pass exactly one of a model name and a checkpoint',

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.metrics import count_macs, count_params  # the one implementation of each, shared with the engine
-from ..models import create_model, get_model_entry
+from ..hub import create_model, get_model_entry
 from ._common import AnalysisError
 
 __all__ = [

@@ -11,35 +11,44 @@ from typing import Any
 
 import numpy as np
 
+from ..layers import ATTN_REGISTRY
+from ..layers.registry import FALLBACK_COLOR
 from ._common import model_attn, require
 
-__all__ = ['ATTN_COLORS', 'ATTN_LABELS', 'attn_color', 'plot_bench', 'plot_compare', 'plot_corr_heatmap']
+__all__ = ['PLAIN_COLOR', 'attn_color', 'attn_label', 'plot_bench', 'plot_compare', 'plot_corr_heatmap']
 
-# One colour per attention type (colour-blind-friendly Okabe-Ito / Tableau tones); ELA variants share a hue.
-ATTN_COLORS: dict[str, str] = {
-    'none': '#7f7f7f',   # plain backbone: grey
-    'se': '#0072b2',     # blue
-    'eca': '#56b4e9',    # sky blue
-    'cbam': '#009e73',   # green
-    'ca': '#e69f00',     # orange
-    'ela_t': '#fdd49e',  # ELA: light to dark sand/brown
-    'ela_b': '#fc8d59',
-    'ela_s': '#d7301f',
-    'ela_l': '#7f0000',
-    'bav1': '#cc79a7',   # pink
-    'bav2': '#6a3d9a',   # purple
-    'dia': '#000000',    # black
-}
-ATTN_LABELS: dict[str, str] = {
-    'none': 'plain', 'se': 'SE', 'eca': 'ECA', 'cbam': 'CBAM', 'ca': 'CA', 'ela_t': 'ELA-T', 'ela_b': 'ELA-B',
-    'ela_s': 'ELA-S', 'ela_l': 'ELA-L', 'bav1': 'BAv1', 'bav2': 'BAv2', 'dia': 'DIA',
-}
+# The plain backbone's colour; every attention's colour and label are registered with the module itself
+# (plugattn.layers.register_attn), so figures agree on them and a new attention needs no entry here.
+PLAIN_COLOR = '#7f7f7f'
+
+
+def _attn_key(name: str) -> str:
+    """Attention key of an attention key, ``'none'`` or a model name (``'none'`` for unknown names)."""
+    return name if name == 'none' or name in ATTN_REGISTRY else model_attn(name)
 
 
 def attn_color(name: str) -> str:
-    """Colour of a model (by its attention type) or of an attention key; unknown names get a fixed grey-blue."""
-    key = name if name in ATTN_COLORS else model_attn(name)
-    return ATTN_COLORS.get(key, '#9da5b4')
+    """Colour of a model (by its attention type) or of an attention key (``'none'``: the plain backbone)."""
+    key = _attn_key(name)
+    if key == 'none':
+        return PLAIN_COLOR
+    return ATTN_REGISTRY[key].color if key in ATTN_REGISTRY else FALLBACK_COLOR
+
+
+def attn_label(name: str) -> str:
+    """Display label of a model's attention type or of an attention key (``'plain'`` for none)."""
+    key = _attn_key(name)
+    if key == 'none':
+        return 'plain'
+    return ATTN_REGISTRY[key].label if key in ATTN_REGISTRY else key
+
+
+def _legend_handles(names: Sequence[str]) -> list[Any]:
+    """One patch per attention type present, the plain backbone first, then in the order of ``names``."""
+    from matplotlib.patches import Patch
+
+    keys = sorted(dict.fromkeys(_attn_key(n) for n in names), key=lambda k: k != 'none')
+    return [Patch(color=attn_color(k), label=attn_label(k)) for k in keys]
 
 
 def _figure(width: float, height: float) -> Any:
@@ -60,11 +69,8 @@ def _save(fig: Any, path: str | Path, dpi: int = 100) -> str:
 
 
 def _legend(ax: Any, names: Sequence[str], outside: bool = False) -> None:
-    """Legend with one patch per attention type present, in the palette's order."""
-    from matplotlib.patches import Patch
-
-    present = {model_attn(n) if n not in ATTN_COLORS else n for n in names}
-    handles = [Patch(color=ATTN_COLORS[k], label=ATTN_LABELS[k]) for k in ATTN_COLORS if k in present]
+    """Legend with one patch per attention type present."""
+    handles = _legend_handles(names)
     if handles:
         place = dict(loc='upper left', bbox_to_anchor=(1.01, 1.0)) if outside else dict(loc='best')
         ax.legend(handles=handles, title='attention', fontsize=8, title_fontsize=8, **place)
@@ -204,8 +210,7 @@ def plot_bench(records: Sequence[dict[str, Any]], path: str | Path, title: str) 
     ax.set_xlabel('model')
     ax.set_title(title, fontsize=10)
     ax.grid(axis='y', alpha=0.3)
-    present = {model_attn(n) for n in names}
-    handles = [Patch(color=ATTN_COLORS[k], label=ATTN_LABELS[k]) for k in ATTN_COLORS if k in present]
+    handles = _legend_handles(names)
     handles += [Patch(facecolor='#bbbbbb', edgecolor='black', linewidth=0.5, label='inference'),
                 Patch(facecolor='#bbbbbb', edgecolor='white', hatch='///', label='training step')]
     ax.legend(handles=handles, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -62,10 +62,10 @@ from ._core import (
     find_family,
     register_family,
 )
-from .build import FOREIGN_PREFIXES, create_model, load_weights
+from .build import FOREIGN_PREFIXES, load_weights
 
 __all__ = [
-    'FOREIGN_PREFIXES', 'BlockPlan', 'Family', 'Tap', 'attach', 'attachable', 'create_model', 'families',
+    'FOREIGN_PREFIXES', 'BlockPlan', 'Family', 'Tap', 'attach', 'attachable', 'families',
     'load_weights', 'register_family',
 ]
 

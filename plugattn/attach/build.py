@@ -1,12 +1,12 @@
-"""Build foreign models by name (``tv:resnet50``, ``timm:convnext_tiny``), attach attention, load local weights.
+"""Build torchvision and timm models by name (``tv:resnet50``, ``timm:convnext_tiny``), attach attention, load
+local weights.
 
 Names: ``tv:NAME`` is ``torchvision.models.get_model(NAME)``, ``timm:NAME`` is ``timm.create_model(NAME)``;
 ``tv:NAME+ATTN`` / ``timm:NAME+ATTN`` carry the attached attention in the name (for ``plugattn bench``, ``compare``,
-``export --model``, which take names); any other name is a plugattn model. ``attn=`` on a foreign name attaches
-that attention (:func:`plugattn.attach`); on a plugattn name it builds plugattn's own variant, unless
-``warm_start=True`` asks for the plain model with the attention attached with warm start. This is what
-``plugattn train --model tv:resnet50 --attn bav2 --warm-start`` runs, and what checkpoints record (the name and
-these keyword arguments) so that eval/export/cam rebuild the model.
+``export --model``, which take names). ``attn=`` attaches that attention (:func:`plugattn.attach`). This is what
+``plugattn train --model tv:resnet50 --attn bav2`` runs, and what checkpoints record (the name and these keyword
+arguments) so that eval/export/cam rebuild the model. :func:`plugattn.create_model` (:mod:`plugattn.hub`) sends
+these names here and plugattn's own names to :mod:`plugattn.models`.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ['FOREIGN_PREFIXES', 'create_model', 'load_weights']
+__all__ = ['ATTACH_OPTIONS', 'FOREIGN_PREFIXES', 'create_foreign_model', 'load_weights', 'read_state_dict']
 
 FOREIGN_PREFIXES = ('tv:', 'timm:')
-_ATTACH_KEYS = ('attn_kwargs', 'stages', 'keep_se', 'attn_position')
+ATTACH_OPTIONS = ('attn_kwargs', 'stages', 'keep_se', 'attn_position')  # create_model kwargs for attach
 
 
 def _offline_error(name: str, reason: str) -> ValueError:
@@ -110,7 +110,7 @@ def _timm(name: str, pretrained: bool, num_classes: int | None, in_chans: int | 
         raise _offline_error(name, ' '.join(str(e).split())[:80] or type(e).__name__) from None
 
 
-def create_model(
+def create_foreign_model(
         name: str,
         pretrained: bool = False,
         *,
@@ -122,13 +122,14 @@ def create_model(
         out_indices: Sequence[int] | None = None,
         **kwargs: Any,
 ) -> nn.Module:
-    """Build a plugattn, torchvision (``tv:NAME``) or timm (``timm:NAME``) model, with ``attn`` attached.
+    """Build a torchvision (``tv:NAME``) or timm (``timm:NAME``) model, with ``attn`` attached
+    (:func:`plugattn.create_model` calls this for those names).
 
     Args:
-        name: ``tv:NAME``, ``timm:NAME`` or a plugattn model name.
+        name: ``tv:NAME`` or ``timm:NAME``, optionally ``+ATTN`` (the attention to attach).
         pretrained: the host library's pretrained weights (downloaded; offline this fails with one line saying how
             to pass a local file instead).
-        attn: attention to attach (foreign names, or plugattn names with ``warm_start``).
+        attn: attention to attach.
         warm_start: attach with warm start (see :mod:`plugattn.attach`).
         num_classes: classifier outputs (the last Linear is replaced for pretrained torchvision models).
         in_chans: input channels (torchvision: the first conv is replaced, pretrained RGB weights summed for one
@@ -136,69 +137,53 @@ def create_model(
         features_only: a feature extractor (timm names: :func:`timm_features`, torchvision names:
             :func:`torchvision_features`).
         out_indices: its feature levels (default: timm's for the model).
-        **kwargs: attach options (``attn_kwargs``, ``stages``, ``keep_se``, ``attn_position``) and the host
-            library's model options.
+        **kwargs: attach options (:data:`ATTACH_OPTIONS`) and the host library's model options.
     """
     from . import attach
 
-    opts = {k: kwargs.pop(k) for k in _ATTACH_KEYS if k in kwargs}
-    if name.startswith(FOREIGN_PREFIXES) and '+' in name:  # 'tv:resnet50+bav2': the name carries the attention
+    if not name.startswith(FOREIGN_PREFIXES):
+        raise ValueError(f'{name!r} is not a torchvision or timm name; use tv:NAME or timm:NAME')
+    opts = {k: kwargs.pop(k) for k in ATTACH_OPTIONS if k in kwargs}
+    if '+' in name:  # 'tv:resnet50+bav2': the name carries the attention
         base, _, named = name.partition('+')
         if attn is not None and attn != named:
             raise ValueError(f'{name} already names attention {named!r}; drop attn={attn!r}')
-        model = create_model(base, pretrained, attn=named, warm_start=warm_start, num_classes=num_classes,
-                             in_chans=in_chans, features_only=features_only, out_indices=out_indices, **opts, **kwargs)
+        model = create_foreign_model(base, pretrained, attn=named, warm_start=warm_start, num_classes=num_classes,
+                                     in_chans=in_chans, features_only=features_only, out_indices=out_indices,
+                                     **opts, **kwargs)
         model.model_name = name
         return model
-    if name.startswith(FOREIGN_PREFIXES):
-        build = _torchvision if name.startswith('tv:') else _timm
-        if features_only and attn is None:
-            if warm_start or opts:
-                raise ValueError(f'{name}: warm_start/{"/".join(opts) or "options"} need attn=NAME')
-            # timm's own feature extractor
-            model = build(name, pretrained, None, in_chans, {**kwargs, 'features_only': True,
-                                                              **({'out_indices': out_indices} if out_indices else {})})
-            model.model_name = name
-            return model
-        model = build(name, pretrained, num_classes, in_chans, kwargs)
-        if attn is not None:
-            attach(model, attn, warm_start=warm_start, **opts)
-        elif warm_start or opts:
+    build = _torchvision if name.startswith('tv:') else _timm
+    if features_only and attn is None:
+        if warm_start or opts:
             raise ValueError(f'{name}: warm_start/{"/".join(opts) or "options"} need attn=NAME')
-        if features_only:
-            if name.startswith('tv:'):
-                model = torchvision_features(model, name, out_indices)
-            else:
-                model = timm_features(model, name[5:], out_indices, kwargs)
-            model.model_name = name
-            return model
+        # timm's own feature extractor
+        model = build(name, pretrained, None, in_chans, {**kwargs, 'features_only': True,
+                                                          **({'out_indices': out_indices} if out_indices else {})})
         model.model_name = name
-        # what plugattn's engine and analysis read from a model
-        model.num_classes = num_classes if num_classes is not None else getattr(model, 'num_classes', 1000)
-        model.in_chans = _first_conv(model)[1].in_channels
-        if not isinstance(getattr(model, 'default_cfg', None), dict):
-            size = getattr(model, 'image_size', 224)  # torchvision's ViT is built for one size
-            model.default_cfg = model.pretrained_cfg = {
-                'architecture': name, 'input_size': (model.in_chans, size, size), 'num_classes': model.num_classes,
-                'family': 'torchvision'}
         return model
-    from ..models import create_model as plugattn_create
-
-    extra = {k: v for k, v in (('num_classes', num_classes), ('in_chans', in_chans)) if v is not None}
+    model = build(name, pretrained, num_classes, in_chans, kwargs)
+    if attn is not None:
+        attach(model, attn, warm_start=warm_start, **opts)
+    elif warm_start or opts:
+        raise ValueError(f'{name}: warm_start/{"/".join(opts) or "options"} need attn=NAME')
     if features_only:
-        kwargs.update(features_only=True, out_indices=out_indices)
-    if not warm_start:
-        if attn is not None:
-            kwargs['attn'] = attn
-        if 'attn_kwargs' in opts:
-            kwargs['attn_kwargs'] = opts.pop('attn_kwargs')
-        if opts:
-            raise ValueError(f'{name}: {", ".join(opts)} apply to attached models (tv:/timm: names or warm_start)')
-        return plugattn_create(name, pretrained, **extra, **kwargs)
-    if attn is None:
-        raise ValueError('warm_start=True needs attn=NAME (the attention to attach)')
-    model = plugattn_create(name, pretrained, **extra, **kwargs)
-    return attach(model, attn, warm_start=True, **opts)
+        if name.startswith('tv:'):
+            model = torchvision_features(model, name, out_indices)
+        else:
+            model = timm_features(model, name[5:], out_indices, kwargs)
+        model.model_name = name
+        return model
+    model.model_name = name
+    # what plugattn's engine and analysis read from a model
+    model.num_classes = num_classes if num_classes is not None else getattr(model, 'num_classes', 1000)
+    model.in_chans = _first_conv(model)[1].in_channels
+    if not isinstance(getattr(model, 'default_cfg', None), dict):
+        size = getattr(model, 'image_size', 224)  # torchvision's ViT is built for one size
+        model.default_cfg = model.pretrained_cfg = {
+            'architecture': name, 'input_size': (model.in_chans, size, size), 'num_classes': model.num_classes,
+            'family': 'torchvision'}
+    return model
 
 
 def timm_features(model: nn.Module, arch: str, out_indices: Sequence[int] | None,
@@ -292,7 +277,7 @@ def torchvision_features(model: nn.Module, name: str, out_indices: Sequence[int]
     return FeatureMaps(graph, nodes, info, nhwc)
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A raw state_dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``; nothing unpickled)."""
     if not path.is_file():
         raise ValueError(f'weights file {path} does not exist; pass a .safetensors, .pth or .bin state_dict file')
@@ -328,7 +313,7 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor] | str | os.
         ValueError: Any other mismatch, naming the first offending key.
     """
     if not isinstance(state, Mapping):
-        state = _read_state(Path(state))
+        state = read_state_dict(Path(state))
     own = model.state_dict()
     attn_prefixes = _attn_prefixes(model)
     state = dict(state)
@@ -374,40 +359,3 @@ def _attn_prefixes(model: nn.Module) -> tuple[str, ...]:
 
 def _replaced_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(f'{n}.' for n in model.__dict__.get('_plugattn_replaced', ())) or ('\0',)
-
-
-def load_init_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str) -> None:
-    """``--init-checkpoint``: a plugattn checkpoint of ``model_name`` (its attention keys may be missing when the
-    attention was attached with ``--attn``), or a plain state_dict file of the host library (pretrained weights).
-
-    Raises:
-        EngineError: Unreadable file, a plugattn checkpoint of another model, or weights that do not fit.
-    """
-    from safetensors import safe_open
-
-    from ..engine.checkpoint import META_KEY, load_model_weights, read_weights
-    from ..engine.errors import EngineError
-
-    path = Path(path)
-    is_plugattn = False
-    if path.suffix == '.safetensors' and path.is_file():
-        try:
-            with safe_open(str(path), framework='pt', device='cpu') as f:
-                is_plugattn = META_KEY in (f.metadata() or {})
-        except Exception:
-            is_plugattn = True  # let read_weights name the damage
-    if is_plugattn or path.is_dir():
-        state, meta = read_weights(path)
-        if meta.get('model') != model_name or set(state) == set(model.state_dict()):
-            load_model_weights(model, path, model_name)  # the engine's strict checks and messages
-            return
-    else:
-        try:
-            state = _read_state(path)
-        except ValueError as e:
-            raise EngineError(str(e).split('; ')[0], 'pass a .safetensors/.pth state_dict file') from None
-    try:
-        load_weights(model, state)
-    except ValueError as e:
-        msg = str(e)
-        raise EngineError(f'{path}: {msg.split("; ")[0]}', msg.split('; ')[-1]) from None

@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
 
 def _expand(patterns: list[str]) -> list[str]:
     from ..analysis import AnalysisError
-    from ..models import list_models
+    from ..hub import list_models
 
     names: list[str] = []
     for p in patterns:

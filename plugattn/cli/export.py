@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn export``."""
     from ..engine.inference import preprocessing_from_meta
     from ..export import export_metadata, export_model
-    from ..models import create_model
+    from ..hub import create_model
 
     meta = None
     if args.checkpoint is not None:

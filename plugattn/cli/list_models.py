@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn list-models``."""
     from ..engine.errors import EngineError
-    from ..models import create_model, list_models
+    from ..hub import create_model, list_models
 
     names = list_models(args.pattern)
     if not names:

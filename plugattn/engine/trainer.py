@@ -155,8 +155,9 @@ def amp_settings(cfg_train: Mapping[str, Any], device: torch.device) -> tuple[bo
 
 
 def build_model(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> nn.Module:
-    """``plugattn.models.create_model`` with user errors turned into :class:`EngineError`."""
-    from ..models import create_model
+    """``plugattn.create_model`` (plugattn, torchvision and timm names) with user errors turned into
+    :class:`EngineError`."""
+    from ..hub import create_model
 
     try:
         return create_model(name, num_classes=num_classes, in_chans=in_chans, **dict(kwargs))
@@ -491,7 +492,7 @@ class _Trainer:
             self.preprocessing = None
         self.environment = environment_info(ctx.device)
         if m['init_checkpoint'] and (self.resume_dir is None or self.restart):
-            from ..attach.build import load_init_checkpoint
+            from .init_checkpoint import load_init_checkpoint
 
             load_init_checkpoint(model, m['init_checkpoint'], m['name'])
         self.params = count_params(model)

@@ -197,7 +197,7 @@ def compare(
         progress: Engine progress bar (default: when stdout is a terminal).
     """
     from ..engine import load_resume_config, resolve_config, train
-    from ..models import get_model_entry
+    from ..hub import get_model_entry
 
     if not models:
         raise AnalysisError('no model to compare', 'pass --models A B ...')
@@ -285,7 +285,7 @@ def _summarise(
 ) -> list[dict[str, Any]]:
     from ..analysis.complexity import benchmark
     from ..engine.metrics import count_params
-    from ..models import create_model, get_model_entry
+    from ..hub import create_model, get_model_entry
 
     rows = []
     details = {}

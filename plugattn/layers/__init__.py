@@ -6,13 +6,23 @@ from .coord_attn import CoordAttention
 from .dia import DIAUnit
 from .eca import EfficientChannelAttention, eca_kernel_size
 from .ela import ELA_VARIANTS, EfficientLocalAttention
-from .registry import ATTN_REGISTRY, attn_level, create_attn, get_attn, list_attn, register_attn
+from .registry import (
+    ATTN_REGISTRY,
+    AttnInfo,
+    attn_info,
+    attn_level,
+    create_attn,
+    get_attn,
+    list_attn,
+    register_attn,
+)
 from .squeeze_excite import SqueezeExcite
 
 __all__ = [
     'ATTN_REGISTRY',
     'CBAM',
     'ELA_VARIANTS',
+    'AttnInfo',
     'BlockAttention',
     'BridgeAttentionV1',
     'BridgeAttentionV2',
@@ -23,6 +33,7 @@ __all__ = [
     'GateAttention',
     'SqueezeExcite',
     'StageAttention',
+    'attn_info',
     'attn_level',
     'create_attn',
     'eca_kernel_size',

@@ -92,7 +92,9 @@ class _BridgeAttention(BlockAttention):
         return out
 
 
-@register_attn('bav1')
+@register_attn('bav1', label='BAv1', color='#cc79a7', arxiv='2112.04150',
+               paper='BA-Net: Bridge Attention for Deep Convolutional Neural Networks',
+               repo='https://github.com/zhaoy376/Bridge-Attention')
 class BridgeAttentionV1(_BridgeAttention):
     """BAv1: ``a = sigmoid(W_g relu(sum_i BN_i(W_i s_i)))`` over the pooled bridged features ``s_i``.
 
@@ -135,7 +137,9 @@ class BridgeAttentionV1(_BridgeAttention):
         return as_channel_gate(self.generation(z))
 
 
-@register_attn('bav2')
+@register_attn('bav2', label='BAv2', color='#6a3d9a', arxiv='2410.07860',
+               paper='BA-Net: Bridge Attention in Deep Neural Networks',
+               repo='https://github.com/ZOUrz/BA-Net-Bridge-Attention-in-Deep-Neural-Networks')
 class BridgeAttentionV2(_BridgeAttention):
     """BAv2: per-feature bias-free FC, adaptive selection over the layer axis, one BN1d, ReLU, FC, sigmoid.
 

@@ -61,7 +61,8 @@ class SpatialGate(nn.Module):
         return self.bn(self.conv(z)).sigmoid()
 
 
-@register_attn('cbam')
+@register_attn('cbam', label='CBAM', color='#009e73', paper='CBAM: Convolutional Block Attention Module',
+               arxiv='1807.06521', repo='https://github.com/Jongchan/attention-module')
 class CBAM(GateAttention):
     """CBAM gate: ``x1 = x * a_c(x)``, ``y = x1 * a_s(x1)``.
 

@@ -26,7 +26,8 @@ from .registry import register_attn
 __all__ = ['CoordAttention']
 
 
-@register_attn('ca')
+@register_attn('ca', label='CA', color='#e69f00', paper='Coordinate Attention for Efficient Mobile Network Design',
+               arxiv='2103.02907', repo='https://github.com/houqb/CoordAttention')
 class CoordAttention(StripGateAttention):
     """CA gate: ``x * sigmoid(conv_h(f_h)) * sigmoid(conv_w(f_w))`` from a shared 1x1 conv + BN + h-swish.
 

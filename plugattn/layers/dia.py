@@ -37,7 +37,8 @@ def _gate_map(channels: int, reduction: int, dd: dict) -> nn.Sequential:
     )
 
 
-@register_attn('dia')
+@register_attn('dia', label='DIA', color='#000000', paper='DIANet: Dense-and-Implicit Attention Network',
+               arxiv='1905.10671', repo='https://github.com/gbup-group/DIANet')
 class DIAUnit(StageAttention):
     """DIA-LSTM cell with bottleneck gate maps; ``2 (C^2/r + C/r) + 2 (4C^2/r + 4C)`` parameters (C=256, r=4: 166,016).
 

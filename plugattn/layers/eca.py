@@ -27,7 +27,8 @@ def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
     return t if t % 2 else t + 1
 
 
-@register_attn('eca')
+@register_attn('eca', label='ECA', color='#56b4e9', arxiv='1910.03151', repo='https://github.com/BangguWu/ECANet',
+               paper='ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks')
 class EfficientChannelAttention(GateAttention):
     """ECA gate: a bias-free 1-D conv across the channels of ``GAP(x)``, then sigmoid.
 

@@ -34,11 +34,10 @@ ELA_VARIANTS: dict[str, tuple[int, int, int]] = {
 }
 
 
-@register_attn('ela_b')
 class EfficientLocalAttention(StripGateAttention):
     """ELA gate: strip-pool each direction, shared grouped Conv1d + GroupNorm + sigmoid, ``x * a_h * a_w``.
 
-    The registered names ``ela_t``, ``ela_b`` (also ``ela``), ``ela_s`` and ``ela_l`` preset the paper's variants:
+    The registered names ``ela_t``, ``ela_b``, ``ela_s`` and ``ela_l`` preset the paper's variants:
 
     ======= ====== ======================= ========= ================
     variant kernel conv groups             GN groups params/module
@@ -98,8 +97,12 @@ class EfficientLocalAttention(StripGateAttention):
         return n_h.sigmoid(), n_w.sigmoid()
 
 
+# One hue for the ELA family, light (T) to dark (L), in figures.
+_ELA_COLORS = {'t': '#fdd49e', 'b': '#fc8d59', 's': '#d7301f', 'l': '#7f0000'}
+
 for _variant, (_k, _gc, _ng) in ELA_VARIANTS.items():
-    if _variant != 'b':
-        register_attn(f'ela_{_variant}', kernel_size=_k, group_channels=_gc, num_groups=_ng, variant=_variant)(
-            EfficientLocalAttention
-        )
+    # ela_b presets the constructor's own defaults; the other variants are partials of the class
+    _presets = {} if _variant == 'b' else dict(kernel_size=_k, group_channels=_gc, num_groups=_ng, variant=_variant)
+    register_attn(f'ela_{_variant}', label=f'ELA-{_variant.upper()}', color=_ELA_COLORS[_variant],
+                  paper='ELA: Efficient Local Attention for Deep Convolutional Neural Networks', arxiv='2403.01123',
+                  defaults=_presets)(EfficientLocalAttention)

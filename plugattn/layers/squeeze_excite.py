@@ -21,7 +21,8 @@ from .registry import register_attn
 __all__ = ['SqueezeExcite']
 
 
-@register_attn('se')
+@register_attn('se', label='SE', color='#0072b2', paper='Squeeze-and-Excitation Networks', arxiv='1709.01507',
+               repo='https://github.com/hujie-frank/SENet')
 class SqueezeExcite(GateAttention):
     """SE gate: ``x * sigmoid(fc2(relu(fc1(GAP(x)))))``.
 

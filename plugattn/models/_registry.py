@@ -1,23 +1,88 @@
-"""Model registry: backbone builders, their attention variants, ``create_model`` and ``list_models``.
+"""Model registry: model families, backbone builders, their attention variants, ``create_model`` and ``list_models``.
 
-A backbone builder is registered once with :func:`register_model`; every attention module that can be built at
-the backbone's widths is registered with it as ``{attn}_{backbone}`` (``bav2_resnet50``, ``ela_b_resnet20``, ...,
-specs D13). ``create_model('resnet50', attn='bav2')`` and ``create_model('bav2_resnet50')`` build the same model.
+Each family file registers its family's facts once (:func:`register_model_family`: first conv, classifier, crop,
+papers, timm feature layout) and its backbone builders (:func:`register_model`). Every registered attention module
+that can be built at a backbone's widths is a model of its own, ``{attn}_{backbone}`` (``bav2_resnet50``,
+``ela_b_resnet20``, ..., specs D13), including attention modules registered after the backbone.
+``create_model('resnet50', attn='bav2')`` and ``create_model('bav2_resnet50')`` build the same model. Only
+plugattn's own names live here; ``plugattn.create_model`` (:mod:`plugattn.hub`) also builds torchvision and timm
+models.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..layers import attn_level, create_attn, list_attn
+from ..layers import ATTN_REGISTRY, AttnInfo, attn_info, attn_level, create_attn, list_attn
 
-__all__ = ['ModelEntry', 'create_model', 'get_model_entry', 'list_models', 'pretrained_cfg', 'register_model']
+__all__ = [
+    'ModelEntry', 'ModelFamily', 'create_model', 'get_model_entry', 'get_model_family', 'list_models',
+    'pretrained_cfg', 'register_model', 'register_model_family',
+]
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """The facts a family's models share, whatever their attention (timm pretrained-cfg fields and feature layout).
+
+    Attributes:
+        name: family name (``resnet``, ``resnet_cifar``, ``preresnet``, ...), used in listings and docs.
+        first_conv: module name of the first conv.
+        classifier: module name of the classifier.
+        reduction: stride of the last feature map (pool_size = input // reduction); ``None`` for class-token
+            models, whose features are tokens.
+        crop_pct: timm's evaluation crop fraction.
+        interpolation: resize interpolation of the family's reference training.
+        paper_ids: the backbone's papers (``'arXiv:1512.03385'``).
+        paper_name: title of its main paper.
+        origin_url: reference code whose keys the models use, or ``''``.
+        fixed_input_size: FX graphs are traced at the input size (timm's flag; eager runs take any size).
+        min_input_size: smallest input, where it differs from timm's default.
+        feature_cfg: timm ``feature_cfg`` of the family's ``features_only`` wrapper.
+        feature_levels: feature levels timm's ``features_only`` returns by default.
+    """
+
+    name: str
+    first_conv: str
+    classifier: str
+    reduction: int | None
+    crop_pct: float
+    interpolation: str
+    paper_ids: tuple[str, ...]
+    paper_name: str
+    origin_url: str = ''
+    fixed_input_size: bool = False
+    min_input_size: tuple[int, int, int] | None = None
+    feature_cfg: dict[str, Any] = field(default_factory=dict)
+    feature_levels: int = 5
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_model_family(name: str, **facts: Any) -> ModelFamily:
+    """Register a model family once, in its model file, before its builders (fields: :class:`ModelFamily`).
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    if name in _FAMILIES:
+        raise ValueError(f'model family {name!r} is already registered')
+    family = _FAMILIES[name] = ModelFamily(name, **facts)
+    return family
+
+
+def get_model_family(name: str) -> ModelFamily:
+    """The registered facts of family ``name``."""
+    if name not in _FAMILIES:
+        raise ValueError(f'unknown model family {name!r}: register it with register_model_family first '
+                         f'(registered: {", ".join(sorted(_FAMILIES))})')
+    return _FAMILIES[name]
 
 
 @dataclass(frozen=True)
@@ -30,7 +95,7 @@ class ModelEntry:
         backbone: name of the plain backbone.
         attn: attention key, or ``None`` for the plain backbone.
         attn_kwargs: default options of the attention on this backbone (e.g. DIA's reduction).
-        cfg: default configuration (input size, family, paper provenance).
+        cfg: default configuration (input size, family, extra paper ids).
     """
 
     name: str
@@ -41,7 +106,22 @@ class ModelEntry:
     cfg: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Backbone:
+    """What :func:`register_model` was told, to derive the backbone's attention variants from the attention
+    registry whenever that changes."""
+
+    entry: ModelEntry
+    attn_widths: tuple[int, ...]
+    attns: tuple[str, ...] | None
+    exclude_attns: frozenset[str]
+    attn_defaults: dict[str, dict[str, Any]]
+
+
+_BACKBONES: dict[str, _Backbone] = {}
 _MODELS: dict[str, ModelEntry] = {}
+_synced: tuple[Any, ...] = ()  # the backbones and attention registrations _MODELS was made from
+_buildable: dict[tuple[str, str], tuple[AttnInfo, bool]] = {}  # (backbone, attention) -> (registration, buildable)
 
 
 def _attn_buildable(attn: str, widths: Iterable[int]) -> bool:
@@ -62,7 +142,9 @@ def register_model(
         input_size: tuple[int, int, int],
         family: str,
         attns: Sequence[str] | None = None,
+        exclude_attns: Collection[str] = (),
         attn_defaults: dict[str, dict[str, Any]] | None = None,
+        paper_ids: Sequence[str] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a backbone builder under its function name, plus one variant per buildable attention.
 
@@ -70,72 +152,61 @@ def register_model(
         attn_widths: every channel count an attention module sees in this backbone (gate-level modules that cannot
             be built at one of them, e.g. ELA-T at 16 channels, get no registered variant).
         input_size: default (channels, height, width) input.
-        family: model family (``resnet``, ``resnet_cifar``, ``preresnet``, ...), used in listings and docs.
-        attns: attention keys to register (default: all registered attention modules).
+        family: a family registered with :func:`register_model_family`.
+        attns: attention keys to register (default: every registered attention module, also those registered
+            later).
+        exclude_attns: attention keys the backbone does not take (with ``attns=None``).
         attn_defaults: per-attention default options on this backbone.
+        paper_ids: papers of this backbone beyond its family's (ResNeXt's).
     """
+    get_model_family(family)
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         backbone = fn.__name__
-        cfg = {'input_size': input_size, 'family': family, 'num_classes': 1000 if input_size[1] >= 224 else 10}
-        _add(ModelEntry(backbone, fn, backbone, None, {}, cfg))
-        for attn in list_attn() if attns is None else attns:
-            if _attn_buildable(attn, attn_widths):
-                defaults = dict((attn_defaults or {}).get(attn, {}))
-                _add(ModelEntry(f'{attn}_{backbone}', fn, backbone, attn, defaults, cfg))
+        if backbone in _BACKBONES:
+            raise ValueError(f'model {backbone!r} is already registered')
+        cfg = {'input_size': input_size, 'family': family, 'num_classes': 1000 if input_size[1] >= 224 else 10,
+               'paper_ids': tuple(paper_ids)}
+        entry = ModelEntry(backbone, fn, backbone, None, {}, cfg)
+        for attn in attns or ():  # a named attention must exist
+            attn_info(attn)
+        _BACKBONES[backbone] = _Backbone(entry, tuple(attn_widths), None if attns is None else tuple(attns),
+                                         frozenset(exclude_attns), dict(attn_defaults or {}))
         return fn
 
     return decorator
 
 
-def _add(entry: ModelEntry) -> None:
-    if entry.name in _MODELS:
-        raise ValueError(f'model {entry.name!r} is already registered')
-    _MODELS[entry.name] = entry
+def _sync() -> None:
+    """Bring the attention variants in ``_MODELS`` in line with the backbones and the attention registry (attention
+    modules registered after a backbone get their variants, removed ones lose them)."""
+    global _synced
+    state = (len(_BACKBONES), *ATTN_REGISTRY.items())
+    if state == _synced:
+        return
+    variants: dict[str, ModelEntry] = {}
+    for backbone, spec in _BACKBONES.items():
+        for attn in list_attn() if spec.attns is None else spec.attns:
+            if attn in spec.exclude_attns or attn not in ATTN_REGISTRY:
+                continue
+            info = ATTN_REGISTRY[attn]
+            hit = _buildable.get((backbone, attn))
+            if hit is None or hit[0] is not info:  # checked once per registration
+                hit = _buildable[backbone, attn] = info, _attn_buildable(attn, spec.attn_widths)
+            if hit[1]:
+                name = f'{attn}_{backbone}'
+                if name in _BACKBONES:
+                    raise ValueError(f'model {name!r} is both a backbone and an attention variant')
+                variants[name] = ModelEntry(name, spec.entry.builder, backbone, attn,
+                                            dict(spec.attn_defaults.get(attn, {})), spec.entry.cfg)
+    _MODELS.clear()
+    _MODELS.update({name: spec.entry for name, spec in _BACKBONES.items()})
+    _MODELS.update(variants)
+    _synced = state
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # as plugattn.data's cifar10
-
-# Per family: timm pretrained-cfg fields that do not depend on the attention. ``reduction`` is the stride of the
-# last feature map (pool_size = input // reduction; None for class-token models, whose features are tokens).
-_FAMILY_CFG: dict[str, dict[str, Any]] = {
-    'resnet': dict(first_conv='conv1', classifier='fc', reduction=32, crop_pct=0.875, interpolation='bilinear',
-                   paper_ids=('arXiv:1512.03385',), paper_name='Deep Residual Learning for Image Recognition'),
-    'resnet_cifar': dict(first_conv='conv1', classifier='fc', reduction=4, crop_pct=1.0, interpolation='bilinear',
-                         paper_ids=('arXiv:1512.03385',), paper_name='Deep Residual Learning for Image Recognition'),
-    'preresnet': dict(first_conv='conv1', classifier='fc', reduction=4, crop_pct=1.0, interpolation='bilinear',
-                      paper_ids=('arXiv:1603.05027',), paper_name='Identity Mappings in Deep Residual Networks'),
-    'wrn': dict(first_conv='conv1', classifier='fc', reduction=4, crop_pct=1.0, interpolation='bilinear',
-                paper_ids=('arXiv:1605.07146',), paper_name='Wide Residual Networks'),
-    'mobilenetv2': dict(first_conv='features.0.0', classifier='classifier.1', reduction=32, crop_pct=0.875,
-                        interpolation='bilinear', paper_ids=('arXiv:1801.04381',),
-                        paper_name='MobileNetV2: Inverted Residuals and Linear Bottlenecks'),
-    'regnety': dict(first_conv='stem.conv', classifier='fc', reduction=32, crop_pct=0.875, interpolation='bicubic',
-                    paper_ids=('arXiv:2003.13678',), paper_name='Designing Network Design Spaces'),
-    # fixed_input_size: Swin's FX graphs are traced at img_size (eager runs take any size)
-    'swin': dict(first_conv='patch_embed.proj', classifier='head.fc', reduction=32, crop_pct=0.9,
-                 interpolation='bicubic', fixed_input_size=True, paper_ids=('arXiv:2103.14030',),
-                 paper_name='Swin Transformer: Hierarchical Vision Transformer using Shifted Windows'),
-    'pvt': dict(first_conv='patch_embed1.proj', classifier='head', reduction=None, crop_pct=0.875,
-                interpolation='bicubic', min_input_size=(3, 32, 32), paper_ids=('arXiv:2102.12122',),
-                paper_name='Pyramid Vision Transformer: A Versatile Backbone for Dense Prediction without '
-                           'Convolutions'),
-    'vit': dict(first_conv='patch_embed.proj', classifier='head', reduction=None, crop_pct=0.9,
-                interpolation='bicubic', paper_ids=('arXiv:2012.12877', 'arXiv:2010.11929'),
-                paper_name='Training data-efficient image transformers & distillation through attention'),
-}
-# Attention papers and official repositories (origin_url of the attention variants).
-_ATTN_PAPERS: dict[str, tuple[str, str]] = {
-    'se': ('arXiv:1709.01507', 'https://github.com/hujie-frank/SENet'),
-    'eca': ('arXiv:1910.03151', 'https://github.com/BangguWu/ECANet'),
-    'cbam': ('arXiv:1807.06521', 'https://github.com/Jongchan/attention-module'),
-    'ca': ('arXiv:2103.02907', 'https://github.com/houqb/CoordAttention'),
-    'ela': ('arXiv:2403.01123', ''),
-    'bav1': ('arXiv:2112.04150', 'https://github.com/zhaoy376/Bridge-Attention'),
-    'bav2': ('arXiv:2410.07860', 'https://github.com/ZOUrz/BA-Net-Bridge-Attention-in-Deep-Neural-Networks'),
-    'dia': ('arXiv:1905.10671', 'https://github.com/gbup-group/DIANet'),
-}
 
 
 def pretrained_cfg(name: str, num_classes: int | None = None, in_chans: int | None = None) -> dict[str, Any]:
@@ -146,38 +217,38 @@ def pretrained_cfg(name: str, num_classes: int | None = None, in_chans: int | No
     ``resolve_data_config`` preprocesses correctly.
     """
     entry = get_model_entry(name)
-    fam = _FAMILY_CFG[entry.cfg['family']]
+    fam = get_model_family(entry.cfg['family'])
     c, h, w = entry.cfg['input_size']
     cifar = h < 224
-    papers = list(fam['paper_ids'])
-    origin = 'https://github.com/pytorch/vision' if entry.cfg['family'] in ('resnet', 'mobilenetv2') else ''
-    if 'resnext' in entry.backbone:
-        papers.append('arXiv:1611.05431')
+    papers = [*fam.paper_ids, *entry.cfg['paper_ids']]
+    origin = fam.origin_url
     if entry.attn is not None:
-        paper, origin = _ATTN_PAPERS['ela' if entry.attn.startswith('ela') else entry.attn]
-        papers.append(paper)
-    reduction = fam['reduction']
+        info = attn_info(entry.attn)
+        origin = info.repo
+        if info.arxiv:
+            papers.append(f'arXiv:{info.arxiv}')
+    reduction = fam.reduction
     cfg = dict(
         architecture=name,
         input_size=(in_chans or c, h, w),
         pool_size=None if reduction is None else (h // reduction, w // reduction),
-        crop_pct=fam['crop_pct'],
-        interpolation=fam['interpolation'],
+        crop_pct=fam.crop_pct,
+        interpolation=fam.interpolation,
         mean=CIFAR10_MEAN if cifar else IMAGENET_MEAN,
         std=CIFAR10_STD if cifar else IMAGENET_STD,
         num_classes=entry.cfg['num_classes'] if num_classes is None else num_classes,
-        first_conv=fam['first_conv'],
-        classifier=fam['classifier'],
-        fixed_input_size=fam.get('fixed_input_size', False),
+        first_conv=fam.first_conv,
+        classifier=fam.classifier,
+        fixed_input_size=fam.fixed_input_size,
         license='apache-2.0',
         paper_ids=tuple(papers),
-        paper_name=fam['paper_name'],
+        paper_name=fam.paper_name,
         description=f'plugattn {name}: {entry.backbone} with {entry.attn or "no"} plug-in attention, no weights',
     )
     if origin:
         cfg['origin_url'] = origin
-    if 'min_input_size' in fam:
-        cfg['min_input_size'] = fam['min_input_size']
+    if fam.min_input_size is not None:
+        cfg['min_input_size'] = fam.min_input_size
     return cfg
 
 
@@ -194,6 +265,7 @@ def list_models(
         attn: only models with this attention key (``'none'`` for plain backbones).
         backbone: only variants of this backbone.
     """
+    _sync()
     patterns = [pattern] if isinstance(pattern, str) else list(pattern or ['*'])
     names = []
     for name, entry in _MODELS.items():
@@ -208,13 +280,10 @@ def list_models(
 
 
 def get_model_entry(name: str) -> ModelEntry:
-    """The registry entry of ``name``; unknown names raise ``ValueError`` with close matches."""
+    """The registry entry of a plugattn model ``name``; unknown names raise ``ValueError`` with close matches."""
+    _sync()
     if name in _MODELS:
         return _MODELS[name]
-    if name.startswith(('tv:', 'timm:')):  # a torchvision / timm model, 'tv:NAME+ATTN' attached (plugattn.attach)
-        backbone, _, attn = name.partition('+')
-        return ModelEntry(name, lambda **kw: create_model(name, **kw), backbone, attn or None, {},
-                          {'input_size': (3, 224, 224), 'family': name.split(':', 1)[0], 'num_classes': 1000})
     close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.6)
     hint = f'did you mean {", ".join(close)}?' if close else "see plugattn.list_models() or 'plugattn list-models'"
     raise ValueError(f'unknown model {name!r}: {hint}')
@@ -222,6 +291,7 @@ def get_model_entry(name: str) -> ModelEntry:
 
 def _split_attn_name(name: str) -> tuple[str, str] | None:
     """``('ela_t', 'resnet20')`` for a name made of a known attention and backbone that is not registered."""
+    _sync()
     for attn in sorted(list_attn(), key=len, reverse=True):
         backbone = name[len(attn) + 1:]
         if name.startswith(attn + '_') and backbone in _MODELS and _MODELS[backbone].attn is None:
@@ -244,7 +314,7 @@ def create_model(
         out_indices: Sequence[int] | None = None,
         **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model.
+    """Build a registered plugattn model (torchvision and timm names: :func:`plugattn.create_model`).
 
     Args:
         name: registered name (``resnet50``, ``bav2_resnet50``, ``dia_resnet164``, ...).
@@ -255,11 +325,7 @@ def create_model(
         **kwargs: model options: ``num_classes``, ``in_chans``, ``attn`` (attention key for a plain backbone name),
             ``attn_kwargs`` (a dict, or one dict per stage), and the backbone's own options.
     """
-    if name.startswith(('tv:', 'timm:')) or kwargs.get('warm_start'):
-        # torchvision / timm models and warm-started attachment: plugattn.attach builds them
-        from ..attach.build import create_model as create_attached
-
-        return create_attached(name, pretrained, features_only=features_only, out_indices=out_indices, **kwargs)
+    _sync()
     attn = kwargs.pop('attn', None)
     if name not in _MODELS and (split := _split_attn_name(name)) is not None:
         # A combination the registry skipped (e.g. ELA-T at 16 channels): build it so the module explains why.

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from ._registry import create_model, get_model_entry, list_models, pretrained_cfg
+from ._registry import create_model, get_model_entry, get_model_family, list_models, pretrained_cfg
 
 __all__ = ['TIMM_PREFIX', 'default_cfgs', 'register_with_timm', 'timm_names']
 
@@ -27,27 +27,16 @@ TIMM_PREFIX = 'plugattn_'
 default_cfgs: dict[str, dict[str, Any]] = {}
 _registered: dict[str, str] = {}  # timm name -> plugattn name
 
-# Feature wrappers timm builds for features_only: the CNNs and Swin run their children in order (Swin's and
-# MobileNetV2's Sequential containers flattened); the class-token transformers go through forward_intermediates.
-_FEATURE_CFG = {
-    'mobilenetv2': dict(flatten_sequential=True),
-    'swin': dict(flatten_sequential=True),
-    'pvt': dict(feature_cls='getter'),
-    'vit': dict(feature_cls='getter'),
-}
-_NUM_LEVELS = {'resnet_cifar': 4, 'preresnet': 4, 'wrn': 4, 'vit': 13}
-
 
 def _entrypoint(timm_name: str, name: str) -> Callable[..., nn.Module]:
-    family = get_model_entry(name).cfg['family']
+    family = get_model_family(get_model_entry(name).cfg['family'])  # its timm feature wrapper and levels
 
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         from timm.models import build_model_with_cfg
 
         if pretrained:
             create_model(name, pretrained=True)  # raises the "no pretrained weights" error
-        levels = _NUM_LEVELS.get(family, 5)
-        feature_cfg = dict(_FEATURE_CFG.get(family, {}), out_indices=tuple(range(levels)))
+        feature_cfg = dict(family.feature_cfg, out_indices=tuple(range(family.feature_levels)))
         feature_cfg.update(kwargs.pop('feature_cfg', None) or {})
         return build_model_with_cfg(
             _Builder(name), timm_name, pretrained, feature_cfg=feature_cfg, **kwargs,

@@ -57,7 +57,7 @@ from ._base import (
     init_attn_modules,
     stage_attn_kwargs,
 )
-from ._registry import register_model
+from ._registry import register_model, register_model_family
 
 __all__ = ['InvertedResidual', 'MobileNetV2']
 
@@ -373,13 +373,20 @@ class MobileNetV2(AttnNet):
         return {'stem': r'^features\.0\.', 'blocks': r'^features\.(\d+)\.'}
 
 
+register_model_family(
+    'mobilenetv2', first_conv='features.0.0', classifier='classifier.1', reduction=32, crop_pct=0.875,
+    interpolation='bilinear', paper_ids=('arXiv:1801.04381',),
+    paper_name='MobileNetV2: Inverted Residuals and Linear Bottlenecks', origin_url='https://github.com/pytorch/vision',
+    feature_cfg=dict(flatten_sequential=True),  # timm's feature wrapper runs the flattened Sequential in order
+)
+
 # Hidden widths of the expansion blocks (the CA position), for the registry's buildability check.
 _HIDDEN_WIDTHS = (96, 144, 192, 384, 576, 960)
 
 
 @register_model(
     attn_widths=_HIDDEN_WIDTHS, input_size=(3, 224, 224), family='mobilenetv2',
-    attns=('se', 'eca', 'cbam', 'ca', 'ela_t', 'ela_b', 'ela_s', 'ela_l', 'bav1', 'bav2'),
+    exclude_attns=('dia',),  # DIA is not defined for MobileNetV2
     attn_defaults={'bav1': {'reduction': 6}, 'bav2': {'reduction': 6}},
 )
 def mobilenetv2(**kwargs: Any) -> MobileNetV2:

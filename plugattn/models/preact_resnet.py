@@ -38,7 +38,7 @@ from ._base import (
     init_attn_modules,
     stage_attn_kwargs,
 )
-from ._registry import register_model
+from ._registry import register_model, register_model_family
 
 __all__ = ['PreActBottleneck', 'PreActResNet', 'WideBasic']
 
@@ -304,6 +304,15 @@ class PreActResNet(AttnNet):
             x = self.layer4(x)
         return x
 
+
+register_model_family(
+    'preresnet', first_conv='conv1', classifier='fc', reduction=4, crop_pct=1.0, interpolation='bilinear',
+    paper_ids=('arXiv:1603.05027',), paper_name='Identity Mappings in Deep Residual Networks', feature_levels=4,
+)
+register_model_family(
+    'wrn', first_conv='conv1', classifier='fc', reduction=4, crop_pct=1.0, interpolation='bilinear',
+    paper_ids=('arXiv:1605.07146',), paper_name='Wide Residual Networks', feature_levels=4,
+)
 
 _CIFAR_PREACT = dict(input_size=(3, 32, 32), attn_widths=(64, 128, 256))
 

@@ -55,7 +55,7 @@ from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
 from ._base import AttnNet, FeatureInfo, feature_take_indices, module_call, stage_attn_kwargs
-from ._registry import register_model
+from ._registry import register_model, register_model_family
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, tokens_to_nchw, transformer_attn_level
 
 __all__ = ['PVTBlock', 'PVTStage', 'PyramidVisionTransformer']
@@ -492,6 +492,12 @@ def _to_map(x: Tensor, size: Size) -> Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], size[0], size[1])
 
 
+register_model_family(
+    'pvt', first_conv='patch_embed1.proj', classifier='head', reduction=None, crop_pct=0.875, interpolation='bicubic',
+    min_input_size=(3, 32, 32), paper_ids=('arXiv:2102.12122',),
+    paper_name='Pyramid Vision Transformer: A Versatile Backbone for Dense Prediction without Convolutions',
+    feature_cfg=dict(feature_cls='getter'),  # timm's features go through forward_intermediates
+)
 _PVT = dict(input_size=(3, 224, 224), family='pvt', attns=['bav2', 'dia'], attn_defaults={'dia': {'reduction': 16}})
 
 

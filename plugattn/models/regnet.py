@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import GateAttention, attn_level, create_attn, list_attn
+from ..layers import GateAttention, attn_level, create_attn
 from ..layers.base import pooled
 from ..layers.fused import BNRecompute, batch_norm_for_gating, gated_residual, hook_safe, use_fused_path
 from ..layers.registry import AttnSpec
@@ -52,7 +52,7 @@ from ._base import (
     init_attn_modules,
     stage_attn_kwargs,
 )
-from ._registry import register_model
+from ._registry import register_model, register_model_family
 
 __all__ = ['RegNet', 'RegNetBottleneck', 'RegNetCfg', 'RegNetSE']
 
@@ -321,11 +321,17 @@ def _regnet(name: str, **kwargs: Any) -> RegNet:
     return RegNet(REGNETY_CFGS[name], **kwargs)
 
 
+register_model_family(
+    'regnety', first_conv='stem.conv', classifier='fc', reduction=32, crop_pct=0.875, interpolation='bicubic',
+    paper_ids=('arXiv:2003.13678',), paper_name='Designing Network Design Spaces',
+)
+
+
 def _register(name: str) -> Callable[[Callable[..., RegNet]], Callable[..., RegNet]]:
     cfg = REGNETY_CFGS[name]
     return register_model(
         attn_widths=cfg.widths, input_size=(3, 224, 224), family='regnety',
-        attns=[a for a in list_attn() if a != 'se'], attn_defaults={'dia': {'reduction': 16}},
+        exclude_attns=('se',), attn_defaults={'dia': {'reduction': 16}},
     )
 
 

@@ -49,7 +49,7 @@ from ._base import (
     init_attn_modules,
     stage_attn_kwargs,
 )
-from ._registry import register_model
+from ._registry import register_model, register_model_family
 
 __all__ = ['BasicBlock', 'Bottleneck', 'ResNet']
 
@@ -402,9 +402,20 @@ def _resnet(block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int], *
     return ResNet(block, layers, **kwargs)
 
 
+register_model_family(
+    'resnet', first_conv='conv1', classifier='fc', reduction=32, crop_pct=0.875, interpolation='bilinear',
+    paper_ids=('arXiv:1512.03385',), paper_name='Deep Residual Learning for Image Recognition',
+    origin_url='https://github.com/pytorch/vision',
+)
+register_model_family(
+    'resnet_cifar', first_conv='conv1', classifier='fc', reduction=4, crop_pct=1.0, interpolation='bilinear',
+    paper_ids=('arXiv:1512.03385',), paper_name='Deep Residual Learning for Image Recognition', feature_levels=4,
+)
+
 _IMAGENET = dict(input_size=(3, 224, 224), family='resnet', attn_defaults={'dia': {'reduction': 16}})
 _BASIC_WIDTHS = (64, 128, 256, 512)
 _BOTTLENECK_WIDTHS = (256, 512, 1024, 2048)
+_RESNEXT = ('arXiv:1611.05431',)
 
 
 @register_model(attn_widths=_BASIC_WIDTHS, **_IMAGENET)
@@ -437,13 +448,13 @@ def resnet152(**kwargs: Any) -> ResNet:
     return _resnet(Bottleneck, (3, 8, 36, 3), **kwargs)
 
 
-@register_model(attn_widths=_BOTTLENECK_WIDTHS, **_IMAGENET)
+@register_model(attn_widths=_BOTTLENECK_WIDTHS, paper_ids=_RESNEXT, **_IMAGENET)
 def resnext50_32x4d(**kwargs: Any) -> ResNet:
     """ResNeXt-50 32x4d."""
     return _resnet(Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4, **kwargs)
 
 
-@register_model(attn_widths=_BOTTLENECK_WIDTHS, **_IMAGENET)
+@register_model(attn_widths=_BOTTLENECK_WIDTHS, paper_ids=_RESNEXT, **_IMAGENET)
 def resnext101_32x8d(**kwargs: Any) -> ResNet:
     """ResNeXt-101 32x8d."""
     return _resnet(Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=8, **kwargs)

@@ -51,7 +51,7 @@ from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention
 from ._base import AttnNet, FeatureInfo, checkpoint_seq, is_fx_proxy, module_call, stage_attn_kwargs
-from ._registry import register_model
+from ._registry import register_model, register_model_family
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, transformer_attn_level
 
 __all__ = ['SwinBlock', 'SwinStage', 'SwinTransformer']
@@ -525,6 +525,13 @@ def _nhwc_to_nchw(x: Tensor) -> Tensor:
     return x.permute(0, 3, 1, 2)
 
 
+register_model_family(
+    'swin', first_conv='patch_embed.proj', classifier='head.fc', reduction=32, crop_pct=0.9, interpolation='bicubic',
+    fixed_input_size=True,  # FX graphs are traced at img_size (eager runs take any size)
+    paper_ids=('arXiv:2103.14030',),
+    paper_name='Swin Transformer: Hierarchical Vision Transformer using Shifted Windows',
+    feature_cfg=dict(flatten_sequential=True),  # timm's feature wrapper runs the flattened Sequential in order
+)
 _SWIN = dict(input_size=(3, 224, 224), family='swin', attns=['bav2', 'dia'], attn_defaults={'dia': {'reduction': 16}})
 
 

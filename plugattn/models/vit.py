@@ -54,7 +54,7 @@ from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, 
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
 from ._base import AttnNet, AttnStage, FeatureInfo, checkpoint_seq, feature_take_indices, init_attn_modules
-from ._registry import register_model
+from ._registry import register_model, register_model_family
 
 __all__ = ['Attention', 'Block', 'VisionTransformer', 'tokens_to_nchw']
 
@@ -475,6 +475,12 @@ def _vit(**kwargs: Any) -> VisionTransformer:
     return VisionTransformer(**kwargs)
 
 
+register_model_family(
+    'vit', first_conv='patch_embed.proj', classifier='head', reduction=None, crop_pct=0.9, interpolation='bicubic',
+    paper_ids=('arXiv:2012.12877', 'arXiv:2010.11929'),
+    paper_name='Training data-efficient image transformers & distillation through attention',
+    feature_cfg=dict(feature_cls='getter'), feature_levels=13,  # timm's features: forward_intermediates, every block
+)
 _VIT = dict(input_size=(3, 224, 224), family='vit', attns=_ATTNS, attn_defaults=_DIA_DEFAULTS)
 
 
