@@ -315,6 +315,47 @@ def test_deepcopy_and_export_dynamic():
     assert_exports_with_dynamic_sizes(attach(tvm.resnet18(num_classes=10), 'dia', warm_start=True).eval())
 
 
+_LOAD_PICKLED = """
+import sys, torch, plugattn
+for path in sys.argv[1:]:
+    model = torch.load(path, weights_only=False)
+    x, expected = torch.load(path + '.io')
+    out = model(x)
+    print(type(model).__name__, sorted(model.attention_modules())[:1], float((out - expected).abs().max()))
+"""
+
+
+def test_attached_models_pickle_and_load_in_a_fresh_process(tmp_path):
+    import copy
+    import subprocess
+    import sys
+
+    paths = []
+    hosts = [('tv_se', tvm.resnet18(num_classes=5), 'se', {}), ('tv_dia_warm', tvm.resnet18(num_classes=5), 'dia',
+             {'warm_start': True}), ('timm_bav2', timm.create_model('resnet18', num_classes=5), 'bav2', {}),
+             ('tv_mbv2_ca', tvm.mobilenet_v2(num_classes=5), 'ca', {})]
+    for name, host, attn, kw in hosts:
+        model = attach(host, attn, **kw).eval()
+        with torch.no_grad():
+            for p in model.attention_modules().values():  # non-trivial attention weights (warm start: blend 0.5)
+                for t in p.parameters():
+                    t.add_(0.5)
+            x = torch.randn(2, 3, 32, 32)
+            torch.save((x, model(x)), tmp_path / f'{name}.pt.io')
+        torch.save(model, tmp_path / f'{name}.pt')
+        paths.append(str(tmp_path / f'{name}.pt'))
+        assert torch.equal(copy.deepcopy(model)(x), model(x))
+    with torch.no_grad():
+        proc = subprocess.run([sys.executable, '-c', _LOAD_PICKLED, *paths], capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.split('\n')[:4]
+    assert [ln.split()[0] for ln in lines] == ['ResNet', 'ResNet', 'ResNet', 'MobileNetV2']
+    assert [ln.split(']')[0].split('[')[1] for ln in lines] == \
+        ["'layer1.0.attn'", "'layer1.attn'", "'layer1.0.attn'", "'features.10.attn'"]
+    assert all(float(ln.split()[-1]) < 1e-5 for ln in lines), lines  # other thread counts: other sum orders
+
+
 def test_ddp_single_process(tmp_path):
     import torch.distributed as dist
 

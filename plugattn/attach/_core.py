@@ -216,9 +216,41 @@ def blend_forward(module: nn.Module, *args: Any) -> Any:
     return x * (1 + module.blend * (a - 1))
 
 
+# what a stage keeps between its blocks' calls: not part of the model
+_PER_CALL = ('_plugattn_state', '_plugattn_received')
+# attached class -> (the class it was made from, the mixin added): what pickling rebuilds the class from
+_SWAPPED: dict[type, tuple[type, type]] = {}
+
+
 @functools.cache
 def _subclass(cls: type, mixin: type) -> type:
-    return type(cls.__name__, (mixin, cls), {'__module__': cls.__module__, '__qualname__': cls.__qualname__})
+    """``cls`` with ``mixin`` in front, under ``cls``'s name (reprs, ``type(m).__name__`` stay the host's)."""
+    namespace = {'__module__': cls.__module__, '__qualname__': cls.__qualname__, '__reduce_ex__': _reduce_attached}
+    sub = type(cls.__name__, (mixin, cls), namespace)
+    _SWAPPED[sub] = (cls, mixin)
+    return sub
+
+
+def _reduce_attached(self: nn.Module, protocol: int) -> tuple[Any, ...]:
+    """Pickle (and ``copy.deepcopy``) an attached module as its original class plus the mixins added to it.
+
+    Pickle stores classes by name, and an attached class carries its host's name (``torchvision...ResNet``), which
+    is a different object: pickling would fail. The original class and the mixins (all importable by name) are
+    stored instead, and :func:`rebuild_attached` makes the same class again when ``import plugattn`` has run.
+    """
+    cls, mixins = type(self), []
+    while cls in _SWAPPED:
+        cls, mixin = _SWAPPED[cls]
+        mixins.append(mixin)
+    state = {k: v for k, v in self.__dict__.items() if k not in _PER_CALL}
+    return rebuild_attached, (cls, tuple(reversed(mixins))), state
+
+
+def rebuild_attached(cls: type, mixins: tuple[type, ...]) -> nn.Module:
+    """An empty instance of ``cls`` with ``mixins`` added in order; pickle then restores its state."""
+    for mixin in mixins:
+        cls = _subclass(cls, mixin)
+    return cls.__new__(cls)
 
 
 def make_warm(module: nn.Module) -> nn.Module:
