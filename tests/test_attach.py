@@ -628,3 +628,20 @@ def test_ddp_two_processes_attached(run_two_processes):
     assert names == [n for n, _ in model.named_parameters()] and sum('.attn.' in n for n in names) == 4 * 7
     for rank in (0, 1):
         assert float((got[rank] - ref).abs().max()) <= 1e-10 * float(ref.abs().max()), rank
+
+
+@pytest.mark.parametrize(('build', 'attn', 'count'), [
+    (lambda: tvm.efficientnet_b0(), 'eca', 16), (lambda: tvm.efficientnet_b0(), 'ca', 16),
+    (lambda: tvm.mobilenet_v3_small(), 'bav1', 8), (lambda: tvm.regnet_y_400mf(), 'dia', 16),
+    (lambda: timm.create_model('seresnet18'), 'cbam', 8),
+])
+def test_attach_warns_when_it_drops_host_modules(build, attn: str, count: int):
+    with pytest.warns(UserWarning, match=rf'{attn} replaces {count} native modules .* keep_se=True or warm_start'):
+        attach(build(), attn)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        attach(build(), attn, keep_se=True)
+        attach(build(), attn, warm_start=True)
+        attach(tvm.resnet18(), attn if attn != 'bav1' else 'bav2')  # nothing native to replace

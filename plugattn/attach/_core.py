@@ -13,6 +13,8 @@ runs its blocks and resets the recurrent state at the start of every stage.
 from __future__ import annotations
 
 import functools
+import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -697,9 +699,11 @@ def attach_module(
     dd = {'device': ref.device}
     units: dict[str, nn.Module] = {}
     replaced: list[str] = []
+    dropped = 0  # parameters of the host's own modules that the attention replaces
     for qname, block, sname, index, length, plan, kwargs in plans:
         if fam.replace is not None:
             for name in fam.replace(block, level, options):
+                dropped += sum(p.numel() for p in block.get_submodule(name).parameters())
                 block.set_submodule(name, nn.Identity())
                 replaced.append(f'{qname}.{name}')
         stage = None
@@ -717,10 +721,23 @@ def attach_module(
             block.add_module(fam.attn_key, _build(attn, plan.channels, kwargs, warm_start, dd, model.training))
             attn_names.append(f'{qname}.{fam.attn_key}')
         tap_block(block, _TapCtx(plan, fam.attn_key, level, stage, index, index == length - 1))
+    if dropped:
+        warnings.warn(
+            f'plugattn.attach: {attn} replaces {len(replaced)} native modules of this {fam.name} model '
+            f'({replaced[0]}, ...), dropping their {dropped:,} parameters and any pretrained weights in them; keep '
+            'them with keep_se=True or warm_start=True', UserWarning, stacklevel=_stacklevel_outside_attach())
     mark_model(model, stage_names, attn_names)
     model.__dict__['_plugattn_family'] = fam.name
     model.__dict__['_plugattn_replaced'] = tuple(replaced)
     return model
+
+
+def _stacklevel_outside_attach() -> int:
+    """The ``warnings.warn`` stack level of the first caller outside :mod:`plugattn.attach` (the user's line)."""
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and frame.f_globals.get('__name__', '').startswith('plugattn.attach'):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _per_stage_kwargs(attn_kwargs: Any, num: int) -> list[dict[str, Any]]:
