@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import PlugattnError, PlugattnTypeError
 from .base import BlockAttention, GateAttention, StageAttention
 
 __all__ = ['ATTN_REGISTRY', 'AttnSpec', 'attn_level', 'create_attn', 'get_attn', 'list_attn', 'register_attn']
@@ -29,7 +30,7 @@ def register_attn(*names: str, **defaults: Any) -> Callable[[AttnFactory], AttnF
         factory = functools.partial(cls, **defaults) if defaults else cls
         for name in names:
             if name in ATTN_REGISTRY:
-                raise ValueError(f'attention {name!r} is already registered; pick another name')
+                raise PlugattnError(f'attention {name!r} is already registered; pick another name')
             ATTN_REGISTRY[name] = factory
         return cls
 
@@ -50,11 +51,11 @@ def get_attn(spec: AttnSpec) -> AttnFactory | None:
         if key not in ATTN_REGISTRY:
             close = difflib.get_close_matches(key, ATTN_REGISTRY, n=3, cutoff=0.5)
             hint = f'did you mean {", ".join(close)}?' if close else f'choose one of {", ".join(list_attn())}'
-            raise ValueError(f'unknown attention {spec!r}: {hint}')
+            raise PlugattnError(f'unknown attention {spec!r}: {hint}')
         return ATTN_REGISTRY[key]
     if callable(spec):
         return spec
-    raise TypeError(f'attention spec must be a name, a class or a partial, got {type(spec).__name__}')
+    raise PlugattnTypeError(f'attention spec must be a name, a class or a partial, got {type(spec).__name__}')
 
 
 def create_attn(spec: AttnSpec, channels: int, **kwargs: Any) -> nn.Module | None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import PlugattnError, PlugattnTypeError
 from ..layers import attn_level, create_attn, list_attn
 
 __all__ = ['ModelEntry', 'create_model', 'get_model_entry', 'list_models', 'pretrained_cfg', 'register_model']
@@ -90,7 +91,7 @@ def register_model(
 
 def _add(entry: ModelEntry) -> None:
     if entry.name in _MODELS:
-        raise ValueError(f'model {entry.name!r} is already registered')
+        raise PlugattnError(f'model {entry.name!r} is already registered')
     _MODELS[entry.name] = entry
 
 
@@ -217,7 +218,7 @@ def get_model_entry(name: str) -> ModelEntry:
                           {'input_size': (3, 224, 224), 'family': name.split(':', 1)[0], 'num_classes': 1000})
     close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.6)
     hint = f'did you mean {", ".join(close)}?' if close else "see plugattn.list_models() or 'plugattn list-models'"
-    raise ValueError(f'unknown model {name!r}: {hint}')
+    raise PlugattnError(f'unknown model {name!r}: {hint}')
 
 
 def _split_attn_name(name: str) -> tuple[str, str] | None:
@@ -266,12 +267,13 @@ def create_model(
         attn, name = split
     entry = get_model_entry(name)
     if attn is not None and entry.attn is not None and attn != entry.attn:
-        raise ValueError(f'{name} already has attention {entry.attn!r}; pass attn={attn!r} to {entry.backbone} instead')
+        raise PlugattnError(f'{name} already has attention {entry.attn!r}',
+                            f'pass attn={attn!r} to {entry.backbone} instead')
     if attn is not None and entry.attn is None:
         variant = f'{attn}_{entry.backbone}'
         entry = _MODELS.get(variant) or ModelEntry(variant, entry.builder, entry.backbone, attn, {}, entry.cfg)
     if pretrained:
-        raise ValueError(
+        raise PlugattnError(
             f'no pretrained weights are published for {entry.name}; train one (plugattn train) or load your own '
             'state_dict with model.load_state_dict(...) / plugattn.load_official(...)'
         )
@@ -281,7 +283,7 @@ def create_model(
     except TypeError as e:
         if 'unexpected keyword argument' not in str(e):
             raise
-        raise ValueError(f'{entry.name}: {e}; see the builder docstring for its options') from None
+        raise PlugattnTypeError(f'{entry.name}: {e}; see the builder docstring for its options') from None
     model.model_name = entry.name
     base = entry.name if entry.name in _MODELS else entry.backbone
     cfg = pretrained_cfg(base, num_classes=model.num_classes, in_chans=model.in_chans)
