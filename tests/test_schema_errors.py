@@ -83,6 +83,7 @@ def _misuse_cases():
 
     import plugattn
     from plugattn import create_attn, create_model
+    from plugattn.export import export_model
 
     def ba_at_batch_one():
         create_model('bav1_resnet20', num_classes=2).train()(torch.randn(1, 3, 32, 32))
@@ -118,6 +119,10 @@ def _misuse_cases():
          r"^tv:resnet18: ResNet.__init__\(\) got an unexpected keyword argument 'foo'"),
         ('unknown keyword, timm', lambda: create_model('timm:test_resnet', foo=1), TypeError,
          "unexpected keyword argument 'foo'"),
+        ('export format', lambda: export_model(nn.Conv2d(3, 3, 1), 'x.pdf', fmt='pdf'), ValueError,
+         "format must be 'onnx' or 'torchscript', got 'pdf'"),
+        ('export input size', lambda: export_model(nn.Conv2d(3, 3, 1), 'x.onnx', input_size=(32, 32)), ValueError,
+         r'input_size must be \(channels, height, width\), got \(32, 32\)'),
     ] + [
         (f'out_indices={indices!r} of {name}', lambda name=name, indices=indices: create_model(
             name, features_only=True, out_indices=indices), builtin, message)
