@@ -165,7 +165,7 @@ def _timm(name: str, pretrained: bool, num_classes: int | None, in_chans: int | 
         raise PlugattnError(f'in_chans must be >= 1, got {in_chans}')
     extra = {k: v for k, v in (('num_classes', num_classes), ('in_chans', in_chans)) if v is not None}
     if kwargs.get('features_only') and kwargs.get('out_indices') is not None:
-        plain = {k: v for k, v in kwargs.items() if k not in ('features_only', 'out_indices')}
+        plain = {k: v for k, v in kwargs.items() if not k.startswith(('feature', 'out_indices', 'flatten_seq'))}
         with torch.device('meta'):  # the levels timm numbers out_indices over
             levels = len(timm.create_model(arch, **extra, **plain).feature_info)
         kwargs = {**kwargs, 'out_indices': check_out_indices(kwargs['out_indices'], levels, name)}

@@ -419,7 +419,7 @@ class AttnNet(nn.Module):
         """Turn the model into a feature extractor (``features_only=True``): ``forward`` returns the selected
         stem/stage outputs as a list, the classifier is removed and ``feature_info`` lists the selected levels."""
         n = len(self.feature_info)
-        out_indices = check_out_indices(out_indices, n, type(self).__name__)
+        out_indices = check_out_indices(out_indices, n, getattr(self, 'model_name', type(self).__name__))
         self.reset_classifier(0)
         self.out_indices = tuple(i % n for i in out_indices)
         self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)

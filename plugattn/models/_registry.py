@@ -289,5 +289,5 @@ def create_model(
     cfg = pretrained_cfg(base, num_classes=model.num_classes, in_chans=model.in_chans)
     model.default_cfg = model.pretrained_cfg = dict(cfg, architecture=entry.name)
     if features_only:
-        model.set_features_only(None if out_indices is None else tuple(out_indices))
+        model.set_features_only(out_indices)  # checked there (a string is not taken as its characters)
     return model

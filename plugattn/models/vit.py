@@ -442,7 +442,7 @@ class VisionTransformer(AttnNet):
     def set_features_only(self, out_indices: tuple[int, ...] | None = None) -> None:
         """Feature extractor over the patch embedding (level 0) and the blocks (levels 1..depth)."""
         n = len(self.blocks) + 1
-        out_indices = check_out_indices(out_indices, n, type(self).__name__)
+        out_indices = check_out_indices(out_indices, n, getattr(self, 'model_name', type(self).__name__))
         self.reset_classifier(0)
         self.out_indices = tuple(i % n for i in out_indices)
         self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)
