@@ -373,7 +373,7 @@ def export_model(
     batch = 2 if batch_size is None else batch_size
     if batch < 1 or (batch == 1 and generalises):
         raise PlugattnError(f'batch_size must be >= 2 for a dynamic or TorchScript export (got {batch}): exporters '
-                         'specialise a batch of 1')
+                            'specialise a batch of 1')
     model = model.to('cpu').eval()
     example = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0))
     if fmt == 'onnx':

@@ -305,7 +305,7 @@ def timm_features(model: nn.Module, arch: str, out_indices: Sequence[int] | None
 
     if not hasattr(model, 'forward_intermediates'):
         raise PlugattnError(f'features_only with attention needs forward_intermediates, which timm {arch} lacks; '
-                         'attach to the classifier model instead')
+                            'attach to the classifier model instead')
     with torch.device('meta'):  # timm's own extractor, only for its default levels and layout
         ref = timm.create_model(arch, features_only=True, **kwargs)
     indices = (tuple(ref.feature_info.out_indices) if out_indices is None
@@ -349,7 +349,7 @@ def torchvision_features(model: nn.Module, name: str, out_indices: Sequence[int]
 
     if isinstance(model, VisionTransformer):
         raise PlugattnError(f'features_only is not supported for {name}: a ViT has one resolution of tokens, no '
-                         'feature maps; use forward hooks on model.encoder.layers')
+                            'feature maps; use forward hooks on model.encoder.layers')
     candidates = [n for n, _ in model_stages(model) or []]
     features = getattr(model, 'features', None)
     if not candidates and isinstance(features, nn.Sequential):
@@ -433,18 +433,18 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor] | str | os.
                 del state[k]
             else:
                 raise PlugattnError(f'weights do not fit the model: {k} has shape {tuple(w.shape)}, the model '
-                                 f'{tuple(own[k].shape)}; use weights of the same architecture')
+                                    f'{tuple(own[k].shape)}; use weights of the same architecture')
     missing = [k for k in own if k not in state and k not in skipped]
     unexpected = [k for k in state if k not in own]
     bad = [k for k in missing if not k.startswith(attn_prefixes)]
     if bad:
         raise PlugattnError(f'weights lack {len(bad)} non-attention keys of the model (e.g. {bad[0]}); use weights of '
-                         'the same architecture')
+                            'the same architecture')
     replaced = _replaced_prefixes(model)
     bad = [k for k in unexpected if not k.startswith(replaced)]
     if bad:
         raise PlugattnError(f'weights have {len(bad)} keys the model lacks (e.g. {bad[0]}); use weights of the same '
-                         'architecture')
+                            'architecture')
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return {'missing': missing, 'unexpected': unexpected, 'skipped': skipped}
 

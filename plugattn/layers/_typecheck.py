@@ -122,7 +122,7 @@ def check_arguments(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
         hint = hints.get(name)
         if hint is not None and not _matches(value, hint):
             raise PlugattnTypeError(f'{owner}: {name} must be {_describe(hint)}, got {value!r} '
-                            f'({type(value).__name__}); {_suggest(name, value, hint)}')
+                                    f'({type(value).__name__}); {_suggest(name, value, hint)}')
 
 
 def checked_init(cls: type) -> None:

@@ -53,11 +53,11 @@ def _layer(spec: LayerSpec, table: dict[str, type[nn.Module]], what: str) -> nn.
     if isinstance(spec, str):
         if spec.lower() not in table:
             raise PlugattnError(f'unknown bridge-attention {what} {spec!r}: choose one of {", ".join(table)} or pass '
-                             'a module class')
+                                'a module class')
         spec = table[spec.lower()]
     if not (isinstance(spec, type) and issubclass(spec, nn.Module)):
         raise PlugattnError(f'bridge-attention {what} must be a name ({", ".join(table)}) or an nn.Module class, '
-                         f'got {spec!r}')
+                            f'got {spec!r}')
     return spec(inplace=True) if spec in (nn.ReLU, nn.ReLU6) else spec()
 
 
