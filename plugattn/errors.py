@@ -1,12 +1,18 @@
-"""The one base class of every user-facing plugattn error.
+"""The one base class of every user-facing plugattn error, and the checks the layers share.
 
 Every layer raises a subclass of :class:`PlugattnError` (``DataError``, ``EngineError``, ``AnalysisError``,
 ``CliError``) whose ``str()`` is one line ``'<problem>; <fix>'``, so the command line prints it without a traceback
-and library callers can catch all of them with one ``except PlugattnError`` (or ``except ValueError``).
+and library callers can catch all of them with one ``except PlugattnError`` (or ``except ValueError``). A wrongly
+typed argument or an unknown keyword is a :class:`PlugattnTypeError`, which ``except TypeError`` also catches, as it
+did before these classes existed.
 """
 from __future__ import annotations
 
-__all__ = ['PlugattnError']
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ['PlugattnError', 'PlugattnTypeError', 'check_out_indices']
 
 
 class PlugattnError(ValueError):
@@ -24,3 +30,43 @@ class PlugattnError(ValueError):
         self.problem = problem
         self.fix = fix
         super().__init__(f'{problem}; {fix}' if fix else problem)
+
+
+class PlugattnTypeError(PlugattnError, TypeError):
+    """An argument of the wrong type, or one the callee does not take (``except TypeError`` catches it too)."""
+
+
+def check_out_indices(out_indices: Any, num_levels: int, owner: str) -> tuple[int, ...]:
+    """Validate the feature levels a ``features_only`` model returns, as timm numbers them.
+
+    Args:
+        out_indices: A sequence of distinct ints in ``-num_levels .. num_levels - 1`` (negative counts from the end,
+            as in timm), or None for all levels.
+        num_levels: The levels the model has.
+        owner: The model, named in the message.
+
+    Returns:
+        The indices as a tuple (negative ones kept as given).
+
+    Raises:
+        PlugattnTypeError: ``out_indices`` is not a sequence of ints (a string, a float, a bare int).
+        PlugattnError: An index is out of range or repeated.
+    """
+    if out_indices is None:
+        return tuple(range(num_levels))
+    example = f'e.g. out_indices={tuple(range(max(0, num_levels - 2), num_levels))}'
+    if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence) or not all(
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in out_indices):
+        raise PlugattnTypeError(f'out_indices of {owner} must be a tuple of ints (feature levels '
+                                f'0..{num_levels - 1}, negative from the end), got {out_indices!r}', f'pass {example}')
+    indices = tuple(int(i) for i in out_indices)
+    bad = [i for i in indices if not -num_levels <= i < num_levels]
+    if bad:
+        raise PlugattnError(f'out_indices {indices} of {owner}: {bad} out of range for {num_levels} feature levels '
+                            f'(0..{num_levels - 1}, or -{num_levels}..-1 from the end)', f'pass {example}')
+    absolute = [i % num_levels for i in indices]
+    repeated = sorted({i for i in indices if absolute.count(i % num_levels) > 1})
+    if repeated or not indices:
+        what = f'names levels {repeated} more than once' if repeated else 'is empty'
+        raise PlugattnError(f'out_indices {indices} of {owner} {what}', f'list each level once, {example}')
+    return indices

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import PlugattnError
+
 __all__ = [
     'EXPORT_FORMATS',
     'ExportResult',
@@ -110,7 +112,7 @@ def _check_onnx_deps(exporter: str) -> None:
     if missing:
         hint = " or exporter='legacy' (--exporter legacy), which needs no onnxscript" if missing == ['onnxscript'] \
             else ''
-        raise ValueError(f'ONNX export needs {", ".join(missing)}: pip install {" ".join(missing)}{hint}')
+        raise PlugattnError(f'ONNX export needs {", ".join(missing)}: pip install {" ".join(missing)}{hint}')
 
 
 def export_onnx(
@@ -135,7 +137,7 @@ def export_onnx(
         metadata: String entries added to the model's ``metadata_props`` (see :func:`export_metadata`).
     """
     if exporter not in ONNX_EXPORTERS:
-        raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
+        raise PlugattnError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
     _check_onnx_deps(exporter)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +239,7 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # protobuf raises its own error types
-            raise ValueError(f'cannot read ONNX file {path} ({type(e).__name__})') from None
+            raise PlugattnError(f'cannot read ONNX file {path} ({type(e).__name__})') from None
         raw = {p.key: p.value for p in proto.metadata_props}
     else:
         import zipfile
@@ -247,7 +249,7 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
                 names = {n.rsplit('/extra/', 1)[1]: n for n in z.namelist() if '/extra/' in n}
                 raw = {k: z.read(n).decode('utf-8') for k, n in names.items()}
         except (OSError, zipfile.BadZipFile) as e:
-            raise ValueError(f'cannot read TorchScript file {path} ({type(e).__name__})') from None
+            raise PlugattnError(f'cannot read TorchScript file {path} ({type(e).__name__})') from None
     return {k: json.loads(v) if k in METADATA_JSON_KEYS else v for k, v in raw.items()}
 
 
@@ -364,14 +366,14 @@ def export_model(
         ValueError: Bad options, missing ONNX packages, or an exported graph that does not reproduce PyTorch.
     """
     if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
+        raise PlugattnError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
     if len(input_size) != 3 or min(input_size) < 1:
-        raise ValueError(f'input_size must be (channels, height, width), got {tuple(input_size)}')
+        raise PlugattnError(f'input_size must be (channels, height, width), got {tuple(input_size)}')
     generalises = dynamic or fmt == 'torchscript'
     batch = 2 if batch_size is None else batch_size
     if batch < 1 or (batch == 1 and generalises):
-        raise ValueError(f'batch_size must be >= 2 for a dynamic or TorchScript export (got {batch}): exporters '
-                         'specialise a batch of 1')
+        raise PlugattnError(f'batch_size must be >= 2 for a dynamic or TorchScript export (got {batch}): exporters '
+                            'specialise a batch of 1')
     model = model.to('cpu').eval()
     example = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0))
     if fmt == 'onnx':

@@ -402,6 +402,62 @@ def test_pretrained_offline_error(monkeypatch):
         create_model('timm:resnet18', pretrained=True)
 
 
+_OFFLINE_PROBE = """
+import json, os, sys, time
+from pathlib import Path
+import timm, torch
+from safetensors.torch import save_file
+import plugattn
+
+# weights in the Hugging Face cache, as a machine that downloaded them once before going offline has them
+repo = Path(os.environ['HF_HOME'], 'hub', 'models--timm--test_resnet.r160_in1k')
+rev = 'a' * 40
+(repo / 'snapshots' / rev).mkdir(parents=True)
+(repo / 'refs').mkdir()
+(repo / 'refs' / 'main').write_text(rev)
+torch.manual_seed(0)
+ref = timm.create_model('test_resnet')
+save_file(ref.state_dict(), str(repo / 'snapshots' / rev / 'model.safetensors'))
+out = {}
+t = time.perf_counter()
+cached = plugattn.create_model('timm:test_resnet', pretrained=True)
+out['cached_s'] = time.perf_counter() - t
+out['cached_equal'] = all(torch.equal(a, b) for a, b in zip(cached.state_dict().values(), ref.state_dict().values()))
+for name in ('timm:test_vit', 'timm:test_convnext+se'):
+    t = time.perf_counter()
+    try:
+        plugattn.create_model(name, pretrained=True)
+    except plugattn.errors.PlugattnError as e:
+        out[name] = [str(e), time.perf_counter() - t]
+print(json.dumps(out))
+"""
+
+
+def test_offline_timm_pretrained_fails_fast(tmp_path):
+    """Offline (the Hub endpoint refuses connections), timm: pretrained fails at once with the tv: line, instead of
+    in huggingface_hub's ~45 s of retries; weights already in the cache still load."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if 'proxy' not in k.lower() and not k.startswith('HF_')}
+    env.update(HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT='http://127.0.0.1:9', TORCH_HOME=str(tmp_path / 'torch'))
+    proc = subprocess.run([sys.executable, '-c', _OFFLINE_PROBE], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out['cached_equal'] and out['cached_s'] < 5
+    for name in ('timm:test_vit', 'timm:test_convnext+se'):
+        message, seconds = out[name]
+        assert seconds < 5, (name, seconds)
+        assert message == (
+            f'cannot download the pretrained weights of {name.split("+")[0]} (no connection to 127.0.0.1:9: '
+            f'Connection refused); download the weights file where you are online and pass it: plugattn train '
+            f'--model {name.split("+")[0]} --init-checkpoint FILE, or build with pretrained=False and '
+            'model.load_state_dict(torch.load(FILE, weights_only=True))')
+    assert 'Retrying' not in proc.stderr
+
+
 def test_create_model_names():
     m = plugattn.create_model('tv:resnet18', num_classes=10, in_chans=1, attn='bav2', warm_start=True)
     assert m.conv1.in_channels == 1 and m.fc.out_features == 10 and m.model_name == 'tv:resnet18'

@@ -135,6 +135,58 @@ def test_missing_data_is_a_clear_error(capsys, tmp_path):
     assert not list(tmp_path.rglob('run.json'))
 
 
+def test_missing_files_one_wording_and_print_config_checks_paths(trained_run, capsys, tmp_path):
+    missing = tmp_path / 'missing.png'
+    code, _, err = run_cli(capsys, 'cam', '--model', 'resnet20', '--image', str(missing), '--output',
+                           str(tmp_path / 'cam'))
+    assert_one_line_error(code, err)
+    assert err.strip() == f'plugattn: error: cannot read image {missing} (no such file); check the path'
+    code, out, err = run_cli(capsys, 'predict', '--checkpoint', str(trained_run), str(missing))
+    assert code == 2 and err.strip() == f'plugattn: error: cannot read image {missing} (no such file); check the path'
+
+    weights = tmp_path / 'missing.pth'
+    code, out, err = run_cli(capsys, 'train', *TINY, '--init-checkpoint', str(weights), '--print-config')
+    assert_one_line_error(code, err)
+    assert not out and err.strip() == (
+        f'plugattn: error: weights file {weights} does not exist; pass a .safetensors/.pth state_dict file')
+    code, _, train_err = run_cli(capsys, 'train', *TINY, '--init-checkpoint', str(weights), '--output',
+                                 str(tmp_path / 'runs'))
+    assert code == 2 and train_err == err and not (tmp_path / 'runs').exists()  # what training says
+    code, out, err = run_cli(capsys, 'train', '--data', 'imagefolder', '--data-dir', str(tmp_path / 'nowhere'),
+                             '--print-config')
+    assert_one_line_error(code, err, f'imagefolder --data-dir {tmp_path / "nowhere"} does not exist')
+    assert not out
+    code, out, _ = run_cli(capsys, 'train', *TINY, '--init-checkpoint', str(trained_run / 'best.safetensors'),
+                           '--print-config')
+    assert code == 0 and f'init_checkpoint: {trained_run / "best.safetensors"}' in out
+
+
+def test_run_files_follow_the_umask(trained_run, tmp_path):
+    """Run files get 0o666 less the umask, as tb/ and every other file (not tempfile.mkstemp's private 0o600)."""
+    import os
+    import stat
+
+    from plugattn.engine.checkpoint import atomic_write_text, write_run_info
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    files = [p for p in trained_run.rglob('*') if p.is_file()]
+    names = {p.name for p in files}
+    assert {'run.json', 'config.yaml', 'best.safetensors', 'last_state.pt', 'summary.csv'} <= names, names
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}, sorted(
+        (p.name, oct(stat.S_IMODE(p.stat().st_mode))) for p in files)
+    for mask in (0o022, 0o027, 0o077):
+        old = os.umask(mask)
+        try:
+            atomic_write_text(tmp_path / f'{mask:o}.yaml', 'a: 1\n')
+            write_run_info(tmp_path, {'status': 'running'})
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((tmp_path / f'{mask:o}.yaml').stat().st_mode) == 0o666 & ~mask
+        assert stat.S_IMODE((tmp_path / 'run.json').stat().st_mode) == 0o666 & ~mask
+    assert not list(tmp_path.glob('.*.tmp'))
+
+
 def test_checkpoint_errors(trained_run, capsys, tmp_path):
     ckpt = trained_run / 'last.safetensors'
     code, _, err = run_cli(capsys, 'eval', '--checkpoint', str(ckpt), '--model', 'se_resnet20')

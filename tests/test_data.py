@@ -750,3 +750,99 @@ def test_batch_preparation_keeps_callers_thread_count(fashion_dir):
         assert seen == [2] * len(loader) and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+def _read_everywhere(path: Path, channels: int) -> dict[str, list]:
+    """The 8-bit pixels of one file as the ImageFolder loader, ``predict`` and ``cam`` read them (H, W[, C])."""
+    from PIL import Image
+
+    from plugattn.analysis.gradcam import preprocess
+    from plugattn.data.images import open_rgb
+    from plugattn.engine.inference import Preprocessing
+
+    with Image.open(path) as im:
+        size = (im.height, im.width)
+    zeros, ones = (0.0,) * channels, (1.0,) * channels  # no normalisation: x * 255 is the pixel value
+    predict = Preprocessing((channels, *size), zeros, ones, 'nearest', 'stretch').load(path)
+    rgb, cam = preprocess(path, size, channels, zeros, ones)
+    out = {'predict': (predict * 255).round().permute(1, 2, 0), 'cam': (cam[0] * 255).round().permute(1, 2, 0)}
+    if channels == 3:
+        out['loader'] = torch.from_numpy(np.asarray(open_rgb(path)).copy())
+        out['cam overlay'] = torch.from_numpy(rgb * 255).round()
+    return {k: (v[..., 0] if channels == 1 else v).to(torch.int64).tolist() for k, v in out.items()}
+
+
+def test_16bit_float_and_palette_images_read_as_their_values_mean(tmp_path):
+    """16-bit, 32-bit integer, float and palette files give the same 8-bit pixels in the loaders, predict and cam
+    (Pillow's own convert('RGB') clips I;16 to white and turns float 0..1 black)."""
+    from PIL import Image
+
+    grey16 = tmp_path / 'grey16.png'
+    Image.fromarray(np.array([[0, 257, 32896, 65535]], dtype=np.uint16)).save(grey16)
+    int32 = tmp_path / 'int32.tiff'
+    Image.fromarray(np.array([[0, 1000, 40000, 65535]], dtype=np.int32)).save(int32)
+    int32_8bit = tmp_path / 'int32_8bit.tiff'  # 8-bit values stored as 32-bit: kept
+    Image.fromarray(np.array([[0, 7, 100, 255]], dtype=np.int32)).save(int32_8bit)
+    float01 = tmp_path / 'float01.tiff'
+    Image.fromarray(np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32)).save(float01)
+    float255 = tmp_path / 'float255.tiff'
+    Image.fromarray(np.array([[0.0, 7.4, 100.6, 255.0]], dtype=np.float32)).save(float255)
+    palette = Image.new('P', (4, 1))
+    palette.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.putpixel((3, 0), 1)
+    palette.save(tmp_path / 'palette.png')
+    palette.info['transparency'] = 0  # index 0 transparent: composited over white
+    palette.save(tmp_path / 'palette_alpha.png')
+    assert [Image.open(tmp_path / n).mode for n in ('grey16.png', 'int32.tiff', 'float01.tiff', 'palette.png')] == [
+        'I;16', 'I', 'F', 'P']
+
+    grey = {grey16: [0, 1, 128, 255], int32: [0, 4, 156, 255], int32_8bit: [0, 7, 100, 255],
+            float01: [0, 64, 128, 255], float255: [0, 7, 101, 255]}
+    for path, want in grey.items():
+        for c in (1, 3):
+            for reader, got in _read_everywhere(path, c).items():
+                assert got == [[v if c == 1 else [v] * 3 for v in want]], (path.name, c, reader)
+    dark, light = [10, 20, 30], [200, 100, 50]
+    luma = [round((r * 299 + g * 587 + b * 114) / 1000) for r, g, b in (dark, light)]  # ITU-R 601-2, Pillow's L
+    for name, first in (('palette.png', dark), ('palette_alpha.png', [255, 255, 255])):
+        first_luma = 255 if first[0] == 255 else luma[0]
+        for reader, got in _read_everywhere(tmp_path / name, 3).items():
+            assert got == [[first, light, first, light]], (name, reader)
+        for reader, got in _read_everywhere(tmp_path / name, 1).items():
+            assert got == [[first_luma, luma[1], first_luma, luma[1]]], (name, reader)
+
+
+@pytest.mark.parametrize(('values', 'problem', 'fix'), [
+    (np.array([[-1.0, 0.5, 2.0]], dtype=np.float32), r'float image holds pixel values in \[-1, 2\], neither 0\.\.1 '
+                                                    r'nor 0\.\.255', r'rescale it to 0\.\.1'),
+    (np.array([[0.0, np.nan, 1.0]], dtype=np.float32), 'float image holds NaN or infinite pixel values',
+     'save it as an 8-bit or 16-bit image'),
+    (np.array([[0, 70000]], dtype=np.int32), r'32-bit integer image holds pixel values in \[0, 70000\], beyond 16 '
+                                             r'bits', r'rescale it to 0\.\.65535'),
+])
+def test_images_without_an_8bit_meaning_are_refused_in_one_line(tmp_path, values, problem, fix):
+    import re
+
+    from PIL import Image
+
+    from plugattn.analysis import AnalysisError
+    from plugattn.analysis.gradcam import preprocess
+    from plugattn.data.images import open_rgb, preflight_imagefolder
+    from plugattn.engine import EngineError
+    from plugattn.engine.inference import Preprocessing
+
+    path = tmp_path / 'train' / 'a' / 'x.tiff'
+    path.parent.mkdir(parents=True)
+    Image.fromarray(values).save(path)
+    (tmp_path / 'val').symlink_to(tmp_path / 'train')
+    where = re.escape(str(path))
+    with pytest.raises(DataError, match=rf'^image {where}: {problem}; {fix}'):
+        open_rgb(path)
+    with pytest.raises(DataError, match=rf'has 2 unreadable images: {where} \({problem}\), '):
+        preflight_imagefolder(tmp_path, cache=False)
+    prepare = Preprocessing((3, 1, values.shape[1]), (0.5,) * 3, (0.5,) * 3)
+    for error, read in ((EngineError, lambda: prepare.load(path)),
+                        (AnalysisError, lambda: preprocess(path, (8, 8), 3))):
+        with pytest.raises(error, match=rf'^cannot read image {where} \({problem}\); {fix}'):
+            read()

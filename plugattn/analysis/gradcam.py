@@ -179,23 +179,21 @@ def preprocess(
         ``(rgb, x)``: the original-size image as float RGB in [0, 1] ``(H0, W0, 3)`` for the overlay, and the
         normalised model input ``(1, in_chans, H, W)``.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    if isinstance(image, (str, Path)):
-        try:
-            img = Image.open(image)
-            img.load()
-        except (OSError, UnidentifiedImageError) as e:
-            raise AnalysisError(f'cannot read image {image} ({type(e).__name__})',
-                                'pass a PNG/JPEG/... file PIL can open') from None
-    elif isinstance(image, np.ndarray):
-        img = Image.fromarray(image)
-    else:
-        img = image
+    from ..data import DataError
+    from ..data.images import read_image, to_mode
+
     if in_chans not in (1, 3):
         raise AnalysisError(f'cam supports 1- and 3-channel models, got {in_chans} input channels')
     mode = 'L' if in_chans == 1 else 'RGB'
-    src = img.convert(mode)
+    try:  # 16-bit, float and palette images as the loaders and predict read them, with predict's messages
+        if isinstance(image, (str, Path)):
+            src = read_image(image, mode)
+        else:
+            src = to_mode(Image.fromarray(image) if isinstance(image, np.ndarray) else image, mode)
+    except DataError as e:
+        raise AnalysisError(e.problem, e.fix) from None
     rgb = np.asarray(src.convert('RGB'), dtype=np.float32) / 255.0
     resized = src.resize((size[1], size[0]), Image.BILINEAR)
     arr = np.asarray(resized, dtype=np.float32) / 255.0

@@ -50,6 +50,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import PlugattnError
 from ..layers import attn_level, list_attn
 from ._core import (
     _LOADERS,
@@ -117,7 +118,7 @@ def attach(
             not take, or a model that already has attention.
     """
     if attn_level(attn) is None:
-        raise ValueError(f'attn must name an attention module, one of {", ".join(list_attn())}')
+        raise PlugattnError(f'attn must name an attention module, one of {", ".join(list_attn())}')
     if _is_plugattn(model):
         from ._plugattn import attach_plugattn
 

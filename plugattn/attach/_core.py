@@ -617,7 +617,7 @@ def find_family(model: nn.Module) -> Family:
         if fam.matches(model):
             return fam
     names = ', '.join(sorted({f.name for f in families()}))
-    raise ValueError(
+    raise PlugattnError(
         f'plugattn.attach does not know {type(model).__module__}.{type(model).__name__}: supported families are '
         f'{names}; describe a new one with plugattn.attach.register_family(Family(...)) (see its docstring)'
     )
@@ -645,7 +645,7 @@ def _select(stages: Sequence[int] | None, num: int, names: list[str]) -> set[str
         return set(names)
     bad = [s for s in stages if not -num <= s < num]
     if bad:
-        raise ValueError(f'stages {bad} out of range: the model has {num} stages (0..{num - 1})')
+        raise PlugattnError(f'stages {bad} out of range: the model has {num} stages (0..{num - 1})')
     return {names[s % num] for s in stages}
 
 
@@ -662,15 +662,15 @@ def attach_module(
     fam = find_family(model)
     level = attn_level(attn)
     if level is None:
-        raise ValueError(f'attention {attn!r} is empty; choose one of {", ".join(list_attn())}')
+        raise PlugattnError(f'attention {attn!r} is empty; choose one of {", ".join(list_attn())}')
     if level not in fam.levels:
         ok = [a for a in list_attn() if attn_level(a) in fam.levels]
-        raise ValueError(f'{fam.name} takes no {level}-level attention ({attn}); it takes {", ".join(ok)}')
+        raise PlugattnError(f'{fam.name} takes no {level}-level attention ({attn}); it takes {", ".join(ok)}')
     if any(k in m.__dict__ for m in model.modules() for k in ('_plugattn_tap',)) or \
             '_plugattn_attn_names' in model.__dict__:
-        raise ValueError('this model already has attention attached; attach to a fresh copy of the original model')
+        raise PlugattnError('this model already has attention attached; attach to a fresh copy of the original model')
     if level == 'stage' and fam.stages is None:
-        raise ValueError(f'{fam.name} has no stages for stage-level attention ({attn})')
+        raise PlugattnError(f'{fam.name} has no stages for stage-level attention ({attn})')
     options = {'keep_se': False, **options, '_attn': attn}
     if warm_start:
         options['keep_se'] = True  # removing the native SE would change the function
@@ -681,7 +681,7 @@ def attach_module(
     per_stage = _per_stage_kwargs(attn_kwargs, len(stage_names))
     chosen = _select(stages, len(stage_names), stage_names) if stage_names else None
     if stages is not None and not stage_names:
-        raise ValueError(f'{fam.name} has no stages to select from; drop stages=')
+        raise PlugattnError(f'{fam.name} has no stages to select from; drop stages=')
     attn_names: list[str] = []
     plans = []
     for qname, block, sname, index, length in _blocks_of(fam, model):
@@ -694,7 +694,7 @@ def attach_module(
                   **(per_stage[stage_names.index(sname)] if sname in stage_names else per_stage[0])}
         plans.append((qname, block, sname, index, length, plan, kwargs))
     if not plans:
-        raise ValueError(f'no block of this {fam.name} model takes {attn}')
+        raise PlugattnError(f'no block of this {fam.name} model takes {attn}')
     ref = next(model.parameters())
     dd = {'device': ref.device}
     units: dict[str, nn.Module] = {}
@@ -747,7 +747,7 @@ def _per_stage_kwargs(attn_kwargs: Any, num: int) -> list[dict[str, Any]]:
         return [dict(attn_kwargs) for _ in range(max(num, 1))]
     per = list(attn_kwargs)
     if len(per) != num or not all(isinstance(d, dict) for d in per):
-        raise ValueError(f'attn_kwargs must be a dict or a list of {num} dicts (one per stage), got {attn_kwargs!r}')
+        raise PlugattnError(f'attn_kwargs must be a dict or a list of {num} dicts (one per stage), got {attn_kwargs!r}')
     return [dict(d) for d in per]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import PlugattnError
 from ..layers import attn_level, create_attn, list_attn
 from ._core import _per_stage_kwargs, _select, make_warm
 
@@ -35,12 +36,12 @@ def _defaults(model: nn.Module, attn: str) -> dict[str, Any]:
 def _check(model: nn.Module) -> None:
     resnet, _, _ = _resnet_types()
     if not isinstance(model, resnet):
-        raise ValueError(
+        raise PlugattnError(
             f'plugattn.attach takes plugattn ResNets; build a {type(model).__name__} with attention directly: '
             "plugattn.create_model(NAME, attn='...')"
         )
     if model.attention_modules():
-        raise ValueError('this plugattn model already has attention; attach to the plain backbone')
+        raise PlugattnError('this plugattn model already has attention; attach to the plain backbone')
 
 
 def _widths(block: nn.Module) -> tuple[int, tuple[int, ...]]:
@@ -64,7 +65,7 @@ def attach_plugattn(
 
     _check(model)
     if options:
-        raise ValueError(f'plugattn ResNets take no attach options {sorted(options)}')
+        raise PlugattnError(f'plugattn ResNets take no attach options {sorted(options)}')
     level = attn_level(attn)
     names = list(model.stage_names)
     chosen = _select(stages, len(names), names)

@@ -10,13 +10,16 @@ these names here and plugattn's own names to :mod:`plugattn.models`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import PlugattnError, PlugattnTypeError, check_out_indices
 
 __all__ = ['ATTACH_OPTIONS', 'FOREIGN_PREFIXES', 'create_foreign_model', 'load_weights', 'read_state_dict']
 
@@ -24,23 +27,72 @@ FOREIGN_PREFIXES = ('tv:', 'timm:')
 ATTACH_OPTIONS = ('attn_kwargs', 'stages', 'keep_se', 'attn_position')  # create_model kwargs for attach
 
 
-def _offline_error(name: str, reason: str) -> ValueError:
-    return ValueError(
+def _offline_error(name: str, reason: str) -> PlugattnError:
+    return PlugattnError(
         f'cannot download the pretrained weights of {name} ({reason}); download the weights file where you are '
         f'online and pass it: plugattn train --model {name} --init-checkpoint FILE, or build with '
         f'pretrained=False and model.load_state_dict(torch.load(FILE, weights_only=True))'
     )
 
 
+def _cause(err: BaseException, limit: int = 100) -> str:
+    """The cause of a failed download in a few words: the socket error's text, else the first sentence of the
+    message, shortened at a word boundary (never cut mid-word)."""
+    reason = getattr(err, 'reason', None)  # urllib's URLError wraps the socket error
+    if isinstance(reason, BaseException):
+        err = reason
+    elif isinstance(reason, str) and reason:
+        return reason
+    if type(err).__name__ in ('LocalEntryNotFoundError', 'OfflineModeIsEnabled'):  # huggingface_hub, offline
+        return 'not in the Hugging Face cache and the Hub cannot be reached'
+    text = err.strerror if isinstance(err, OSError) and err.strerror else ' '.join(str(err).split())
+    text = text.split('. ')[0].rstrip('.') or type(err).__name__
+    if len(text) > limit:
+        text = text[:limit].rsplit(' ', 1)[0].rstrip(',;:') + ' ...'
+    return text
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why timm's weights host, the Hugging Face Hub, cannot be reached, or None when it can.
+
+    One TCP connection to ``HF_ENDPOINT`` (or to the proxy the environment names for it), so that an offline
+    machine fails in at most ``timeout`` seconds instead of in huggingface_hub's retries (about 45 s).
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # timm then downloads from its release URLs, which fail at once offline
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return 'HF_HUB_OFFLINE is set'
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host = url.hostname or 'huggingface.co'
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        url = urllib.parse.urlsplit(proxy if '://' in proxy else f'http://{proxy}')
+        host = url.hostname or host
+    port = url.port or (443 if url.scheme == 'https' else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f'no connection to {host}:{port}: {_cause(e)}'
+
+
 def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     for n, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             return n, m
-    raise ValueError(f'{type(model).__name__} has no Conv2d to adapt to other input channels')
+    raise PlugattnError(f'{type(model).__name__} has no Conv2d to adapt to other input channels')
 
 
 def _adapt_in_chans(model: nn.Module, in_chans: int) -> None:
     """Replace the first conv for ``in_chans`` input channels (RGB weights summed for 1 channel, as timm does)."""
+    if in_chans < 1:
+        raise PlugattnError(f'in_chans must be >= 1, got {in_chans}')
     name, conv = _first_conv(model)
     if conv.in_channels == in_chans:
         return
@@ -62,7 +114,7 @@ def _reset_classifier(model: nn.Module, num_classes: int) -> None:
     """Replace the last Linear (torchvision's classifier in every supported family) for ``num_classes``."""
     last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not last:
-        raise ValueError(f'{type(model).__name__} has no Linear classifier to resize')
+        raise PlugattnError(f'{type(model).__name__} has no Linear classifier to resize')
     name, fc = last[-1]
     if fc.out_features != num_classes:
         model.set_submodule(name, nn.Linear(fc.in_features, num_classes, bias=fc.bias is not None))
@@ -73,23 +125,31 @@ def _torchvision(name: str, pretrained: bool, num_classes: int | None, in_chans:
     try:
         import torchvision
     except ImportError:
-        raise ValueError(f'{name} needs torchvision: pip install torchvision') from None
+        raise PlugattnError(f'{name} needs torchvision: pip install torchvision') from None
     arch = name[3:]
     if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f'unknown torchvision classification model {arch!r}: see torchvision.models.list_models()')
-    if pretrained:
-        try:
-            model = torchvision.models.get_model(arch, weights='DEFAULT', **kwargs)
-        except OSError as e:  # URLError, socket errors: offline
-            raise _offline_error(name, ' '.join(str(e).split())[:80] or type(e).__name__) from None
-        if num_classes is not None:
-            _reset_classifier(model, num_classes)
-    else:
-        model = torchvision.models.get_model(arch, weights=None, **({'num_classes': num_classes} if num_classes
-                                                                     else {}), **kwargs)
+        raise PlugattnError(f'unknown torchvision classification model {arch!r}: see '
+                            'torchvision.models.list_models()')
+    kwargs = dict(kwargs)  # features_only / out_indices: timm's keywords, here the FX extractor's
+    features_only, out_indices = kwargs.pop('features_only', False), kwargs.pop('out_indices', None)
+    try:
+        if pretrained:
+            try:
+                model = torchvision.models.get_model(arch, weights='DEFAULT', **kwargs)
+            except OSError as e:  # URLError, socket errors: offline
+                raise _offline_error(name, _cause(e)) from None
+            if num_classes is not None:
+                _reset_classifier(model, num_classes)
+        else:
+            model = torchvision.models.get_model(arch, weights=None, **({'num_classes': num_classes} if num_classes
+                                                                         else {}), **kwargs)
+    except TypeError as e:
+        if 'unexpected keyword argument' not in str(e):
+            raise
+        raise PlugattnTypeError(f'{name}: {e}; see the torchvision builder of {arch} for its options') from None
     if in_chans is not None:
         _adapt_in_chans(model, in_chans)
-    return model
+    return torchvision_features(model, name, out_indices) if features_only else model
 
 
 def _timm(name: str, pretrained: bool, num_classes: int | None, in_chans: int | None,
@@ -97,17 +157,48 @@ def _timm(name: str, pretrained: bool, num_classes: int | None, in_chans: int | 
     try:
         import timm
     except ImportError:
-        raise ValueError(f'{name} needs timm: pip install timm') from None
+        raise PlugattnError(f'{name} needs timm: pip install timm') from None
     arch = name[5:]
     if not timm.is_model(arch):
-        raise ValueError(f'unknown timm model {arch!r}: see timm.list_models()')
+        raise PlugattnError(f'unknown timm model {arch!r}: see timm.list_models()')
+    if in_chans is not None and in_chans < 1:
+        raise PlugattnError(f'in_chans must be >= 1, got {in_chans}')
     extra = {k: v for k, v in (('num_classes', num_classes), ('in_chans', in_chans)) if v is not None}
+    if kwargs.get('features_only') and kwargs.get('out_indices') is not None:
+        plain = {k: v for k, v in kwargs.items() if not k.startswith(('feature', 'out_indices', 'flatten_seq'))}
+        with torch.device('meta'):  # the levels timm numbers out_indices over
+            levels = len(timm.create_model(arch, **extra, **plain).feature_info)
+        kwargs = {**kwargs, 'out_indices': check_out_indices(kwargs['out_indices'], levels, name)}
+    # weights from a file of the user's (pretrained_cfg_overlay=dict(file=...)) need no network
+    unreachable = _hub_unreachable() if pretrained and 'pretrained_cfg_overlay' not in kwargs else None
     try:
-        return timm.create_model(arch, pretrained=pretrained, **extra, **kwargs)
+        # offline, huggingface_hub's offline mode still loads cached weights and fails at once on others
+        with _hf_offline(unreachable is not None):
+            return timm.create_model(arch, pretrained=pretrained, **extra, **kwargs)
+    except TypeError as e:
+        if 'unexpected keyword argument' not in str(e):
+            raise
+        raise PlugattnTypeError(f'{name}: {e}; see the timm model of {arch} for its options') from None
     except (OSError, RuntimeError) as e:
         if not pretrained:
             raise
-        raise _offline_error(name, ' '.join(str(e).split())[:80] or type(e).__name__) from None
+        raise _offline_error(name, unreachable or _cause(e)) from None
+
+
+@contextlib.contextmanager
+def _hf_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode (``HF_HUB_OFFLINE``) for the duration, when ``offline``."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def create_foreign_model(
@@ -198,11 +289,12 @@ def timm_features(model: nn.Module, arch: str, out_indices: Sequence[int] | None
     from timm.models._features import FeatureGetterNet
 
     if not hasattr(model, 'forward_intermediates'):
-        raise ValueError(f'features_only with attention needs forward_intermediates, which timm {arch} lacks; '
-                         'attach to the classifier model instead')
+        raise PlugattnError(f'features_only with attention needs forward_intermediates, which timm {arch} lacks; '
+                            'attach to the classifier model instead')
     with torch.device('meta'):  # timm's own extractor, only for its default levels and layout
         ref = timm.create_model(arch, features_only=True, **kwargs)
-    indices = tuple(out_indices) if out_indices is not None else tuple(ref.feature_info.out_indices)
+    indices = (tuple(ref.feature_info.out_indices) if out_indices is None
+               else check_out_indices(out_indices, len(model.feature_info), f'timm:{arch}'))
     model.reset_classifier(0)
     # prune=False: pruning re-slices the block containers, which would drop a shared DIA unit
     return FeatureGetterNet(model, out_indices=indices, prune=False)
@@ -241,14 +333,14 @@ def torchvision_features(model: nn.Module, name: str, out_indices: Sequence[int]
     from ._core import model_stages
 
     if isinstance(model, VisionTransformer):
-        raise ValueError(f'features_only is not supported for {name}: a ViT has one resolution of tokens, no '
-                         'feature maps; use forward hooks on model.encoder.layers')
+        raise PlugattnError(f'features_only is not supported for {name}: a ViT has one resolution of tokens, no '
+                            'feature maps; use forward hooks on model.encoder.layers')
     candidates = [n for n, _ in model_stages(model) or []]
     features = getattr(model, 'features', None)
     if not candidates and isinstance(features, nn.Sequential):
         candidates = [f'features.{i}' for i in range(len(features))]
     if not candidates:
-        raise ValueError(f'features_only is not supported for {name}: no stages or features to take maps from')
+        raise PlugattnError(f'features_only is not supported for {name}: no stages or features to take maps from')
     nhwc = isinstance(model, SwinTransformer)
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = [model.get_submodule(n).register_forward_hook(
@@ -267,10 +359,7 @@ def torchvision_features(model: nn.Module, name: str, out_indices: Sequence[int]
         size, chs = (shape[1], shape[3]) if nhwc else (shape[2], shape[1])
         levels[size] = (n, chs)
     info = [{'module': n, 'num_chs': c, 'reduction': 64 // size} for size, (n, c) in levels.items()]
-    indices = list(range(len(info))) if out_indices is None else list(out_indices)
-    if not all(-len(info) <= i < len(info) for i in indices):
-        raise ValueError(f'out_indices {tuple(indices)} of {name}: it has {len(info)} feature levels '
-                         f'(0-{len(info) - 1})')
+    indices = check_out_indices(out_indices, len(info), name)
     info = [info[i] for i in indices]
     nodes = [d['module'] for d in info]
     graph = create_feature_extractor(model, return_nodes={n: n for n in nodes})
@@ -328,19 +417,19 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor] | str | os.
                 skipped.append(k)
                 del state[k]
             else:
-                raise ValueError(f'weights do not fit the model: {k} has shape {tuple(w.shape)}, the model '
-                                 f'{tuple(own[k].shape)}; use weights of the same architecture')
+                raise PlugattnError(f'weights do not fit the model: {k} has shape {tuple(w.shape)}, the model '
+                                    f'{tuple(own[k].shape)}; use weights of the same architecture')
     missing = [k for k in own if k not in state and k not in skipped]
     unexpected = [k for k in state if k not in own]
     bad = [k for k in missing if not k.startswith(attn_prefixes)]
     if bad:
-        raise ValueError(f'weights lack {len(bad)} non-attention keys of the model (e.g. {bad[0]}); use weights of '
-                         'the same architecture')
+        raise PlugattnError(f'weights lack {len(bad)} non-attention keys of the model (e.g. {bad[0]}); use weights of '
+                            'the same architecture')
     replaced = _replaced_prefixes(model)
     bad = [k for k in unexpected if not k.startswith(replaced)]
     if bad:
-        raise ValueError(f'weights have {len(bad)} keys the model lacks (e.g. {bad[0]}); use weights of the same '
-                         'architecture')
+        raise PlugattnError(f'weights have {len(bad)} keys the model lacks (e.g. {bad[0]}); use weights of the same '
+                            'architecture')
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return {'missing': missing, 'unexpected': unexpected, 'skipped': skipped}
 

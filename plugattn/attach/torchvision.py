@@ -32,6 +32,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import PlugattnError
 from ._core import BlockPlan, Family, Tap, nhwc_to_nchw, register_family, token_cam
 
 __all__ = ['register']
@@ -42,7 +43,7 @@ def _width(m: nn.Module) -> int:
         for attr in ('num_features', 'out_channels', 'out_features'):
             if hasattr(sub, attr):
                 return int(getattr(sub, attr))
-    raise ValueError(f'cannot tell the width of {type(m).__name__}')
+    raise PlugattnError(f'cannot tell the width of {type(m).__name__}')
 
 
 def _children(container: nn.Module, types: tuple[type, ...]) -> bool:
@@ -233,7 +234,7 @@ def mobilenetv2_plan(block: nn.Module, level: str, opts: dict[str, Any]) -> Bloc
     if position is None:
         position = 'output' if is_eca else 'hidden'
     if position not in ('hidden', 'output'):
-        raise ValueError(f"attn_position must be 'hidden' or 'output', got {position!r}")
+        raise PlugattnError(f"attn_position must be 'hidden' or 'output', got {position!r}")
     hidden = _width(block.conv[1] if expand else block.conv[0])
     if position == 'hidden':
         if not expand:

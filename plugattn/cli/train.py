@@ -175,6 +175,20 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return out
 
 
+def _check_paths(cfg: dict[str, Any]) -> None:
+    """The files and folders a config names exist, in the words training uses when it reaches them."""
+    from pathlib import Path
+
+    from ..data.info import canonical_name, scan_imagefolder
+    from ..engine.errors import EngineError
+
+    init = cfg['model'].get('init_checkpoint')
+    if init and not Path(init).expanduser().exists():
+        raise EngineError(f'weights file {init} does not exist', 'pass a .safetensors/.pth state_dict file')
+    if canonical_name(cfg['data']['name']) == 'imagefolder':
+        scan_imagefolder(cfg['data'].get('data_dir'))  # the root, train/ and val/ with class folders
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn train``."""
     from ..engine import dump_config, format_summary, load_resume_config, resolve_config, train
@@ -193,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         raise EngineError('--reschedule only applies to --resume', 'drop --reschedule')
     if args.print_config:
         check_config(cfg)  # unknown names or wrongly typed model kwargs fail here as they would in training
+        _check_paths(cfg)
         sys.stdout.write(dump_config(cfg))
         return 0
     if hasattr(signal, 'SIGXFSZ'):

@@ -9,12 +9,17 @@ remembered (by the names, sizes and modification times of their files) and are n
 Conversions (``to_rgb``):
 
 * 16-bit greyscale (``I;16*``, and 32-bit ``I`` whose values exceed 255, read as 16-bit): scaled to 0..255 by
-  ``round(v / 257)``, so 65535 becomes 255 instead of everything above 255 being clipped;
-  32-bit float (``F``): values in [0, 1] are scaled by 255, others clipped to [0, 255];
+  ``round(v / 257)``, so 65535 becomes 255 instead of everything above 255 being clipped; 32-bit values below 0 or
+  above 65535 are refused (no scale is implied);
+  32-bit float (``F``): values in [0, 1] are scaled by 255, values in [0, 255] kept; negative, larger or non-finite
+  values are refused (a clear :class:`DataError`, not a silently clipped image);
 * palette (``P``) and palette with transparency: expanded through the palette;
 * alpha (``RGBA``, ``LA``, ``PA``, a palette or greyscale image with a transparent colour): composited over
   white, so transparent pixels do not take the arbitrary colour stored under them;
 * CMYK, YCbCr, LAB, HSV, 1-bit and 8-bit greyscale: Pillow's conversion to RGB (greyscale replicated).
+
+:func:`to_mode` gives the same values as 8-bit greyscale (``L``) for 1-channel models: greyscale images stay grey,
+others go through :func:`to_rgb` and Pillow's luma conversion.
 """
 
 from __future__ import annotations
@@ -37,10 +42,40 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["PreflightResult", "open_rgb", "preflight_imagefolder", "to_rgb"]
+__all__ = ["PreflightResult", "open_rgb", "preflight_imagefolder", "read_image", "to_mode", "to_rgb"]
 
 _BACKGROUND = (255, 255, 255)
 _PREFLIGHT_VERSION = 1
+
+
+def _grey8(img: Any) -> Any:
+    """The 8-bit greyscale (``L``) image of a 16-bit, 32-bit integer or float one (see the module docstring)."""
+    from PIL import Image
+
+    mode = img.mode
+    arr = np.asarray(img, dtype=np.float64)
+    low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if mode == "F":
+        if not np.isfinite(arr).all():
+            raise DataError("float image holds NaN or infinite pixel values",
+                            "save it as an 8-bit or 16-bit image with values that mean brightness")
+        if low < 0 or high > 255:
+            raise DataError(f"float image holds pixel values in [{low:g}, {high:g}], neither 0..1 nor 0..255",
+                            "rescale it to 0..1 (or save it as an 8-bit or 16-bit image)")
+        if high <= 1.0:
+            arr = arr * 255.0
+    else:
+        if low < 0 or high > 65535:
+            raise DataError(f"32-bit integer image holds pixel values in [{low:g}, {high:g}], beyond 16 bits",
+                            "rescale it to 0..65535 (or save it as an 8-bit or 16-bit image)")
+        # mode I also holds 8-bit data converted by other tools; only a range beyond 8 bits is rescaled
+        if mode != "I" or high > 255:
+            arr = arr / 257.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+
+
+def _high_depth(mode: str) -> bool:
+    return mode.startswith("I;16") or mode in ("I", "F")
 
 
 def to_rgb(img: Any) -> Any:
@@ -51,31 +86,47 @@ def to_rgb(img: Any) -> Any:
 
     Returns:
         A ``PIL.Image.Image`` in mode ``RGB``.
+
+    Raises:
+        DataError: A 32-bit or float image whose values have no 8-bit meaning (negative, beyond 16 bits, NaN).
     """
     from PIL import Image
 
     mode = img.mode
     if mode == "RGB":
         return img.copy()
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img, dtype=np.float64)
-        # mode I also holds 8-bit data converted by other tools; only a range beyond 8 bits is rescaled
-        if mode != "I" or (arr.size and arr.max() > 255):
-            arr = arr / 257.0
-        grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-        return grey.convert("RGB")
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        if arr.size and np.nanmax(arr) <= 1.0:
-            arr = arr * 255.0
-        arr = np.nan_to_num(arr, nan=0.0)
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if _high_depth(mode):
+        return _grey8(img).convert("RGB")
     has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
     if has_alpha:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def to_mode(img: Any, mode: str) -> Any:
+    """An 8-bit ``RGB`` or ``L`` (greyscale) copy of a Pillow image of any mode, with :func:`to_rgb`'s conversions.
+
+    Args:
+        img: A loaded ``PIL.Image.Image``.
+        mode: ``'RGB'`` or ``'L'``.
+
+    Returns:
+        A ``PIL.Image.Image`` in ``mode``.
+
+    Raises:
+        DataError: As :func:`to_rgb`.
+    """
+    if mode == "RGB":
+        return to_rgb(img)
+    if mode != "L":
+        raise ValueError(f"to_mode converts to 'RGB' or 'L', not {mode!r}")
+    if img.mode == "L" and "transparency" not in img.info:
+        return img.copy()
+    if _high_depth(img.mode):
+        return _grey8(img)
+    return to_rgb(img).convert("L")
 
 
 def _bomb_text(exc: BaseException) -> str:
@@ -109,6 +160,8 @@ def _reason(exc: BaseException) -> str:
         return _bomb_text(exc)
     if isinstance(exc, UnidentifiedImageError):
         return "not an image file Pillow can read"
+    if isinstance(exc, DataError):
+        return exc.problem
     text = " ".join(str(exc).split())[:100]
     return f"cannot be decoded ({type(exc).__name__}: {text})" if text else f"cannot be decoded ({type(exc).__name__})"
 
@@ -132,10 +185,43 @@ def open_rgb(path: str | Path) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return _decode(path)
+    except DataError as exc:  # pixel values with no 8-bit meaning
+        raise DataError(f"image {path}: {exc.problem}", exc.fix) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb(path, exc) from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for broken files
         raise DataError(f"image {path}: {_reason(exc)}; remove or replace the file") from None
+
+
+def read_image(path: str | Path, mode: str = "RGB") -> Any:
+    """Open and decode one image file given by the user (``predict``, ``cam``) as 8-bit ``mode``, as the loaders do.
+
+    Args:
+        path: The file.
+        mode: ``'RGB'`` or ``'L'`` (see :func:`to_mode`).
+
+    Returns:
+        The ``PIL.Image.Image`` in ``mode``.
+
+    Raises:
+        DataError: One wording for every command, ``'cannot read image PATH (<why>); <fix>'``: ``(no such file);
+            check the path``, ``(a folder)``, not an image, corrupt, or pixel values with no 8-bit meaning.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_mode(im, mode)
+    except FileNotFoundError:
+        raise DataError(f"cannot read image {path} (no such file)", "check the path") from None
+    except IsADirectoryError:
+        raise DataError(f"cannot read image {path} (a folder)", "pass image files") from None
+    except DataError as exc:
+        raise DataError(f"cannot read image {path} ({exc.problem})", exc.fix) from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for broken files
+        raise DataError(f"cannot read image {path} ({_reason(exc)})",
+                        "pass image files PIL can open (PNG, JPEG, ...)") from None
 
 
 # --------------------------------------------------------------------------------------------- preflight

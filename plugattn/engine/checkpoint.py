@@ -22,8 +22,8 @@ import hashlib
 import json
 import os
 import random
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -146,6 +146,22 @@ class _WriteRecorder:
         return getattr(self._f, name)
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """Create and open ``.NAME.<random>.tmp`` next to ``path`` with the mode ``open()`` gives (0o666 less the umask).
+
+    ``tempfile.mkstemp`` would give 0o600, which the rename would carry to the run files: they would then be
+    private while ``tb/`` and every other file the user writes follow the umask.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0)
+    for _ in range(100):
+        tmp = path.parent / f'.{path.name}.{secrets.token_hex(4)}.tmp'
+        try:
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, 'no free temporary file name', str(path.parent))
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], size_hint: int | None = None) -> None:
     """Write a file atomically: temp file in the same folder, flush + fsync, ``os.replace``, fsync the folder.
 
@@ -163,7 +179,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], size_hint
     if size_hint is not None:
         check_free_space(path, size_hint)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+        fd, tmp = _create_temp(path)
     except OSError as e:
         if e.errno in _DISK_ERRORS:
             raise _disk_error(path, _DISK_ERRORS[e.errno]) from None

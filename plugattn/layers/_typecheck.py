@@ -16,6 +16,8 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import PlugattnTypeError
+
 __all__ = ['check_arguments', 'checked_init']
 
 _SIMPLE = (int, float, bool, str, type(None))
@@ -96,7 +98,7 @@ def _signature(fn: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, Any
 
 
 def check_arguments(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], owner: str) -> None:
-    """Raise a TypeError naming the first argument whose value does not fit ``fn``'s annotation.
+    """Raise a PlugattnTypeError naming the first argument whose value does not fit ``fn``'s annotation.
 
     Args:
         fn: The function or ``__init__`` (unbound; ``args`` then starts with ``self``).
@@ -105,7 +107,8 @@ def check_arguments(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
         owner: Shown in the message, e.g. the class name.
 
     Raises:
-        TypeError: ``'<owner>: <name> must be <type>, got <value> (<type>); pass ...'``.
+        PlugattnTypeError: ``'<owner>: <name> must be <type>, got <value> (<type>); pass ...'``, or an unknown
+            keyword / too many positional arguments in Python's wording.
     """
     found = _signature(fn)
     if found is None:
@@ -113,13 +116,13 @@ def check_arguments(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
     sig, hints = found
     try:
         bound = sig.bind_partial(*args, **kwargs)
-    except TypeError:
-        return  # wrong arity: the call itself raises Python's own message
+    except TypeError as e:  # an unknown keyword or too many positional arguments: Python's wording
+        raise PlugattnTypeError(f'{owner}.{fn.__name__}() {e}') from None
     for name, value in bound.arguments.items():
         hint = hints.get(name)
         if hint is not None and not _matches(value, hint):
-            raise TypeError(f'{owner}: {name} must be {_describe(hint)}, got {value!r} '
-                            f'({type(value).__name__}); {_suggest(name, value, hint)}')
+            raise PlugattnTypeError(f'{owner}: {name} must be {_describe(hint)}, got {value!r} '
+                                    f'({type(value).__name__}); {_suggest(name, value, hint)}')
 
 
 def checked_init(cls: type) -> None:

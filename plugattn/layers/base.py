@@ -18,6 +18,7 @@ computes without hooking into its internals.
 import torch
 from torch import Tensor, nn
 
+from ..errors import PlugattnError
 from ._typecheck import checked_init
 from .fused import BNRecompute, gated_residual, mean_hw
 
@@ -35,7 +36,7 @@ def check_train_batch(module: nn.Module, batch_size: int) -> None:
     if not isinstance(batch_size, int):  # a symbolic size (torch.fx tracing): nothing to check
         return
     if module.training and batch_size == 1:
-        raise ValueError(
+        raise PlugattnError(
             f'{type(module).__name__} contains BatchNorm1d over pooled vectors and cannot train at batch size 1: '
             'use a batch size of at least 2 per device in train mode, or call model.eval() for inference.'
         )

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import PlugattnError
 from .base import BlockAttention, as_channel_gate, check_train_batch, pooled
 from .registry import register_attn
 
@@ -51,12 +52,12 @@ def _layer(spec: LayerSpec, table: dict[str, type[nn.Module]], what: str) -> nn.
     """An activation module from a name of ``table`` or a module class (ReLU in place, as the references)."""
     if isinstance(spec, str):
         if spec.lower() not in table:
-            raise ValueError(f'unknown bridge-attention {what} {spec!r}: choose one of {", ".join(table)} or pass '
-                             'a module class')
+            raise PlugattnError(f'unknown bridge-attention {what} {spec!r}: choose one of {", ".join(table)} or pass '
+                                'a module class')
         spec = table[spec.lower()]
     if not (isinstance(spec, type) and issubclass(spec, nn.Module)):
-        raise ValueError(f'bridge-attention {what} must be a name ({", ".join(table)}) or an nn.Module class, '
-                         f'got {spec!r}')
+        raise PlugattnError(f'bridge-attention {what} must be a name ({", ".join(table)}) or an nn.Module class, '
+                            f'got {spec!r}')
     return spec(inplace=True) if spec in (nn.ReLU, nn.ReLU6) else spec()
 
 
@@ -68,7 +69,7 @@ class _BridgeAttention(BlockAttention):
     def __init__(self, channels: int, inner_channels: Sequence[int], reduction: int) -> None:
         super().__init__()
         if not inner_channels:
-            raise ValueError('bridge attention needs the channels of the inner conv outputs (inner_channels)')
+            raise PlugattnError('bridge attention needs the channels of the inner conv outputs (inner_channels)')
         self.channels = channels
         self.inner_channels = tuple(int(c) for c in inner_channels)
         self.hidden = max(1, channels // reduction)
@@ -77,7 +78,7 @@ class _BridgeAttention(BlockAttention):
         """Validate the inputs and return every pooled feature, current one last."""
         if not torch.jit.is_scripting():  # the checks name the class, which TorchScript cannot
             if len(inner) != len(self.inner_channels):
-                raise ValueError(
+                raise PlugattnError(
                     f'{type(self).__name__} was built for {len(self.inner_channels)} inner features '
                     f'{self.inner_channels}, got {len(inner)}'
                 )
@@ -169,7 +170,7 @@ class BridgeAttentionV2(_BridgeAttention):
     ) -> None:
         super().__init__(channels, inner_channels, reduction)
         if selection not in ('linear', 'softmax'):
-            raise ValueError(f"BAv2 selection must be 'linear' or 'softmax', got {selection!r}")
+            raise PlugattnError(f"BAv2 selection must be 'linear' or 'softmax', got {selection!r}")
         dd = {'device': device, 'dtype': dtype}
         m = self.hidden
         n = len(self.inner_channels) + 1

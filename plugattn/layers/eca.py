@@ -15,6 +15,7 @@ import math
 
 from torch import Tensor, nn
 
+from ..errors import PlugattnError
 from .base import GateAttention, as_channel_gate, pooled
 from .registry import register_attn
 
@@ -55,7 +56,7 @@ class EfficientChannelAttention(GateAttention):
         if kernel_size is None:
             kernel_size = eca_kernel_size(channels, gamma, beta)
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f'ECA kernel_size must be a positive odd number, got {kernel_size}')
+            raise PlugattnError(f'ECA kernel_size must be a positive odd number, got {kernel_size}')
         self.channels = channels
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False, device=device, dtype=dtype)

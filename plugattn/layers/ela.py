@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..errors import PlugattnError
 from .base import StripGateAttention
 from .fused import nhwc_gates, strip_means
 from .registry import register_attn
@@ -70,12 +71,12 @@ class EfficientLocalAttention(StripGateAttention):
         super().__init__()
         name = f'ELA-{variant.upper()}'
         if channels % group_channels:
-            raise ValueError(
+            raise PlugattnError(
                 f'{name} needs channels divisible by {group_channels} (conv groups of {group_channels} channels), '
                 f'got {channels}: choose another ELA variant or width'
             )
         if channels % num_groups:
-            raise ValueError(
+            raise PlugattnError(
                 f'{name} needs channels divisible by its {num_groups} GroupNorm groups, got {channels} '
                 f'({channels} % {num_groups} = {channels % num_groups}): choose another ELA variant (e.g. ela_b '
                 'with 16 groups) or a width that is a multiple of the group count'

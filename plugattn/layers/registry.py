@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import PlugattnError, PlugattnTypeError
 from .base import BlockAttention, GateAttention, StageAttention
 
 __all__ = [
@@ -84,7 +85,7 @@ def register_attn(
 
     def decorator(cls: AttnFactory) -> AttnFactory:
         if name in ATTN_REGISTRY:
-            raise ValueError(f'attention {name!r} is already registered; pick another name')
+            raise PlugattnError(f'attention {name!r} is already registered; pick another name')
         factory = functools.partial(cls, **defaults) if defaults else cls
         ATTN_REGISTRY[name] = AttnInfo(name, factory, label or name, color, paper, arxiv.removeprefix('arXiv:'),
                                        repo, dict(defaults or {}))
@@ -104,7 +105,7 @@ def attn_info(name: str) -> AttnInfo:
     if key not in ATTN_REGISTRY:
         close = difflib.get_close_matches(key, ATTN_REGISTRY, n=3, cutoff=0.5)
         hint = f'did you mean {", ".join(close)}?' if close else f'choose one of {", ".join(list_attn())}'
-        raise ValueError(f'unknown attention {name!r}: {hint}')
+        raise PlugattnError(f'unknown attention {name!r}: {hint}')
     return ATTN_REGISTRY[key]
 
 
@@ -116,7 +117,7 @@ def get_attn(spec: AttnSpec) -> AttnFactory | None:
         return attn_info(spec).factory
     if callable(spec):
         return spec
-    raise TypeError(f'attention spec must be a name, a class or a partial, got {type(spec).__name__}')
+    raise PlugattnTypeError(f'attention spec must be a name, a class or a partial, got {type(spec).__name__}')
 
 
 def create_attn(spec: AttnSpec, channels: int, **kwargs: Any) -> nn.Module | None:

@@ -10,6 +10,7 @@ import torch.fx
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import PlugattnError, check_out_indices
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
 from ..layers._typecheck import checked_init
 from ..layers.base import AttnState
@@ -44,7 +45,7 @@ def stage_attn_kwargs(attn_kwargs: dict[str, Any] | list | tuple | None, num_sta
         return [dict(attn_kwargs) for _ in range(num_stages)]
     per_stage = list(attn_kwargs)
     if len(per_stage) != num_stages or not all(isinstance(d, dict) for d in per_stage):
-        raise ValueError(
+        raise PlugattnError(
             f'attn_kwargs must be a dict or a list of {num_stages} dicts (one per stage), got {attn_kwargs!r}'
         )
     return [dict(d) for d in per_stage]
@@ -208,11 +209,11 @@ def check_input(x: Tensor, in_chans: int, model_name: str) -> Tensor:
     if torch.jit.is_tracing():  # shapes are symbolic-by-example while tracing; the check would only warn
         return x
     if x.dim() != 4:
-        raise ValueError(
+        raise PlugattnError(
             f'{model_name} expects a 4-D (batch, channels, height, width) input, got shape {list(x.shape)}'
         )
     if x.shape[1] != in_chans:
-        raise ValueError(
+        raise PlugattnError(
             f'{model_name} was built for {in_chans} input channels, got {x.shape[1]} (input shape '
             f'{list(x.shape)}): build it with in_chans={x.shape[1]} or convert the images'
         )
@@ -235,12 +236,12 @@ def feature_take_indices(num_levels: int, indices: int | Sequence[int] | None = 
         indices = num_levels
     if isinstance(indices, int):
         if not 0 < indices <= num_levels:
-            raise ValueError(f'indices={indices} must select 1..{num_levels} of the {num_levels} feature levels')
+            raise PlugattnError(f'indices={indices} must select 1..{num_levels} of the {num_levels} feature levels')
         take = list(range(num_levels - indices, num_levels))
     else:
         bad = [i for i in indices if not -num_levels <= i < num_levels]
         if bad:
-            raise ValueError(f'indices {bad} out of range for {num_levels} feature levels (0..{num_levels - 1})')
+            raise PlugattnError(f'indices {bad} out of range for {num_levels} feature levels (0..{num_levels - 1})')
         take = [i % num_levels for i in indices]
     return take, max(take)
 
@@ -371,7 +372,7 @@ class AttnNet(nn.Module):
             The features, or ``(final, features)`` where ``final`` equals :meth:`forward_features`.
         """
         if output_fmt not in ('NCHW',):
-            raise ValueError(f"output_fmt must be 'NCHW' for {type(self).__name__}, got {output_fmt!r}")
+            raise PlugattnError(f"output_fmt must be 'NCHW' for {type(self).__name__}, got {output_fmt!r}")
         take, last = feature_take_indices(len(self.stage_names) + 1, indices)
         feat, x = self.forward_stem_feature(self.check_input(x))
         feats = [feat] if 0 in take else []
@@ -418,10 +419,7 @@ class AttnNet(nn.Module):
         """Turn the model into a feature extractor (``features_only=True``): ``forward`` returns the selected
         stem/stage outputs as a list, the classifier is removed and ``feature_info`` lists the selected levels."""
         n = len(self.feature_info)
-        out_indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
-        bad = [i for i in out_indices if not -n <= i < n]
-        if bad:
-            raise ValueError(f'out_indices {bad} out of range for {n} feature levels (0..{n - 1})')
+        out_indices = check_out_indices(out_indices, n, getattr(self, 'model_name', type(self).__name__))
         self.reset_classifier(0)
         self.out_indices = tuple(i % n for i in out_indices)
         self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)
@@ -434,10 +432,10 @@ class AttnNet(nn.Module):
         """Set the head's pooling; ``''`` (unpooled maps from ``forward``) needs ``num_classes == 0``."""
         if global_pool not in self.global_pool_types:
             choices = ', '.join(repr(g) for g in self.global_pool_types)
-            raise ValueError(f'global_pool must be one of {choices}, got {global_pool!r}')
+            raise PlugattnError(f'global_pool must be one of {choices}, got {global_pool!r}')
         num_classes = self.num_classes if num_classes is None else num_classes
         if global_pool == '' and num_classes > 0:
-            raise ValueError(
+            raise PlugattnError(
                 f"global_pool='' gives unpooled features, which a classifier cannot take: use num_classes=0 "
                 f'(got {num_classes}) or global_pool={self.global_pool_types[0]!r}'
             )
@@ -447,7 +445,7 @@ class AttnNet(nn.Module):
         """Replace the classifier with a fresh one for ``num_classes`` (0 removes it); ``global_pool`` ``''``
         (with 0 classes) makes ``forward`` return unpooled features, ``None`` keeps the current pooling."""
         if self.out_indices is not None:
-            raise ValueError('a features_only model has no classifier to reset')
+            raise PlugattnError('a features_only model has no classifier to reset')
         if global_pool is None and num_classes > 0 and self.global_pool == '':
             global_pool = self.global_pool_types[0]
         self.set_global_pool(self.global_pool if global_pool is None else global_pool, num_classes)

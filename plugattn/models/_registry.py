@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import PlugattnError, PlugattnTypeError
 from ..layers import ATTN_REGISTRY, AttnInfo, attn_info, attn_level, create_attn, list_attn
 
 __all__ = [
@@ -286,7 +287,7 @@ def get_model_entry(name: str) -> ModelEntry:
         return _MODELS[name]
     close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.6)
     hint = f'did you mean {", ".join(close)}?' if close else "see plugattn.list_models() or 'plugattn list-models'"
-    raise ValueError(f'unknown model {name!r}: {hint}')
+    raise PlugattnError(f'unknown model {name!r}: {hint}')
 
 
 def _split_attn_name(name: str) -> tuple[str, str] | None:
@@ -332,12 +333,13 @@ def create_model(
         attn, name = split
     entry = get_model_entry(name)
     if attn is not None and entry.attn is not None and attn != entry.attn:
-        raise ValueError(f'{name} already has attention {entry.attn!r}; pass attn={attn!r} to {entry.backbone} instead')
+        raise PlugattnError(f'{name} already has attention {entry.attn!r}',
+                            f'pass attn={attn!r} to {entry.backbone} instead')
     if attn is not None and entry.attn is None:
         variant = f'{attn}_{entry.backbone}'
         entry = _MODELS.get(variant) or ModelEntry(variant, entry.builder, entry.backbone, attn, {}, entry.cfg)
     if pretrained:
-        raise ValueError(
+        raise PlugattnError(
             f'no pretrained weights are published for {entry.name}; train one (plugattn train) or load your own '
             'state_dict with model.load_state_dict(...) / plugattn.load_official(...)'
         )
@@ -347,11 +349,11 @@ def create_model(
     except TypeError as e:
         if 'unexpected keyword argument' not in str(e):
             raise
-        raise ValueError(f'{entry.name}: {e}; see the builder docstring for its options') from None
+        raise PlugattnTypeError(f'{entry.name}: {e}; see the builder docstring for its options') from None
     model.model_name = entry.name
     base = entry.name if entry.name in _MODELS else entry.backbone
     cfg = pretrained_cfg(base, num_classes=model.num_classes, in_chans=model.in_chans)
     model.default_cfg = model.pretrained_cfg = dict(cfg, architecture=entry.name)
     if features_only:
-        model.set_features_only(None if out_indices is None else tuple(out_indices))
+        model.set_features_only(out_indices)  # checked there (a string is not taken as its characters)
     return model

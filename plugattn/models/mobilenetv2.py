@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
+from ..errors import PlugattnError
 from ..layers import EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
 from ..layers.fused import batch_norm_for_gating, gated_conv, gated_residual, hook_safe, use_fused_path
@@ -262,16 +263,16 @@ class MobileNetV2(AttnNet):
     ) -> None:
         super().__init__()
         if num_classes < 0 or in_chans < 1:
-            raise ValueError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
+            raise PlugattnError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
         if attn_level(attn) == 'stage':
-            raise ValueError(
+            raise PlugattnError(
                 'DIA (stage-level attention) is not supported on MobileNetV2: it has no stages of equal-width '
                 'residual blocks to share a unit over; use a ResNet or RegNet-Y backbone'
             )
         if attn_position is None:
             attn_position = 'output' if attn is not None and _is_eca(attn) else 'hidden'
         if attn_position not in ATTN_POSITIONS:
-            raise ValueError(f"attn_position must be 'hidden' or 'output', got {attn_position!r}")
+            raise PlugattnError(f"attn_position must be 'hidden' or 'output', got {attn_position!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.attn_position = attn_position

@@ -25,6 +25,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import PlugattnError
 from ..layers import attn_level, create_attn
 from ..layers.base import pooled
 from ..layers.fused import BNRecompute, batch_norm_for_gating
@@ -239,7 +240,7 @@ class PreActResNet(AttnNet):
         super().__init__()
         self.zero_linear_bias = block is WideBasic if zero_linear_bias is None else bool(zero_linear_bias)
         if num_classes < 0 or in_chans < 1:
-            raise ValueError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
+            raise PlugattnError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.conv1 = nn.Conv2d(in_chans, stem_width, 3, padding=1, bias=False)

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
+from ..errors import PlugattnError
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
@@ -86,7 +87,7 @@ class SRAttention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+            raise PlugattnError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
@@ -289,7 +290,7 @@ class PyramidVisionTransformer(AttnNet):
         super().__init__()
         num_stages = len(depths)
         if not len(embed_dims) == len(num_heads) == len(mlp_ratios) == len(sr_ratios) == num_stages:
-            raise ValueError('embed_dims, num_heads, mlp_ratios, sr_ratios and depths need one entry per stage')
+            raise PlugattnError('embed_dims, num_heads, mlp_ratios, sr_ratios and depths need one entry per stage')
         level = transformer_attn_level(attn)
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -404,7 +405,7 @@ class PyramidVisionTransformer(AttnNet):
         ``norm`` normalises the last stage's); ``final`` is :meth:`forward_features`. See
         :meth:`AttnNet.forward_intermediates` for the arguments."""
         if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise PlugattnError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take, last = feature_take_indices(self.num_stages + 1, indices)
         upto = max(last, 1) if intermediates_only or stop_early else None
         feats, x = self._run(self.check_input(x), upto, norm)

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import PlugattnError
 from ..layers import GateAttention, attn_level, create_attn
 from ..layers.base import pooled
 from ..layers.fused import BNRecompute, batch_norm_for_gating, gated_residual, hook_safe, use_fused_path
@@ -240,7 +241,7 @@ class RegNet(AttnNet):
     ) -> None:
         super().__init__()
         if num_classes < 0 or in_chans < 1:
-            raise ValueError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
+            raise PlugattnError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate

@@ -36,6 +36,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import PlugattnError
 from ..layers import CBAM, attn_level, create_attn, get_attn
 from ..layers.base import pooled
 from ..layers.fused import BNRecompute, batch_norm_for_gating
@@ -114,7 +115,7 @@ class BasicBlock(LeanResidualBlock):
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
-            raise ValueError('BasicBlock supports only groups=1 and base_width=64')
+            raise PlugattnError('BasicBlock supports only groups=1 and base_width=64')
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -280,16 +281,16 @@ class ResNet(AttnNet):
     ) -> None:
         super().__init__()
         if head_init not in (None, 'kaiming', 'default'):
-            raise ValueError(f"head_init must be 'kaiming', 'default' or None, got {head_init!r}")
+            raise PlugattnError(f"head_init must be 'kaiming', 'default' or None, got {head_init!r}")
         self.head_init = head_init or ('kaiming' if _is_cbam(attn) else 'default')
         if len(layers) != len(widths):
-            raise ValueError(f'layers {tuple(layers)} and widths {tuple(widths)} must have the same length')
+            raise PlugattnError(f'layers {tuple(layers)} and widths {tuple(widths)} must have the same length')
         if stem not in ('imagenet', 'cifar'):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+            raise PlugattnError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         if shortcut not in ('conv', 'pad'):
-            raise ValueError(f"shortcut must be 'conv' or 'pad', got {shortcut!r}")
+            raise PlugattnError(f"shortcut must be 'conv' or 'pad', got {shortcut!r}")
         if num_classes < 0 or in_chans < 1:
-            raise ValueError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
+            raise PlugattnError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.groups = groups
@@ -466,7 +467,7 @@ _CIFAR = dict(input_size=(3, 32, 32), family='resnet_cifar')
 def _cifar_resnet(depth: int, **kwargs: Any) -> ResNet:
     kwargs.setdefault('num_classes', 10)
     if depth % 6 != 2:
-        raise ValueError(f'CIFAR basic-block ResNet depth must be 6n+2, got {depth}')
+        raise PlugattnError(f'CIFAR basic-block ResNet depth must be 6n+2, got {depth}')
     n = (depth - 2) // 6
     return _resnet(BasicBlock, (n, n, n), widths=(16, 32, 64), stem='cifar', **kwargs)
 

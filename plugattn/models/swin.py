@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
+from ..errors import PlugattnError
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention
@@ -122,7 +123,7 @@ class WindowAttention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+            raise PlugattnError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads = num_heads
         self.window_size = window_size
         self.scale = (dim // num_heads) ** -0.5
@@ -396,7 +397,7 @@ class SwinTransformer(AttnNet):
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
-            raise ValueError(f'depths {tuple(depths)} and num_heads {tuple(num_heads)} must have the same length')
+            raise PlugattnError(f'depths {tuple(depths)} and num_heads {tuple(num_heads)} must have the same length')
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         level = transformer_attn_level(attn)
         num_stages = len(depths)
@@ -468,7 +469,7 @@ class SwinTransformer(AttnNet):
         """Patch-embedding and stage outputs, NCHW (default) or NHWC; ``norm`` applies the final norm to the last
         stage's output; ``final`` is :meth:`forward_features` (NHWC). See :meth:`AttnNet.forward_intermediates`."""
         if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+            raise PlugattnError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         out = super().forward_intermediates(x, indices, norm, stop_early, 'NCHW', intermediates_only)
         feats = out if intermediates_only else out[1]
         if output_fmt == 'NCHW':

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
+from ..errors import PlugattnError, check_out_indices
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
@@ -68,7 +69,7 @@ def transformer_attn_level(attn: AttnSpec) -> str | None:
     """Level of a plug-in attention for a transformer block; gate-level modules have no defined placement."""
     level = attn_level(attn)
     if level == 'gate':
-        raise ValueError(
+        raise PlugattnError(
             f'attention {attn!r} is a gate-level module; transformer blocks take block-level (bav1, bav2) or '
             'stage-level (dia) attention'
         )
@@ -119,7 +120,7 @@ def tokens_to_nchw(x: Tensor, num_prefix_tokens: int | None = None) -> Tensor:
     x = x[:, num_prefix_tokens:]
     side = math.isqrt(x.shape[1])
     if side * side != x.shape[1]:
-        raise ValueError(f'{x.shape[1]} patch tokens do not form a square grid: use a square input for CAM')
+        raise PlugattnError(f'{x.shape[1]} patch tokens do not form a square grid: use a square input for CAM')
     return x.reshape(x.shape[0], side, side, x.shape[2]).permute(0, 3, 1, 2)
 
 
@@ -173,7 +174,7 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+            raise PlugattnError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -311,7 +312,7 @@ class VisionTransformer(AttnNet):
     ) -> None:
         super().__init__()
         if not isinstance(attn_kwargs, (dict, type(None))):
-            raise ValueError('ViT has one group of blocks: attn_kwargs must be one dict')
+            raise PlugattnError('ViT has one group of blocks: attn_kwargs must be one dict')
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -320,7 +321,7 @@ class VisionTransformer(AttnNet):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         gh, gw = self.patch_embed.grid_size
         if gh < 1 or gw < 1:
-            raise ValueError(f'img_size {img_size} is smaller than the patch size {patch_size}')
+            raise PlugattnError(f'img_size {img_size} is smaller than the patch size {patch_size}')
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, gh * gw + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
@@ -384,7 +385,7 @@ class VisionTransformer(AttnNet):
         ``'NCHW'`` maps or ``'NLC'`` tokens; ``norm`` applies the final norm to each. ``final`` is
         :meth:`forward_features`. See :meth:`AttnNet.forward_intermediates` for the arguments."""
         if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+            raise PlugattnError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take, last = feature_take_indices(len(self.blocks) + 1, indices)
         grid = self.patch_embed(self.check_input(x))
         B, gh, gw = grid.shape[0], grid.shape[1], grid.shape[2]
@@ -441,10 +442,7 @@ class VisionTransformer(AttnNet):
     def set_features_only(self, out_indices: tuple[int, ...] | None = None) -> None:
         """Feature extractor over the patch embedding (level 0) and the blocks (levels 1..depth)."""
         n = len(self.blocks) + 1
-        out_indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
-        bad = [i for i in out_indices if not -n <= i < n]
-        if bad:
-            raise ValueError(f'out_indices {bad} out of range for {n} feature levels (0..{n - 1})')
+        out_indices = check_out_indices(out_indices, n, getattr(self, 'model_name', type(self).__name__))
         self.reset_classifier(0)
         self.out_indices = tuple(i % n for i in out_indices)
         self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)
