@@ -18,6 +18,7 @@ from . import models
 from .attach import attach
 from .attach import attachable as attachable_model
 from .attach.build import ATTACH_OPTIONS, FOREIGN_PREFIXES, create_foreign_model
+from .errors import PlugattnError
 from .models import ModelEntry, list_models
 
 __all__ = ['attachable', 'create_model', 'get_model_entry', 'is_foreign', 'list_models']
@@ -72,10 +73,10 @@ def create_model(
         if 'attn_kwargs' in opts:
             kwargs['attn_kwargs'] = opts.pop('attn_kwargs')
         if opts:
-            raise ValueError(f'{name}: {", ".join(opts)} apply to attached models (tv:/timm: names or warm_start)')
+            raise PlugattnError(f'{name}: {", ".join(opts)} apply to attached models (tv:/timm: names or warm_start)')
         return models.create_model(name, pretrained, **kwargs)
     if attn is None:
-        raise ValueError('warm_start=True needs attn=NAME (the attention to attach)')
+        raise PlugattnError('warm_start=True needs attn=NAME (the attention to attach)')
     return attach(models.create_model(name, pretrained, **kwargs), attn, warm_start=True, **opts)
 
 
