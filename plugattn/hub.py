@@ -70,11 +70,10 @@ def create_model(
     if not warm_start:
         if attn is not None:
             kwargs['attn'] = attn
-        if 'attn_kwargs' in opts:
-            kwargs['attn_kwargs'] = opts.pop('attn_kwargs')
-        if opts:
-            raise PlugattnError(f'{name}: {", ".join(opts)} apply to attached models (tv:/timm: names or warm_start)')
-        return models.create_model(name, pretrained, **kwargs)
+        if 'stages' in opts:  # the other attach options (keep_se, attn_position, attn_kwargs) are builder options
+            raise PlugattnError(f'{name}: stages= applies to attached models (tv:/timm: names or warm_start)',
+                                'attach to the plain model: plugattn.attach(model, attn, stages=...)')
+        return models.create_model(name, pretrained, **kwargs, **opts)
     if attn is None:
         raise PlugattnError('warm_start=True needs attn=NAME (the attention to attach)')
     return attach(models.create_model(name, pretrained, **kwargs), attn, warm_start=True, **opts)
