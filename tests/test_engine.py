@@ -441,3 +441,26 @@ def test_unknown_recipe_and_atomic_run_marker(tmp_path):
     (tmp_path / 'run.json').write_text('{"format": "something-else"}')
     assert not ckpt.is_run_dir(tmp_path)
     assert os.listdir(tmp_path) == ['run.json']
+
+
+def test_engine_modules_import_each_other_without_a_cycle():
+    # Every import between engine modules counts, function-local ones included: a cycle hidden behind a local import
+    # is still a cycle.
+    import ast
+    import graphlib
+
+    import plugattn.engine as engine_pkg
+
+    graph = {}
+    for file in Path(engine_pkg.__file__).parent.glob('*.py'):
+        deps = set()
+        for node in ast.walk(ast.parse(file.read_text(encoding='utf-8'))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module.split('.')[0])
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps.update(alias.name for alias in node.names)
+        graph[file.stem] = deps
+    assert {'trainer', 'evaluation', 'inference', 'preprocess', 'rundir', 'summary'} <= graph.keys()
+    assert 'trainer' not in graph['evaluation'] | graph['inference'] and 'inference' not in graph['evaluation']
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert order.index('evaluation') < order.index('inference') and order.index('evaluation') < order.index('trainer')

@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn export``."""
-    from ..engine.inference import preprocessing_from_meta
+    from ..engine.preprocess import preprocessing_from_meta
     from ..export import export_metadata, export_model
     from ..models import create_model
 

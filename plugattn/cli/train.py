@@ -178,8 +178,8 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn train``."""
     from ..engine import dump_config, format_summary, load_resume_config, resolve_config, train
+    from ..engine.builder import check_config
     from ..engine.errors import EngineError
-    from ..engine.trainer import check_config
 
     overrides = _overrides(args)
     if args.resume is not None:

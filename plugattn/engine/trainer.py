@@ -14,12 +14,10 @@ import datetime as _dt
 import math
 import os
 import random
-import shlex
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .builder import build_model, check_config
 from .checkpoint import (
     atomic_write_text,
     capture_rng_state,
@@ -40,7 +39,7 @@ from .checkpoint import (
     save_weights,
     write_run_info,
 )
-from .config import RESUME_MUTABLE, dump_config, validate_config
+from .config import dump_config, validate_config
 from .distributed import (
     DistContext,
     all_reduce_sum,
@@ -51,69 +50,26 @@ from .distributed import (
 )
 from .ema import ModelEma
 from .errors import EngineError
-from .inference import Preprocessing
+from .evaluation import evaluate
 from .logger import Progress, RunLogger
-from .metrics import count_macs, count_params, topk_correct
+from .metrics import count_macs, count_params
 from .optim import create_optimizer
+from .preprocess import Preprocessing
 from .provenance import command_line, environment_info
+from .rundir import (
+    BEST_FILE,
+    CONFIG_FILE,
+    LAST_FILE,
+    STATE_FILE,
+    RunDirLock,
+    new_run_dir,
+    resume_command,
+    unstarted_run,
+)
 from .scheduler import LRSchedule
+from .summary import TrainResult, human_count
 
-__all__ = [
-    'TrainResult',
-    'amp_settings',
-    'build_model',
-    'check_config',
-    'evaluate',
-    'format_summary',
-    'load_resume_config',
-    'resume_command',
-    'seed_everything',
-    'train',
-]
-
-STATE_FILE = 'last_state.pt'
-LAST_FILE = 'last.safetensors'
-BEST_FILE = 'best.safetensors'
-CONFIG_FILE = 'config.yaml'
-LOCK_FILE = '.lock'
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`train` (returned on every rank; only rank 0 has ``run_dir`` files).
-
-    Attributes:
-        run_dir: The run directory.
-        history: One record per finished epoch.
-        best_top1: Best test top-1 (model or EMA) in percent.
-        best_epoch: Epoch (1-based) of ``best_top1``.
-        params: Parameter count.
-        macs: MACs at batch 1 (conv/linear/matmul only).
-        input_size: ``(C, H, W)`` of the model input.
-        wall_s: Seconds from ``t_start`` to the end.
-        finished: All epochs done (False when stopped by ``stop_after``).
-    """
-
-    run_dir: Path
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_top1: float = 0.0
-    best_epoch: int = 0
-    params: int = 0
-    macs: int = 0
-    input_size: tuple[int, int, int] = (0, 0, 0)
-    wall_s: float = 0.0
-    finished: bool = False
-    model_name: str = ''
-    data_name: str = ''
-    is_main: bool = True
-    stop_signal: int | None = None
-    resume_command: str = ''
-
-    @property
-    def exit_code(self) -> int:
-        """0, or ``128 + signal number`` when a signal stopped the run (143 for SIGTERM, 130 for SIGINT)."""
-        return 0 if self.stop_signal is None else 128 + int(self.stop_signal)
-
+__all__ = ['amp_settings', 'seed_everything', 'train']
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -154,238 +110,6 @@ def amp_settings(cfg_train: Mapping[str, Any], device: torch.device) -> tuple[bo
     return True, dtype, dtype == torch.float16
 
 
-def build_model(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> nn.Module:
-    """``plugattn.models.create_model`` with user errors turned into :class:`EngineError`."""
-    from ..models import create_model
-
-    try:
-        return create_model(name, num_classes=num_classes, in_chans=in_chans, **dict(kwargs))
-    except EngineError:
-        raise
-    except (ValueError, TypeError) as e:
-        msg = ' '.join(str(e).split())
-        if 'unknown model' in msg:
-            raise EngineError(msg.split('; ')[0] if '; ' in msg else msg,
-                              'run "plugattn list-models" to see the names (or --model NAME)') from None
-        raise EngineError(f'cannot build model {name!r}: {msg}', 'check --model and model.kwargs') from None
-
-
-def check_config(cfg: Mapping[str, Any]) -> None:
-    """Check a config's dataset and model names and the model kwargs against the constructors, in well under a
-    second and before any data is read: the model is built on the meta device (no memory, no initialisation).
-
-    Raises:
-        EngineError: Unknown model, wrongly typed or unknown model kwargs (the message names the parameter).
-        DataError: Unknown dataset name.
-    """
-    from ..data.info import canonical_name, get_dataset_info
-
-    data = canonical_name(cfg['data']['name'])
-    info = None if data == 'imagefolder' else get_dataset_info(data)  # imagefolder classes: counted when loading
-    with torch.device('meta'):
-        build_model(cfg['model']['name'], info.num_classes if info else 1000, info.in_chans if info else 3,
-                    cfg['model']['kwargs'])
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, '_orig_mod', model)
-    return getattr(model, 'module', model)
-
-
-@torch.no_grad()
-def evaluate(
-        model: nn.Module,
-        loader: Any,
-        ctx: DistContext,
-        *,
-        amp: tuple[bool, torch.dtype] = (False, torch.float32),
-        channels_last: bool = False,
-        progress: bool = False,
-        desc: str = 'eval',
-) -> dict[str, float]:
-    """Test loss, top-1 and top-5 (percent) of a model on a loader, summed over all processes.
-
-    Each process evaluates its shard; loss sums, correct counts and sample counts are all-reduced. With W
-    processes the test split is padded by at most W - 1 repeated samples (DistributedSampler convention).
-
-    Returns:
-        ``{'test_loss', 'top1', 'top5', 'samples'}``.
-    """
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    correct = torch.zeros(2, dtype=torch.float64, device=ctx.device)
-    count = 0
-    with Progress(len(loader), desc, enabled=progress and ctx.is_main, leave=False,
-                  interval=10**9) as bar:
-        for x, y in loader:
-            x = x.to(ctx.device, non_blocking=True)
-            y = y.to(ctx.device, non_blocking=True)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(ctx.device.type, dtype=amp[1], enabled=amp[0]):
-                logits = model(x)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction='sum').double()
-            correct += torch.tensor(topk_correct(logits, y, (1, 5)), dtype=torch.float64, device=ctx.device)
-            count += y.shape[0]
-            bar.update()
-    loss, c1, c5, n = all_reduce_sum([loss_sum.item(), *correct.tolist(), count], ctx)
-    model.train(was_training)
-    n = max(n, 1.0)
-    return {'test_loss': loss / n, 'top1': 100.0 * c1 / n, 'top5': 100.0 * c5 / n, 'samples': int(n)}
-
-
-def load_resume_config(run_dir: str | Path, overrides: list[tuple[str, Any]]) -> dict[str, Any]:
-    """The saved config of a run, with the overrides allowed on resume applied.
-
-    Raises:
-        EngineError: Not a run directory, unreadable config, or an override of a key that cannot change on resume.
-    """
-    import yaml
-
-    from .config import resolve_config
-
-    run_dir = Path(run_dir)
-    read_run_info(run_dir)
-    path = run_dir / CONFIG_FILE
-    try:
-        saved = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except FileNotFoundError:
-        raise EngineError(f'run directory {run_dir} has no {CONFIG_FILE}', 'start a new run') from None
-    except (OSError, yaml.YAMLError) as e:
-        raise EngineError(f'cannot read {path} ({type(e).__name__})', 'start a new run') from None
-    for key, _ in overrides:
-        if key not in RESUME_MUTABLE:
-            raise EngineError(
-                f'{key} cannot change when resuming (the run was trained with the saved config)',
-                f'drop that option; on resume only {", ".join(sorted(RESUME_MUTABLE))} may change',
-            )
-    return resolve_config(base=validate_config(saved), overrides=overrides)
-
-
-def _new_run_dir(cfg: Mapping[str, Any]) -> Path:
-    parent = Path(cfg['output']['dir']).expanduser()
-    name = cfg['output']['name']
-    explicit = name is not None
-    if not explicit:
-        stamp = _dt.datetime.now().strftime('%Y%m%d-%H%M%S')
-        name = f'{cfg["data"]["name"]}-{cfg["model"]["name"]}-{stamp}'
-    run_dir = parent / name
-    if explicit and run_dir.exists() and any(run_dir.iterdir()) and not _unstarted_run(run_dir):
-        raise EngineError(f'output folder {run_dir} already exists and is not empty',
-                          f'continue it with --resume {run_dir}, or choose another --name')
-    suffix = 1
-    while not explicit and run_dir.exists():
-        run_dir = parent / f'{name}-{suffix}'
-        suffix += 1
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EngineError(f'cannot create run directory {run_dir} ({e.strerror or e})',
-                          'choose a writable --output folder') from None
-    return run_dir
-
-
-def _human(n: float) -> str:
-    for unit, scale in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
-        if n >= scale:
-            return f'{n / scale:.2f} {unit}'
-    return f'{n:.0f}'
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    return f'{h} h {m:02d} min {s:02d} s' if h else f'{m} min {s:02d} s'
-
-
-def format_summary(result: TrainResult, cfg: Mapping[str, Any]) -> str:
-    """The one-screen end-of-run summary."""
-    last = next((r for r in reversed(result.history) if r.get('top1') is not None), {})
-    c, h, w = result.input_size
-    rule = '-' * 72
-    lines = [
-        rule,
-        f'plugattn train: {"finished" if result.finished else "stopped"} - {result.model_name} on {result.data_name} '
-        f'(recipe {cfg["name"]} v{cfg["version"]})',
-    ]
-    label = '{:<32}'.format
-    if last:
-        lines.append(f'  {label("final top-1")}{last["top1"]:.2f} %  (top-5 {last["top5"]:.2f} %, test loss '
-                     f'{last["test_loss"]:.4f}, epoch {last["epoch"]})')
-        if last.get('ema_top1') is not None:
-            lines.append(f'  {label("EMA top-1")}{last["ema_top1"]:.2f} %')
-        lines.append(f'  {label("best top-1")}{result.best_top1:.2f} %  (epoch {result.best_epoch})')
-    done = result.history[-1]['epoch'] if result.history else 0
-    lines += [
-        f'  {label("epochs")}{done} / {cfg["train"]["epochs"]}',
-        f'  {label("params")}{result.params:,}',
-        f'  {label("MACs (conv/linear/matmul only)")}{_human(result.macs)}  (batch 1, {c}x{h}x{w}, eval mode)',
-        f'  {label("wall time")}{_duration(result.wall_s)}  ({result.wall_s:.1f} s, from process start)',
-        f'  {label("run dir")}{result.run_dir}',
-        rule,
-    ]
-    if not result.finished:
-        lines.insert(-1, f'  continue with: plugattn train --resume {result.run_dir}')
-    return '\n'.join(lines)
-
-
-def resume_command(run_dir: str | Path) -> str:
-    """The shell command that continues a run directory."""
-    return f'plugattn train --resume {shlex.quote(str(run_dir))}'
-
-
-def _unstarted_run(run_dir: Path) -> bool:
-    """A run directory whose run was killed before its first checkpoint (nothing to resume, nothing to lose)."""
-    try:
-        info = read_run_info(run_dir)
-    except EngineError:
-        return False
-    return (not (run_dir / STATE_FILE).exists() and not (run_dir / LAST_FILE).exists()
-            and not info.get('epochs_done') and info.get('status') != 'finished')
-
-
-class RunDirLock:
-    """An exclusive lock on a run directory, held by the process that trains in it.
-
-    A second ``plugattn train`` on the same directory (``--resume`` of a run that is still going, or ``--name`` of
-    a running run that has not saved its first checkpoint yet) stops with one line instead of writing alongside
-    it. The lock is ``flock`` on ``.lock`` in the directory, which the system releases when the owner exits, however
-    it exits, so a killed run leaves nothing that blocks its resume. Without ``fcntl`` (Windows) there is no lock.
-    """
-
-    def __init__(self, path: Path, handle: Any) -> None:
-        self.path = path
-        self.handle = handle
-
-    @classmethod
-    def acquire(cls, run_dir: Path) -> RunDirLock | None:
-        try:
-            import fcntl
-        except ImportError:
-            return None
-        path = run_dir / LOCK_FILE
-        handle = open(path, 'a+')  # noqa: SIM115  (held open for the lifetime of the run)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip()
-            handle.close()
-            raise EngineError(f'run directory {run_dir} is in use by a running plugattn train'
-                              + (f' (pid {owner})' if owner else ''),
-                              'wait for that run to end or stop it, or choose another --name') from None
-        handle.truncate(0)
-        handle.write(f'{os.getpid()}\n')
-        handle.flush()
-        return cls(path, handle)
-
-    def release(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        self.handle.close()
-
 
 class _Stop(Exception):
     """Raised at a safe point after SIGTERM/SIGINT, once the resume state is saved."""
@@ -416,7 +140,7 @@ class _Trainer:
         self.partial: dict[str, Any] | None = None  # progress inside start_epoch of a mid-epoch resume state
         self.last_save = time.monotonic()
         # --resume of a run killed before its first checkpoint: start it from the beginning in place.
-        self.restart = resume_dir is not None and _unstarted_run(resume_dir)
+        self.restart = resume_dir is not None and unstarted_run(resume_dir)
         self.ctx = ctx
         self.resume_dir = resume_dir
         self.stop_after = stop_after
@@ -578,8 +302,6 @@ class _Trainer:
 
     def _check_schedule(self, saved: Mapping[str, Any]) -> None:
         """Refuse (without ``reschedule``) a changed --epochs that changes the learning rate of the coming steps."""
-        from .scheduler import LRSchedule
-
         old_epochs = int(saved.get('epochs', self.epochs))
         if old_epochs == self.epochs:
             return
@@ -831,7 +553,7 @@ class _Trainer:
             remove_stale_temps(self.run_dir)
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         else:
-            self.run_dir = _new_run_dir(self.cfg)
+            self.run_dir = new_run_dir(self.cfg)
             self.lock = RunDirLock.acquire(self.run_dir)
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         write_run_info(self.run_dir, self._run_info('running'))
@@ -845,7 +567,7 @@ class _Trainer:
         procs = f'{ctx.world_size} processes ({ctx.backend})' if ctx.distributed else '1 process'
         glob = f', global batch {tc["batch_size"] * ctx.world_size}' if ctx.distributed else ''
         self.echo(f'plugattn train: recipe {cfg["name"]} v{cfg["version"]}, model {cfg["model"]["name"]} '
-                  f'({self.params:,} params, {_human(self.macs)} MACs), data {self.info.name} '
+                  f'({self.params:,} params, {human_count(self.macs)} MACs), data {self.info.name} '
                   f'({self.train_loader.dataset_size} train / {self.test_loader.dataset_size} test, {c}x{h}x{w})')
         amp = f', AMP {str(self.amp_dtype).replace("torch.", "")}' if self.amp_enabled else ''
         self.echo(f'  device {ctx.device}, {procs}, {torch.get_num_threads()} threads, batch {tc["batch_size"]}'
