@@ -212,6 +212,110 @@ def test_run_killed_before_first_checkpoint_can_resume_or_restart(tmp_path, monk
     assert_one_line_error(code, capsys.readouterr().err, 'already exists', f'--resume {run}')
 
 
+SIGNAL_AT = """
+import os, signal, sys
+from plugattn.engine import trainer
+sig, where = getattr(signal, sys.argv[1]), sys.argv[2]
+real, sent = getattr(trainer, where), []
+
+def wrapped(*args, **kwargs):
+    out = real(*args, **kwargs)
+    if not sent:  # once, right after the first call returns
+        sent.append(os.kill(os.getpid(), sig))
+    return out
+
+setattr(trainer, where, wrapped)
+from plugattn.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize(('name', 'where', 'created'), [
+    ('SIGTERM', 'write_run_info', True),  # run.json was just written, nothing trained yet
+    ('SIGHUP', 'write_run_info', True),  # the terminal closed
+    ('SIGUSR1', 'seed_everything', False),  # during set-up, before the run directory exists
+])
+def test_a_signal_at_start_up_stops_cleanly_and_leaves_no_dead_end(tmp_path, capsys, name, where, created):
+    signum = getattr(signal, name, None)
+    if signum is None:
+        pytest.skip(f'no {name} on this platform')
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    proc = subprocess.run([sys.executable, '-c', SIGNAL_AT, name, where, 'train', *TINY, '--epochs', '1',
+                           '--output', str(tmp_path), '--name', 'run'],
+                          capture_output=True, text=True, env=env, timeout=120)
+    run = tmp_path / 'run'
+    assert proc.returncode == 128 + signum, proc.stderr
+    assert 'Traceback' not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    if not created:
+        assert not run.exists()
+        assert last == f'plugattn: stopped by {name} before the run directory was created; nothing was written'
+        return
+    assert json.loads((run / 'run.json').read_text())['status'] == 'stopped'
+    assert not (run / '.lock').exists() and not (run / 'last_state.pt').exists()
+    assert last == (f'plugattn: stopped by {name} before the first checkpoint; run.json in {run} says "stopped"; '
+                    f'continue with: plugattn train --resume {run} (it starts from the beginning)')
+    if signum == signal.SIGTERM:
+        capsys.readouterr()
+        assert main(['train', '--resume', str(run), '--no-progress']) == 0
+        assert 'starting it from the beginning (with its saved config)' in capsys.readouterr().out
+        assert json.loads((run / 'run.json').read_text())['status'] == 'finished'
+
+
+def test_a_folder_left_by_a_run_killed_while_it_was_created_is_continued(tmp_path, capsys):
+    from plugattn.engine import dump_config
+
+    finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
+                              text=True, timeout=60)
+    dead_pid = finished.stdout.strip()  # a process that has ended
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / '.lock').write_text(f'{dead_pid}\n')
+    (run / '.config.yaml.x1y2.tmp').write_text('name: fash')  # a write cut short
+    # no config yet: --resume cannot know the run's settings and says how to start it again
+    code = main(['train', '--resume', str(run)])
+    assert_one_line_error(code, capsys.readouterr().err, f'{run} holds no run to resume',
+                          f'start it again with the same command and --output {tmp_path} --name run')
+    # the same command again takes the folder over
+    assert main(['train', *TINY, '--epochs', '1', '--output', str(tmp_path), '--name', 'run']) == 0
+    out = capsys.readouterr().out
+    assert f'note: taking over {run / ".lock"}, left by pid {dead_pid}, which ended without releasing it' in out
+    assert f'note: {run} holds a run stopped before its first checkpoint: the new run starts in it' in out
+    assert json.loads((run / 'run.json').read_text())['status'] == 'finished'
+    assert sorted(p.name for p in run.glob('.*')) == []
+    # killed after config.yaml, before run.json: --resume starts it with that config
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / '.lock').write_text(f'{dead_pid}\n')
+    cfg = tiny_cfg(tmp_path, output__name='other', train__seed=7)
+    (other / 'config.yaml').write_text(dump_config(cfg))
+    assert main(['train', '--resume', str(other), '--no-progress']) == 0
+    assert 'starting it from the beginning (with its saved config)' in capsys.readouterr().out
+    assert load_state(other / 'last_state.pt')['epoch'] == 1
+    assert 'seed: 7' in (other / 'config.yaml').read_text()
+
+
+def test_resume_of_a_run_killed_after_its_last_epoch_writes_the_end_of_run_files(straight_cli_run, tmp_path,
+                                                                                   capsys):
+    run = copy_run(straight_cli_run, tmp_path)
+    info = json.loads((run / 'run.json').read_text())
+    (run / 'run.json').write_text(json.dumps({**info, 'status': 'running'}))  # killed while writing curves.png
+    (run / 'curves.png').unlink()
+    (run / 'summary.csv').unlink()
+    before = (run / 'last_state.pt').read_bytes()
+    capsys.readouterr()
+    assert main(['train', '--resume', str(run), '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert 'all 1 epochs were trained before the run stopped: writing its end-of-run files' in out
+    assert (run / 'curves.png').stat().st_size > 1000
+    assert (run / 'summary.csv').read_text().splitlines()[1].startswith('1,')
+    assert json.loads((run / 'run.json').read_text())['status'] == 'finished'
+    assert (run / 'last_state.pt').read_bytes() == before  # nothing trained again
+    # a complete run is still refused: there is nothing to do
+    code = main(['train', '--resume', str(run)])
+    assert_one_line_error(code, capsys.readouterr().err, 'already finished 1 of 1 epochs', '--epochs N')
+
+
 def test_resume_with_other_epochs_needs_reschedule(stopped_run, tmp_path, capsys):
     run = copy_run(stopped_run, tmp_path)
     capsys.readouterr()

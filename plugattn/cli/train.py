@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from typing import Any
@@ -203,9 +204,23 @@ def run(args: argparse.Namespace) -> int:
                    t_start=getattr(args, 't_start', None), command=getattr(args, 'argv', None),
                    reschedule=args.reschedule)
     if result.is_main:
-        print(format_summary(result, cfg), flush=True)
-        if result.stop_signal is not None:
-            name = signal.Signals(result.stop_signal).name
-            print(f'{PROG}: stopped by {name}; the resume state in {result.run_dir} is saved and run.json says '
-                  f'"stopped"; continue with: {result.resume_command}', file=sys.stderr, flush=True)
+        # after SIGHUP the terminal may be gone: the run has stopped cleanly whether these lines arrive or not
+        with contextlib.suppress(OSError):
+            print(format_summary(result, cfg), flush=True)
+            if result.stop_signal is not None:
+                print(f'{PROG}: {_stop_line(result)}', file=sys.stderr, flush=True)
     return result.exit_code
+
+
+def _stop_line(result: Any) -> str:
+    """What a signal left behind and how to continue."""
+    from ..engine.rundir import unstarted_run
+
+    name = signal.Signals(result.stop_signal).name
+    if result.run_dir is None:
+        return f'stopped by {name} before the run directory was created; nothing was written'
+    if unstarted_run(result.run_dir):
+        return (f'stopped by {name} before the first checkpoint; run.json in {result.run_dir} says "stopped"; '
+                f'continue with: {result.resume_command} (it starts from the beginning)')
+    return (f'stopped by {name}; the resume state in {result.run_dir} is saved and run.json says "stopped"; '
+            f'continue with: {result.resume_command}')

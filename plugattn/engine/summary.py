@@ -14,7 +14,8 @@ class TrainResult:
     """Outcome of :func:`train` (returned on every rank; only rank 0 has ``run_dir`` files).
 
     Attributes:
-        run_dir: The run directory.
+        run_dir: The run directory (``None`` on ranks other than 0, and when a signal stopped the run before it was
+            created).
         history: One record per finished epoch.
         best_top1: Best test top-1 (model or EMA) in percent.
         best_epoch: Epoch (1-based) of ``best_top1``.
@@ -22,10 +23,12 @@ class TrainResult:
         macs: MACs at batch 1 (conv/linear/matmul only).
         input_size: ``(C, H, W)`` of the model input.
         wall_s: Seconds from ``t_start`` to the end.
-        finished: All epochs done (False when stopped by ``stop_after``).
+        finished: All epochs done (False when stopped by ``stop_after`` or a signal).
+        stop_signal: The signal that stopped the run, if any.
+        resume_command: The command that continues the run (empty without a run directory).
     """
 
-    run_dir: Path
+    run_dir: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)
     best_top1: float = 0.0
     best_epoch: int = 0
@@ -42,9 +45,8 @@ class TrainResult:
 
     @property
     def exit_code(self) -> int:
-        """0, or ``128 + signal number`` when a signal stopped the run (143 for SIGTERM, 130 for SIGINT)."""
+        """0, or ``128 + signal number`` when a signal stopped the run (143 SIGTERM, 130 SIGINT, 129 SIGHUP)."""
         return 0 if self.stop_signal is None else 128 + int(self.stop_signal)
-
 
 
 def human_count(n: float) -> str:
@@ -84,10 +86,10 @@ def format_summary(result: TrainResult, cfg: Mapping[str, Any]) -> str:
         f'  {label("params")}{result.params:,}',
         f'  {label("MACs (conv/linear/matmul only)")}{human_count(result.macs)}  (batch 1, {c}x{h}x{w}, eval mode)',
         f'  {label("wall time")}{_duration(result.wall_s)}  ({result.wall_s:.1f} s, from process start)',
-        f'  {label("run dir")}{result.run_dir}',
+        f'  {label("run dir")}{result.run_dir or "none (stopped before it was created)"}',
         rule,
     ]
-    if not result.finished:
-        lines.insert(-1, f'  continue with: plugattn train --resume {result.run_dir}')
+    if not result.finished and result.resume_command:
+        lines.insert(-1, f'  continue with: {result.resume_command}')
     return '\n'.join(lines)
 

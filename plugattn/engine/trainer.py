@@ -3,9 +3,9 @@
 :func:`train` is what ``plugattn train`` runs. It works single-process or under ``torchrun`` (one process per
 device, DistributedDataParallel, per-rank data shards, all-reduced metrics, rank 0 writes everything).
 
-Preemption: SIGTERM/SIGINT stop the run after the current optimizer step with the resume state saved, and
-``train.save_every_steps`` / ``train.save_every_minutes`` save it inside epochs too; such a mid-epoch state holds the
-position in the epoch, the running loss sums and the mixup generator, so resuming from it is bit-exact.
+Preemption: SIGTERM, SIGINT, SIGHUP and SIGUSR1 stop the run after the current optimizer step with the resume state
+saved, and ``train.save_every_steps`` / ``train.save_every_minutes`` save it inside epochs too; such a mid-epoch state
+holds the position in the epoch, the running loss sums and the mixup generator, so resuming from it is bit-exact.
 """
 from __future__ import annotations
 
@@ -111,8 +111,23 @@ def amp_settings(cfg_train: Mapping[str, Any], device: torch.device) -> tuple[bo
 
 
 
+STOP_SIGNALS = ('SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1')
+"""Signals that stop a run cleanly (schedulers send SIGTERM, or SIGUSR1 ahead of a time limit; SIGHUP: the terminal
+closed); those the platform lacks are skipped."""
+
+
 class _Stop(Exception):
-    """Raised at a safe point after SIGTERM/SIGINT, once the resume state is saved."""
+    """Raised at a safe point after a stop signal, once the resume state is saved."""
+
+
+def _detach_from_terminal() -> None:
+    """After SIGHUP the terminal is gone: send what would go to it to /dev/null, so the clean stop can still print."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            if os.isatty(fd):
+                os.dup2(null, fd)
+        os.close(null)
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -141,6 +156,7 @@ class _Trainer:
         self.last_save = time.monotonic()
         # --resume of a run killed before its first checkpoint: start it from the beginning in place.
         self.restart = resume_dir is not None and unstarted_run(resume_dir)
+        self.finish_only = False  # --resume of a run that trained every epoch but lacks its end-of-run files
         self.ctx = ctx
         self.resume_dir = resume_dir
         self.stop_after = stop_after
@@ -295,10 +311,22 @@ class _Trainer:
                                   f'{len(partial)} processes, this job has {self.ctx.world_size}',
                                   f'resume it with {len(partial)} processes (the data order depends on it)')
             self.partial = partial[self.ctx.rank]
+        if self.start_epoch == self.epochs and not self._end_of_run_complete():
+            self.finish_only = True  # killed after its last save, e.g. while it wrote curves.png
+            return
         if self.start_epoch >= self.epochs:
             raise EngineError(f'run {self.resume_dir} already finished {self.start_epoch} of {self.epochs} epochs',
                               f'train longer with --resume {self.resume_dir} --epochs N (N > {self.start_epoch})')
         self._check_schedule(state.get('scheduler') or {})
+
+    def _end_of_run_complete(self) -> bool:
+        """Whether a run that trained every epoch also wrote its end-of-run files and its "finished" status."""
+        assert self.resume_dir is not None
+        try:
+            finished = read_run_info(self.resume_dir).get('status') == 'finished'
+        except EngineError:
+            finished = False
+        return finished and not RunLogger(self.resume_dir, tensorboard=False).missing_files()
 
     def _check_schedule(self, saved: Mapping[str, Any]) -> None:
         """Refuse (without ``reschedule``) a changed --epochs that changes the learning rate of the coming steps."""
@@ -416,17 +444,33 @@ class _Trainer:
         return stop or (due and not epoch_end), stop
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum == getattr(signal, 'SIGHUP', None):
+            _detach_from_terminal()
         if self.stop_signum is not None:  # a second signal: stop at once (the last saved state stays valid)
             raise KeyboardInterrupt
         self.stop_signum = signum
 
+    def _stop_requested(self) -> bool:
+        """Whether a signal arrived (on any process) before the run directory was created."""
+        stop = self.stop_signum is not None
+        if self.ctx.distributed:
+            stop = all_reduce_sum([float(stop)], self.ctx)[0] > 0
+            if stop and self.stop_signum is None:
+                self.stop_signum = signal.SIGTERM
+        return stop
+
     @contextlib.contextmanager
     def _signal_handlers(self) -> Any:
-        """SIGTERM/SIGINT request a stop at the next safe point (installed in the main thread only)."""
+        """:data:`STOP_SIGNALS` request a stop at the next safe point (installed in the main thread only; a signal
+        the process was started to ignore, e.g. SIGHUP under ``nohup``, stays ignored)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {}
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, self._on_signal)
         try:
             yield
         finally:
@@ -545,7 +589,12 @@ class _Trainer:
             return
         if self.resume_dir is not None:
             self.run_dir = self.resume_dir
-            previous = read_run_info(self.run_dir)
+            try:
+                previous = read_run_info(self.run_dir)
+            except EngineError:
+                if not self.restart:
+                    raise
+                previous = {}  # killed before it wrote run.json: only its config is there
             self.created = previous.get('created') or self.created
             # the run keeps its first command line; each resume adds its own
             self.resumed_with = [*(previous.get('resumed_with') or []), self.command]
@@ -553,8 +602,12 @@ class _Trainer:
             remove_stale_temps(self.run_dir)
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         else:
-            self.run_dir = new_run_dir(self.cfg)
-            self.lock = RunDirLock.acquire(self.run_dir)
+            self.run_dir, reused = new_run_dir(self.cfg)
+            self.lock = RunDirLock.acquire(self.run_dir, self.echo)
+            if reused:
+                remove_stale_temps(self.run_dir)
+                self.echo(f'  note: {self.run_dir} holds a run stopped before its first checkpoint: the new run '
+                          'starts in it')
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         write_run_info(self.run_dir, self._run_info('running'))
         cfg = self.cfg
@@ -574,30 +627,40 @@ class _Trainer:
                   f'/process{glob}, {self.epochs} epochs x {len(self.train_loader)} steps, '
                   f'{cfg["optim"]["name"]} lr {cfg["optim"]["lr"]:g}, {cfg["schedule"]["name"]} schedule{amp}')
         if self.restart:
-            self.echo(f'  {self.resume_dir} stopped before its first checkpoint: starting it from the beginning')
+            self.echo(f'  {self.resume_dir} stopped before its first checkpoint: starting it from the beginning '
+                      '(with its saved config)')
+        elif self.finish_only:
+            self.echo(f'  all {self.epochs} epochs were trained before the run stopped: writing its end-of-run files')
         elif self.resume_dir is not None:
             inside = f', batch {self.partial["batch"] + 1}' if self.partial else ''
             self.echo(f'  resuming at epoch {self.start_epoch + 1}{inside} (step {self.step})')
         self.echo(f'  run dir {self.run_dir}')
 
     def run(self) -> TrainResult:
-        if self.resume_dir is not None and self.ctx.is_main:  # before anything is read or written
-            self.lock = RunDirLock.acquire(self.resume_dir)
-        try:
-            self.setup()
-            self._start_output()
-            return self._run()
-        finally:
-            if self.lock is not None:
-                self.lock.release()
+        # The signal handlers come first: a signal at any moment stops the run cleanly, before the run directory
+        # exists (nothing is written) or after (run.json says "stopped").
+        with self._signal_handlers():
+            if self.resume_dir is not None and self.ctx.is_main:  # before anything is read or written
+                self.lock = RunDirLock.acquire(self.resume_dir, self.echo)
+            try:
+                self.setup()
+                if self._stop_requested():  # nothing written (a resumed run keeps its files as they are)
+                    self.run_dir = self.resume_dir if self.ctx.is_main else None
+                    return self._result(finished=False)
+                self._start_output()
+                return self._run()
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
 
     def _run(self) -> TrainResult:
         self._banner()
         ctx = self.ctx
         finished = True
         try:
-            with self._signal_handlers():
-                finished = self._epochs()
+            finished = self._epochs()
+            if self.finish_only and ctx.is_main and self.logger is not None:
+                self.logger.log_epoch(self.history)
         except _Stop:
             finished = False
         except BaseException as e:
@@ -612,8 +675,11 @@ class _Trainer:
         if ctx.is_main and self.run_dir is not None:
             write_run_info(self.run_dir, self._run_info('finished' if finished else 'stopped'))
         barrier(ctx)
+        return self._result(finished)
+
+    def _result(self, finished: bool) -> TrainResult:
         return TrainResult(
-            run_dir=self.run_dir or Path(),
+            run_dir=self.run_dir,
             history=self.history,
             best_top1=max(self.best_top1, 0.0),
             best_epoch=self.best_epoch,
@@ -624,7 +690,7 @@ class _Trainer:
             finished=finished,
             model_name=self.cfg['model']['name'],
             data_name=self.info.name,
-            is_main=ctx.is_main,
+            is_main=self.ctx.is_main,
             stop_signal=self.stop_signum,
             resume_command=resume_command(self.run_dir) if self.run_dir is not None else '',
         )
@@ -721,9 +787,10 @@ def train(
         reschedule: Accept that a resume with another ``train.epochs`` changes the learning rate of the coming
             steps (without it such a resume is refused).
 
-    SIGTERM and SIGINT (when called in the main thread) stop the run at the next safe point: after the current
-    optimizer step the resume state is saved (``last_state.pt``, valid for a bit-exact resume inside the epoch),
-    ``run.json`` says ``stopped`` and the result has ``stop_signal`` set; a second signal interrupts at once.
+    SIGTERM, SIGINT, SIGHUP and SIGUSR1 (when called in the main thread) stop the run at the next safe point: after
+    the current optimizer step the resume state is saved (``last_state.pt``, valid for a bit-exact resume inside the
+    epoch), ``run.json`` says ``stopped`` and the result has ``stop_signal`` set; a second signal interrupts at once.
+    A signal during set-up stops before the run directory is created (``run_dir`` is then ``None``).
 
     Returns:
         The :class:`TrainResult`.
