@@ -455,6 +455,46 @@ def test_pickle_payload_in_resume_state_is_one_clear_line(stopped_run, tmp_path,
     assert 'pwned' not in out
 
 
+def _flip_inside_largest_member(path: Path, n: int = 64) -> str:
+    """Invert ``n`` bytes in the middle of the largest stored member of a zip file; return the member's name."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack('<HH', data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[start:start + n] = bytes(255 - b for b in data[start:start + n])
+    path.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_a_damaged_or_truncated_resume_state_is_refused_in_one_line(stopped_run, tmp_path, capsys):
+    import zipfile
+
+    run = copy_run(stopped_run, tmp_path)
+    state = run / 'last_state.pt'
+    good = state.read_bytes()
+    member = _flip_inside_largest_member(state)
+    with zipfile.ZipFile(state) as z:
+        assert z.testzip() == member  # the damage is real, and torch.load alone does not notice it
+    capsys.readouterr()
+    code = main(['train', '--resume', str(run), '--no-progress'])
+    way_out = (f'its weights of the last finished epoch are intact in {run / "last.safetensors"}: start a new run '
+               f'from them with --init-checkpoint {run / "last.safetensors"}')
+    assert_one_line_error(code, capsys.readouterr().err,
+                          f'resume state {state} is damaged (checksum mismatch: its data changed after it was saved)',
+                          way_out)
+    assert json.loads((run / 'run.json').read_text())['epochs_done'] == 1  # nothing was trained on it
+    for cut in (200, len(good) // 2):  # miniz's and the zip reader's failures, each summarised in a few words
+        state.write_bytes(good[:cut])
+        code = main(['train', '--resume', str(run), '--no-progress'])
+        err = capsys.readouterr().err
+        assert_one_line_error(code, err, f'resume state {state} is truncated or damaged (its zip archive is cut '
+                                         'short or garbled)', way_out)
+
+
 # --------------------------------------------------------------------------------------------- compare
 
 

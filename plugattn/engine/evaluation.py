@@ -10,13 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .builder import build_model
-from .checkpoint import check_state_dict_fits, is_run_dir, read_run_info, read_weights
+from .checkpoint import BEST_FILE, LAST_FILE, check_state_dict_fits, is_run_dir, read_run_info, read_weights
 from .distributed import DistContext, all_reduce_sum, resolve_device
 from .errors import EngineError
 from .logger import Progress
 from .metrics import topk_correct
 from .preprocess import checkpoint_classes, preprocessing_from_meta
-from .rundir import BEST_FILE, LAST_FILE
 
 __all__ = ['evaluate', 'evaluate_checkpoint', 'load_checkpoint_model', 'resolve_checkpoint']
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import EngineError
+from .errors import EngineError, summarise_cause
 
 __all__ = [
     'EVAL_CROP_PCT',
@@ -156,7 +156,7 @@ class Preprocessing:
                 im.load()
                 return self(im)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            reason = ' '.join(str(e).split())[:100] or type(e).__name__
+            reason = summarise_cause(e)
             if isinstance(e, FileNotFoundError):
                 reason = 'no such file'
             elif isinstance(e, IsADirectoryError):

@@ -11,16 +11,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import read_run_info
+from .checkpoint import STATE_FILE, read_run_info
 from .config import RESUME_MUTABLE, resolve_config, validate_config
 from .errors import EngineError
 
 __all__ = [
-    'BEST_FILE',
     'CONFIG_FILE',
-    'LAST_FILE',
     'LOCK_FILE',
-    'STATE_FILE',
     'RunDirLock',
     'leftovers_only',
     'load_resume_config',
@@ -29,9 +26,6 @@ __all__ = [
     'unstarted_run',
 ]
 
-STATE_FILE = 'last_state.pt'
-LAST_FILE = 'last.safetensors'
-BEST_FILE = 'best.safetensors'
 CONFIG_FILE = 'config.yaml'
 LOCK_FILE = '.lock'
 

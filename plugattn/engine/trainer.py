@@ -28,6 +28,9 @@ from torch import nn
 
 from .builder import build_model, check_config
 from .checkpoint import (
+    BEST_FILE,
+    LAST_FILE,
+    STATE_FILE,
     atomic_write_text,
     capture_rng_state,
     check_state_dict_fits,
@@ -49,23 +52,14 @@ from .distributed import (
     init_distributed,
 )
 from .ema import ModelEma
-from .errors import EngineError
+from .errors import EngineError, summarise_cause
 from .evaluation import evaluate
 from .logger import Progress, RunLogger
 from .metrics import count_macs, count_params
 from .optim import create_optimizer
 from .preprocess import Preprocessing
 from .provenance import command_line, environment_info
-from .rundir import (
-    BEST_FILE,
-    CONFIG_FILE,
-    LAST_FILE,
-    STATE_FILE,
-    RunDirLock,
-    new_run_dir,
-    resume_command,
-    unstarted_run,
-)
+from .rundir import CONFIG_FILE, RunDirLock, new_run_dir, resume_command, unstarted_run
 from .scheduler import LRSchedule
 from .summary import TrainResult, human_count
 
@@ -295,7 +289,7 @@ class _Trainer:
             if isinstance(e, EngineError):
                 raise
             raise EngineError(f'resume state {self.resume_dir / STATE_FILE} does not match the model/optimizer '
-                              f'({" ".join(str(e).split())[:100]})', 'start a new run') from None
+                              f'({summarise_cause(e)})', 'start a new run') from None
         self.start_epoch = int(state['epoch'])
         self.step = int(state['step'])
         self.history = list(state.get('history', []))
