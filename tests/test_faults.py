@@ -495,6 +495,29 @@ def test_a_damaged_or_truncated_resume_state_is_refused_in_one_line(stopped_run,
                                          'short or garbled)', way_out)
 
 
+def test_a_pickled_object_as_weights_is_refused_with_how_to_convert_it(tmp_path, capsys):
+    from plugattn.attach import load_weights
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f'touch {tmp_path / "pwned"}',))
+
+    model_file, payload_file = tmp_path / 'model.pth', tmp_path / 'payload.pth'
+    torch.save(torch.nn.Linear(2, 2), model_file)  # a whole model, as timm and torchvision users often save
+    torch.save({'state_dict': Payload()}, payload_file)
+    convert = 'weights_only=False), then torch.save(obj.state_dict(), "weights.pth") (or safetensors.torch.save_file)'
+    with pytest.raises(ValueError) as exc:
+        load_weights(torch.nn.Linear(2, 2), model_file)
+    msg = str(exc.value)
+    assert msg.startswith(f'weights file {model_file} holds a pickled Python object (torch.nn.modules.linear.Linear), '
+                          'not a state_dict; loading it would run code, so it was refused; if you trust its source')
+    assert convert in msg and 'Weights only load failed' not in msg
+    code = main(['train', *TINY, '--output', str(tmp_path), '--init-checkpoint', str(payload_file)])
+    assert_one_line_error(code, capsys.readouterr().err, f'weights file {payload_file} holds a pickled Python object '
+                          '(posix.system)', f"obj = torch.load('{payload_file}', {convert}")
+    assert not (tmp_path / 'pwned').exists()
+
+
 # --------------------------------------------------------------------------------------------- compare
 
 
