@@ -518,6 +518,37 @@ def test_a_pickled_object_as_weights_is_refused_with_how_to_convert_it(tmp_path,
     assert not (tmp_path / 'pwned').exists()
 
 
+# --------------------------------------------------------------------------------------------- inputs too small
+
+
+def test_an_input_too_small_for_the_model_is_a_user_error_naming_its_smallest_size(tmp_path, capsys):
+    import importlib.util
+
+    pytest.importorskip('timm')
+    # 8x8 digits through timm's ConvNeXt stem (stride 4) and three stride-2 downsamplings
+    code = main(['train', '--model', 'timm:convnext_atto', '--data', 'digits', '--output', str(tmp_path)])
+    assert_one_line_error(code, capsys.readouterr().err, 'timm:convnext_atto cannot take 8x8 inputs (the digits '
+                          'images): the smallest input size it takes is 32x32; use --set aug.image_size=32')
+    assert not list(tmp_path.iterdir())  # refused before anything was read or written
+    code = main(['train', '--model', 'deit_tiny', '--data', 'digits', '--set', 'aug.image_size=12', '--print-config'])
+    assert_one_line_error(code, capsys.readouterr().err, 'deit_tiny cannot take 12x12 inputs (aug.image_size): the '
+                          'smallest input size it takes is 16x16; use --set aug.image_size=16')
+    code = main(['bench', 'pvt_v1_tiny', '--img-size', '8', '--reps', '1', '--no-train', '--no-memory'])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after bench's load and progress lines
+    assert code == 2 and last == ('plugattn: error: pvt_v1_tiny cannot take 8x8 inputs (--img-size 8): the smallest '
+                                  'input size it takes is 32x32; use --img-size 32')
+    code = main(['export', '--model', 'deit_tiny', '--img-size', '8', '--format', 'torchscript',
+                 '--output', str(tmp_path / 'm.pt')])
+    assert_one_line_error(code, capsys.readouterr().err, 'deit_tiny cannot take 8x8 inputs (--img-size 8)',
+                          'use --img-size 16')
+    if importlib.util.find_spec('pytorch_grad_cam') and importlib.util.find_spec('matplotlib'):
+        code = main(['cam', '--model', 'deit_tiny', '--img-size', '8', '--image', str(tmp_path / 'any.png')])
+        assert_one_line_error(code, capsys.readouterr().err, 'deit_tiny cannot take 8x8 inputs (--img-size 8)',
+                              'use --img-size 16')
+    assert main(['train', '--model', 'deit_tiny', '--data', 'digits', '--set', 'aug.image_size=16',
+                 '--print-config']) == 0
+
+
 # --------------------------------------------------------------------------------------------- compare
 
 

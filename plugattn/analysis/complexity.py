@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..engine.builder import check_input_size
 from ..engine.metrics import count_macs, count_params  # the one implementation of each, shared with the engine
 from ..models import create_model, get_model_entry
 from ._common import AnalysisError
@@ -436,6 +437,8 @@ def _bench_group(
         model, (c, h, w), attn = _build(name, model_kwargs)
         model = model.to(device)
         size = (c, img_size, img_size) if img_size else (c, h, w)
+        if img_size:
+            check_input_size(model, name, c, size[1:], '--img-size {}', f'--img-size {img_size}')
         params, attn_params = count_params(model), count_params(model, attention_only=True)
         macs = count_macs(model, size, device)
         model = model.to(memory_format=fmt)
