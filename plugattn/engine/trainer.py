@@ -62,6 +62,7 @@ from .provenance import command_line, environment_info
 from .rundir import CONFIG_FILE, RunDirLock, new_run_dir, resume_command, unstarted_run
 from .scheduler import LRSchedule
 from .summary import TrainResult, human_count
+from .threads import busy_cores, choose_threads
 
 __all__ = ['amp_settings', 'seed_everything', 'train']
 
@@ -151,6 +152,7 @@ class _Trainer:
         # --resume of a run killed before its first checkpoint: start it from the beginning in place.
         self.restart = resume_dir is not None and unstarted_run(resume_dir)
         self.finish_only = False  # --resume of a run that trained every epoch but lacks its end-of-run files
+        self.thread_note: str | None = None  # why the run uses another thread count than torch's default
         self.ctx = ctx
         self.resume_dir = resume_dir
         self.stop_after = stop_after
@@ -184,6 +186,8 @@ class _Trainer:
         elif ctx.distributed and ctx.device.type == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
             local = int(os.environ.get('LOCAL_WORLD_SIZE', ctx.world_size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        elif ctx.device.type == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
+            self._choose_threads()
         _set_determinism(tc['deterministic'], ctx.device)
         self.amp_enabled, self.amp_dtype, use_scaler = amp_settings(tc, ctx.device)
 
@@ -263,6 +267,21 @@ class _Trainer:
         if tc['compile']:
             self.train_model = torch.compile(self.train_model)
             self.eval_model = torch.compile(model)
+
+    def _choose_threads(self) -> None:
+        """``train.threads`` null on the CPU: a resume keeps the count its run trained with (thread counts change the
+        order of float sums, so results then match a run never stopped); a new run takes the cores other processes
+        leave free (see :mod:`plugattn.engine.threads`)."""
+        if self.resume_dir is not None and not self.restart:
+            with contextlib.suppress(EngineError):
+                threads = read_run_info(self.resume_dir).get('threads')
+                if isinstance(threads, int) and threads >= 1 and threads != torch.get_num_threads():
+                    torch.set_num_threads(threads)
+                    self.thread_note = (f'{threads} CPU thread{"s" if threads > 1 else ""}, as the run trained with '
+                                        '(so it continues bit for bit); --threads N sets the count')
+                    return
+        threads, self.thread_note = choose_threads(torch.get_num_threads(), busy_cores())
+        torch.set_num_threads(threads)
 
     def _load_resume_state(self) -> None:
         assert self.resume_dir is not None
@@ -514,6 +533,7 @@ class _Trainer:
             'epochs_done': self.history[-1]['epoch'] if self.history else 0,
             'best_top1': self.best_top1 if self.best_top1 >= 0 else None,
             'world_size': self.ctx.world_size,
+            'threads': torch.get_num_threads() if self.ctx.device.type == 'cpu' else None,
             'created': self.created,
             'updated': _dt.datetime.now().isoformat(timespec='seconds'),
             'command': self.command,
@@ -620,6 +640,8 @@ class _Trainer:
         self.echo(f'  device {ctx.device}, {procs}, {torch.get_num_threads()} threads, batch {tc["batch_size"]}'
                   f'/process{glob}, {self.epochs} epochs x {len(self.train_loader)} steps, '
                   f'{cfg["optim"]["name"]} lr {cfg["optim"]["lr"]:g}, {cfg["schedule"]["name"]} schedule{amp}')
+        if self.thread_note:
+            self.echo(f'  note: {self.thread_note}')
         if self.restart:
             self.echo(f'  {self.resume_dir} stopped before its first checkpoint: starting it from the beginning '
                       '(with its saved config)')
