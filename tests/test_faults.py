@@ -484,14 +484,14 @@ def test_a_damaged_or_truncated_resume_state_is_refused_in_one_line(stopped_run,
     way_out = (f'its weights of the last finished epoch are intact in {run / "last.safetensors"}: start a new run '
                f'from them with --init-checkpoint {run / "last.safetensors"}')
     assert_one_line_error(code, capsys.readouterr().err,
-                          f'resume state {state} is damaged (checksum mismatch: its data changed after it was saved)',
+                          f'resume state {state} is corrupted (checksum mismatch: its data changed after it was saved)',
                           way_out)
     assert json.loads((run / 'run.json').read_text())['epochs_done'] == 1  # nothing was trained on it
     for cut in (200, len(good) // 2):  # miniz's and the zip reader's failures, each summarised in a few words
         state.write_bytes(good[:cut])
         code = main(['train', '--resume', str(run), '--no-progress'])
         err = capsys.readouterr().err
-        assert_one_line_error(code, err, f'resume state {state} is truncated or damaged (its zip archive is cut '
+        assert_one_line_error(code, err, f'resume state {state} is truncated or corrupted (its zip archive is cut '
                                          'short or garbled)', way_out)
 
 

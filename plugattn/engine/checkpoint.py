@@ -541,10 +541,10 @@ def load_state(path: str | Path) -> dict[str, Any]:
                               'checkpoint data (refused without running it)',
                               'start a new run, and load this file with weights_only=False only if you trust its '
                               'source') from None
-        raise EngineError(f'resume state {path} is truncated or damaged ({_damage(e)})', way_out) from None
+        raise EngineError(f'resume state {path} is truncated or corrupted ({_damage(e)})', way_out) from None
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         raise EngineError(f'{path} is not a plugattn resume state', 'start a new run instead of --resume')
     if STATE_DIGEST_KEY in state and state[STATE_DIGEST_KEY] != state_digest(state):
-        raise EngineError(f'resume state {path} is damaged (checksum mismatch: its data changed after it was saved)',
+        raise EngineError(f'resume state {path} is corrupted (checksum mismatch: its data changed after it was saved)',
                           way_out)
     return state
