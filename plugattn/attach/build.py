@@ -340,7 +340,9 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor] | str | os.
         ``{'missing': [...], 'unexpected': [...], 'skipped': [...]}``.
 
     Raises:
-        ValueError: Any other mismatch, naming the first offending key.
+        ValueError: Any other mismatch, naming the first offending key; or a file that is not a state_dict (a pickled
+            object such as ``torch.save(model)`` is refused without running it, and the message says how to convert
+            it).
     """
     if not isinstance(state, Mapping):
         state = _read_state(Path(state))
