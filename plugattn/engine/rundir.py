@@ -45,7 +45,8 @@ def load_resume_config(run_dir: str | Path, overrides: list[tuple[str, Any]]) ->
     if not leftovers_only(run_dir):
         read_run_info(run_dir)
     elif not (run_dir / CONFIG_FILE).is_file():
-        raise EngineError(f'{run_dir} holds no run to resume: its run was stopped before it saved its config',
+        raise EngineError(f'{run_dir} holds no run to resume (no run.json or {CONFIG_FILE}: a run stopped while it '
+                          'created its folder leaves it so)',
                           f'start it again with the same command and --output {shlex.quote(str(run_dir.parent))} '
                           f'--name {shlex.quote(run_dir.name)} (that folder is then used)')
     path = run_dir / CONFIG_FILE
@@ -108,13 +109,12 @@ def _is_leftover(name: str) -> bool:
 
 
 def leftovers_only(run_dir: Path) -> bool:
-    """A folder without ``run.json`` that holds only files a run writes before it (lock, config, temp files): a
-    run killed while it created its directory."""
+    """A folder without ``run.json`` that holds only files a run writes before it (lock, config, temp files), or
+    nothing: a run killed while it created its directory."""
     try:
-        names = [p.name for p in run_dir.iterdir()]
+        return all(_is_leftover(p.name) for p in run_dir.iterdir())
     except OSError:
         return False
-    return bool(names) and all(_is_leftover(n) for n in names)
 
 
 def unstarted_run(run_dir: Path) -> bool:
