@@ -109,12 +109,13 @@ def _is_leftover(name: str) -> bool:
 
 
 def leftovers_only(run_dir: Path) -> bool:
-    """A folder without ``run.json`` that holds only files a run writes before it (lock, config, temp files), or
-    nothing: a run killed while it created its directory."""
+    """A folder without ``run.json`` that holds files a run writes before it (lock, config, temp files) and nothing
+    else: a run killed while it created its directory (an empty folder is not taken for one)."""
     try:
-        return all(_is_leftover(p.name) for p in run_dir.iterdir())
+        names = [p.name for p in run_dir.iterdir()]
     except OSError:
         return False
+    return bool(names) and all(_is_leftover(n) for n in names)
 
 
 def unstarted_run(run_dir: Path) -> bool:
