@@ -18,7 +18,7 @@ batch 1 there).
 
 **Metadata.** :func:`export_metadata` describes the model for a runtime that has only the exported file: the model
 name and kwargs, the class names and the preprocessing (input size, colour mode, resize, crop, interpolation,
-mean/std; see :class:`plugattn.engine.inference.Preprocessing`), as string values (JSON where structured). ONNX files
+mean/std; see :class:`plugattn.engine.preprocess.Preprocessing`), as string values (JSON where structured). ONNX files
 carry them as ``metadata_props`` (onnxruntime: ``session.get_modelmeta().custom_metadata_map``), TorchScript files
 as extra files of the same names (``torch.jit.load(path, _extra_files=...)``); :func:`read_export_metadata` reads
 either back.
@@ -202,7 +202,7 @@ def export_metadata(
     """
     from dataclasses import replace
 
-    from .engine.inference import checkpoint_classes, preprocessing_from_meta
+    from .engine.preprocess import checkpoint_classes, preprocessing_from_meta
     from .version import __version__
 
     meta = dict(meta or {})

@@ -19,7 +19,8 @@ import torch
 
 from plugattn.cli import main
 from plugattn.engine import EngineError, read_weights, save_weights
-from plugattn.engine.inference import Preprocessing, predict
+from plugattn.engine.inference import predict
+from plugattn.engine.preprocess import Preprocessing
 
 pytest.importorskip('skimage')
 pytest.importorskip('sklearn')  # the digits dataset comes from scikit-learn

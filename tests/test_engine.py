@@ -441,3 +441,65 @@ def test_unknown_recipe_and_atomic_run_marker(tmp_path):
     (tmp_path / 'run.json').write_text('{"format": "something-else"}')
     assert not ckpt.is_run_dir(tmp_path)
     assert os.listdir(tmp_path) == ['run.json']
+
+
+def test_engine_modules_import_each_other_without_a_cycle():
+    # Every import between engine modules counts, function-local ones included: a cycle hidden behind a local import
+    # is still a cycle.
+    import ast
+    import graphlib
+
+    import plugattn.engine as engine_pkg
+
+    graph = {}
+    for file in Path(engine_pkg.__file__).parent.glob('*.py'):
+        deps = set()
+        for node in ast.walk(ast.parse(file.read_text(encoding='utf-8'))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module.split('.')[0])
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps.update(alias.name for alias in node.names)
+        graph[file.stem] = deps
+    assert {'trainer', 'evaluation', 'inference', 'preprocess', 'rundir', 'summary'} <= graph.keys()
+    assert 'trainer' not in graph['evaluation'] | graph['inference'] and 'inference' not in graph['evaluation']
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert order.index('evaluation') < order.index('inference') and order.index('evaluation') < order.index('trainer')
+
+
+def test_a_run_without_threads_leaves_cores_busy_elsewhere_to_their_processes(tmp_path, monkeypatch):
+    from plugattn.engine import threads as threads_mod
+    from plugattn.engine import trainer as trainer_mod
+
+    busy = threads_mod.busy_cores(0.1)  # a real measurement: a number of cores (the machine may be busy)
+    assert busy is not None and 0.0 <= busy <= threads_mod.usable_cores() + 0.5
+    monkeypatch.setattr(threads_mod, 'usable_cores', lambda: 4)
+    assert threads_mod.choose_threads(4, 0.2) == (4, None)  # a little background work: torch's default
+    assert threads_mod.choose_threads(4, 1.0)[0] == 3
+    assert threads_mod.choose_threads(4, 2.6)[0] == 1 and threads_mod.choose_threads(4, 9.0)[0] == 1
+    assert threads_mod.choose_threads(2, 3.0)[0] == 1 and threads_mod.choose_threads(1, 3.0) == (1, None)
+    assert threads_mod.choose_threads(4, None) == (4, None)
+
+    # One of 2 cores busy: the run takes 1 thread, says why, and a resume keeps it whatever the load is then.
+    monkeypatch.setattr(threads_mod, 'usable_cores', lambda: 2)
+    monkeypatch.setattr(trainer_mod, 'busy_cores', lambda: 1.0)
+    torch.set_num_threads(2)
+    lines: list[str] = []
+    result = train(tiny_cfg(tmp_path, train__threads=None, train__epochs=2), stop_after=1, progress=False,
+                   echo=lines.append)
+    assert torch.get_num_threads() == 2  # restored after the run
+    note = ('  note: other processes keep 1.0 of 2 cores busy, so this run uses 1 CPU thread instead of 2 (threads '
+            'that wait for a taken core slow down every step); --threads N sets the count')
+    assert note in lines and ', 1 threads, batch 64' in lines[1]
+    assert json.loads((result.run_dir / 'run.json').read_text())['threads'] == 1
+    monkeypatch.setattr(trainer_mod, 'busy_cores', lambda: 0.0)
+    lines.clear()
+    train(load_resume_config_for(result.run_dir), resume_dir=result.run_dir, progress=False, echo=lines.append)
+    assert '  note: 1 CPU thread, as the run trained with (so it continues bit for bit); --threads N sets the count' \
+        in lines
+    torch.set_num_threads(1)
+
+
+def load_resume_config_for(run_dir: Path) -> dict:
+    from plugattn.engine import load_resume_config
+
+    return load_resume_config(run_dir, [])

@@ -212,6 +212,110 @@ def test_run_killed_before_first_checkpoint_can_resume_or_restart(tmp_path, monk
     assert_one_line_error(code, capsys.readouterr().err, 'already exists', f'--resume {run}')
 
 
+SIGNAL_AT = """
+import os, signal, sys
+from plugattn.engine import trainer
+sig, where = getattr(signal, sys.argv[1]), sys.argv[2]
+real, sent = getattr(trainer, where), []
+
+def wrapped(*args, **kwargs):
+    out = real(*args, **kwargs)
+    if not sent:  # once, right after the first call returns
+        sent.append(os.kill(os.getpid(), sig))
+    return out
+
+setattr(trainer, where, wrapped)
+from plugattn.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize(('name', 'where', 'created'), [
+    ('SIGTERM', 'write_run_info', True),  # run.json was just written, nothing trained yet
+    ('SIGHUP', 'write_run_info', True),  # the terminal closed
+    ('SIGUSR1', 'seed_everything', False),  # during set-up, before the run directory exists
+])
+def test_a_signal_at_start_up_stops_cleanly_and_leaves_no_dead_end(tmp_path, capsys, name, where, created):
+    signum = getattr(signal, name, None)
+    if signum is None:
+        pytest.skip(f'no {name} on this platform')
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    proc = subprocess.run([sys.executable, '-c', SIGNAL_AT, name, where, 'train', *TINY, '--epochs', '1',
+                           '--output', str(tmp_path), '--name', 'run'],
+                          capture_output=True, text=True, env=env, timeout=120)
+    run = tmp_path / 'run'
+    assert proc.returncode == 128 + signum, proc.stderr
+    assert 'Traceback' not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    if not created:
+        assert not run.exists()
+        assert last == f'plugattn: stopped by {name} before the run directory was created; nothing was written'
+        return
+    assert json.loads((run / 'run.json').read_text())['status'] == 'stopped'
+    assert not (run / '.lock').exists() and not (run / 'last_state.pt').exists()
+    assert last == (f'plugattn: stopped by {name} before the first checkpoint; run.json in {run} says "stopped"; '
+                    f'continue with: plugattn train --resume {run} (it starts from the beginning)')
+    if signum == signal.SIGTERM:
+        capsys.readouterr()
+        assert main(['train', '--resume', str(run), '--no-progress']) == 0
+        assert 'starting it from the beginning (with its saved config)' in capsys.readouterr().out
+        assert json.loads((run / 'run.json').read_text())['status'] == 'finished'
+
+
+def test_a_folder_left_by_a_run_killed_while_it_was_created_is_continued(tmp_path, capsys):
+    from plugattn.engine import dump_config
+
+    finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
+                              text=True, timeout=60)
+    dead_pid = finished.stdout.strip()  # a process that has ended
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / '.lock').write_text(f'{dead_pid}\n')
+    (run / '.config.yaml.x1y2.tmp').write_text('name: fash')  # a write cut short
+    # no config yet: --resume cannot know the run's settings and says how to start it again
+    code = main(['train', '--resume', str(run)])
+    assert_one_line_error(code, capsys.readouterr().err, f'{run} holds no run to resume (no run.json or config.yaml',
+                          f'start it again with the same command and --output {tmp_path} --name run')
+    # the same command again takes the folder over
+    assert main(['train', *TINY, '--epochs', '1', '--output', str(tmp_path), '--name', 'run']) == 0
+    out = capsys.readouterr().out
+    assert f'note: taking over {run / ".lock"}, left by pid {dead_pid}, which ended without releasing it' in out
+    assert f'note: {run} holds a run stopped before its first checkpoint: the new run starts in it' in out
+    assert json.loads((run / 'run.json').read_text())['status'] == 'finished'
+    assert sorted(p.name for p in run.glob('.*')) == []
+    # killed after config.yaml, before run.json: --resume starts it with that config
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / '.lock').write_text(f'{dead_pid}\n')
+    cfg = tiny_cfg(tmp_path, output__name='other', train__seed=7)
+    (other / 'config.yaml').write_text(dump_config(cfg))
+    assert main(['train', '--resume', str(other), '--no-progress']) == 0
+    assert 'starting it from the beginning (with its saved config)' in capsys.readouterr().out
+    assert load_state(other / 'last_state.pt')['epoch'] == 1
+    assert 'seed: 7' in (other / 'config.yaml').read_text()
+
+
+def test_resume_of_a_run_killed_after_its_last_epoch_writes_the_end_of_run_files(straight_cli_run, tmp_path,
+                                                                                   capsys):
+    run = copy_run(straight_cli_run, tmp_path)
+    info = json.loads((run / 'run.json').read_text())
+    (run / 'run.json').write_text(json.dumps({**info, 'status': 'running'}))  # killed while writing curves.png
+    (run / 'curves.png').unlink()
+    (run / 'summary.csv').unlink()
+    before = (run / 'last_state.pt').read_bytes()
+    capsys.readouterr()
+    assert main(['train', '--resume', str(run), '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert 'all 1 epochs were trained before the run stopped: writing its end-of-run files' in out
+    assert (run / 'curves.png').stat().st_size > 1000
+    assert (run / 'summary.csv').read_text().splitlines()[1].startswith('1,')
+    assert json.loads((run / 'run.json').read_text())['status'] == 'finished'
+    assert (run / 'last_state.pt').read_bytes() == before  # nothing trained again
+    # a complete run is still refused: there is nothing to do
+    code = main(['train', '--resume', str(run)])
+    assert_one_line_error(code, capsys.readouterr().err, 'already finished 1 of 1 epochs', '--epochs N')
+
+
 def test_resume_with_other_epochs_needs_reschedule(stopped_run, tmp_path, capsys):
     run = copy_run(stopped_run, tmp_path)
     capsys.readouterr()
@@ -349,6 +453,100 @@ def test_pickle_payload_in_resume_state_is_one_clear_line(stopped_run, tmp_path,
     assert_one_line_error(code, err, 'holds a pickled Python object (posix.system)', 'refused without running it',
                           'start a new run')
     assert 'pwned' not in out
+
+
+def _flip_inside_largest_member(path: Path, n: int = 64) -> str:
+    """Invert ``n`` bytes in the middle of the largest stored member of a zip file; return the member's name."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack('<HH', data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[start:start + n] = bytes(255 - b for b in data[start:start + n])
+    path.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_a_damaged_or_truncated_resume_state_is_refused_in_one_line(stopped_run, tmp_path, capsys):
+    import zipfile
+
+    run = copy_run(stopped_run, tmp_path)
+    state = run / 'last_state.pt'
+    good = state.read_bytes()
+    member = _flip_inside_largest_member(state)
+    with zipfile.ZipFile(state) as z:
+        assert z.testzip() == member  # the damage is real, and torch.load alone does not notice it
+    capsys.readouterr()
+    code = main(['train', '--resume', str(run), '--no-progress'])
+    way_out = (f'its weights of the last finished epoch are intact in {run / "last.safetensors"}: start a new run '
+               f'from them with --init-checkpoint {run / "last.safetensors"}')
+    assert_one_line_error(code, capsys.readouterr().err,
+                          f'resume state {state} is corrupted (checksum mismatch: its data changed after it was saved)',
+                          way_out)
+    assert json.loads((run / 'run.json').read_text())['epochs_done'] == 1  # nothing was trained on it
+    for cut in (200, len(good) // 2):  # miniz's and the zip reader's failures, each summarised in a few words
+        state.write_bytes(good[:cut])
+        code = main(['train', '--resume', str(run), '--no-progress'])
+        err = capsys.readouterr().err
+        assert_one_line_error(code, err, f'resume state {state} is truncated or corrupted (its zip archive is cut '
+                                         'short or garbled)', way_out)
+
+
+def test_a_pickled_object_as_weights_is_refused_with_how_to_convert_it(tmp_path, capsys):
+    from plugattn.attach import load_weights
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f'touch {tmp_path / "pwned"}',))
+
+    model_file, payload_file = tmp_path / 'model.pth', tmp_path / 'payload.pth'
+    torch.save(torch.nn.Linear(2, 2), model_file)  # a whole model, as timm and torchvision users often save
+    torch.save({'state_dict': Payload()}, payload_file)
+    convert = 'weights_only=False), then torch.save(obj.state_dict(), "weights.pth") (or safetensors.torch.save_file)'
+    with pytest.raises(ValueError) as exc:
+        load_weights(torch.nn.Linear(2, 2), model_file)
+    msg = str(exc.value)
+    assert msg.startswith(f'weights file {model_file} holds a pickled Python object (torch.nn.modules.linear.Linear), '
+                          'not a state_dict; loading it would run code, so it was refused; if you trust its source')
+    assert convert in msg and 'Weights only load failed' not in msg
+    code = main(['train', *TINY, '--output', str(tmp_path), '--init-checkpoint', str(payload_file)])
+    assert_one_line_error(code, capsys.readouterr().err, f'weights file {payload_file} holds a pickled Python object '
+                          '(posix.system)', f"obj = torch.load('{payload_file}', {convert}")
+    assert not (tmp_path / 'pwned').exists()
+
+
+# --------------------------------------------------------------------------------------------- inputs too small
+
+
+def test_an_input_too_small_for_the_model_is_a_user_error_naming_its_smallest_size(tmp_path, capsys):
+    import importlib.util
+
+    pytest.importorskip('timm')
+    # 8x8 digits through timm's ConvNeXt stem (stride 4) and three stride-2 downsamplings
+    code = main(['train', '--model', 'timm:convnext_atto', '--data', 'digits', '--output', str(tmp_path)])
+    assert_one_line_error(code, capsys.readouterr().err, 'timm:convnext_atto cannot take 8x8 inputs (the digits '
+                          'images): the smallest input size it takes is 32x32; use --set aug.image_size=32')
+    assert not list(tmp_path.iterdir())  # refused before anything was read or written
+    code = main(['train', '--model', 'deit_tiny', '--data', 'digits', '--set', 'aug.image_size=12', '--print-config'])
+    assert_one_line_error(code, capsys.readouterr().err, 'deit_tiny cannot take 12x12 inputs (aug.image_size): the '
+                          'smallest input size it takes is 16x16; use --set aug.image_size=16')
+    code = main(['bench', 'pvt_v1_tiny', '--img-size', '8', '--reps', '1', '--no-train', '--no-memory'])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after bench's load and progress lines
+    assert code == 2 and last == ('plugattn: error: pvt_v1_tiny cannot take 8x8 inputs (--img-size 8): the smallest '
+                                  'input size it takes is 32x32; use --img-size 32')
+    code = main(['export', '--model', 'deit_tiny', '--img-size', '8', '--format', 'torchscript',
+                 '--output', str(tmp_path / 'm.pt')])
+    assert_one_line_error(code, capsys.readouterr().err, 'deit_tiny cannot take 8x8 inputs (--img-size 8)',
+                          'use --img-size 16')
+    if importlib.util.find_spec('pytorch_grad_cam') and importlib.util.find_spec('matplotlib'):
+        code = main(['cam', '--model', 'deit_tiny', '--img-size', '8', '--image', str(tmp_path / 'any.png')])
+        assert_one_line_error(code, capsys.readouterr().err, 'deit_tiny cannot take 8x8 inputs (--img-size 8)',
+                              'use --img-size 16')
+    assert main(['train', '--model', 'deit_tiny', '--data', 'digits', '--set', 'aug.image_size=16',
+                 '--print-config']) == 0
 
 
 # --------------------------------------------------------------------------------------------- compare

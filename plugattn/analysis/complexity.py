@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..engine.builder import check_input_size
 from ..engine.metrics import count_macs, count_params  # the one implementation of each, shared with the engine
 from ..hub import create_model, get_model_entry
 from ._common import AnalysisError
@@ -437,7 +438,12 @@ def _bench_group(
         model = model.to(device)
         size = (c, img_size, img_size) if img_size else (c, h, w)
         params, attn_params = count_params(model), count_params(model, attention_only=True)
-        macs = count_macs(model, size, device)
+        try:
+            macs = count_macs(model, size, device)  # the model's first forward pass
+        except Exception:
+            if img_size:  # an input too small for the model is the user's to fix: say so, with the size it takes
+                check_input_size(model, name, c, size[1:], '--img-size {}', f'--img-size {img_size}')
+            raise
         model = model.to(memory_format=fmt)
         static.append(dict(model=name, backbone=group[0], attn=attn,
                            img_size=size[1], params=params, attn_params=attn_params, macs=macs))

@@ -263,7 +263,7 @@ def compute_cam(
 
 def class_names(model: nn.Module, meta: dict[str, Any] | None = None) -> list[str] | None:
     """Class names a checkpoint records (or its data set's), or the ImageNet classes for 1000-class models."""
-    from ..engine.inference import checkpoint_classes
+    from ..engine.preprocess import checkpoint_classes
 
     recorded = checkpoint_classes(meta or {})
     if recorded:

@@ -370,15 +370,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A raw state_dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``; nothing unpickled)."""
     if not path.is_file():
         raise ValueError(f'weights file {path} does not exist; pass a .safetensors, .pth or .bin state_dict file')
-    if path.suffix == '.safetensors':
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
+        if path.suffix == '.safetensors':
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise ValueError(f'cannot read weights file {path} ({" ".join(str(e).split())[:80]}); pass a state_dict '
-                         'saved with torch.save or safetensors') from None
+        raise ValueError(_unreadable_weights(path, e)) from None
     for key in ('state_dict', 'model', 'state_dict_ema'):  # common training-script containers
         if isinstance(obj, dict) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -386,6 +385,22 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f'{path} does not hold a state_dict of tensors')
     return {k.removeprefix('module.'): v for k, v in obj.items()}
+
+
+def _unreadable_weights(path: Path, e: Exception) -> str:
+    """One line ``<problem>; <fix>`` for a weights file that ``torch.load(weights_only=True)`` or safetensors
+    refused."""
+    import pickle
+    import re
+
+    found = re.search(r'GLOBAL ([\w.]+)', str(e)) if isinstance(e, pickle.UnpicklingError) else None
+    if found:  # a pickled object (e.g. torch.save(model)) needs its code to load: never loaded here
+        return (f'weights file {path} holds a pickled Python object ({found.group(1)}), not a state_dict; loading it '
+                'would run code, so it was refused; if you trust its source, convert it once in Python: obj = '
+                f'torch.load({str(path)!r}, weights_only=False), then torch.save(obj.state_dict(), "weights.pth") '
+                '(or safetensors.torch.save_file) and pass that file')
+    return (f'cannot read weights file {path} (truncated, damaged or not a torch.save/safetensors file); pass a '
+            'state_dict saved with torch.save or safetensors')
 
 
 def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor] | str | os.PathLike) -> dict[str, list[str]]:
@@ -399,7 +414,9 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor] | str | os.
         ``{'missing': [...], 'unexpected': [...], 'skipped': [...]}``.
 
     Raises:
-        ValueError: Any other mismatch, naming the first offending key.
+        ValueError: Any other mismatch, naming the first offending key; or a file that is not a state_dict (a pickled
+            object such as ``torch.save(model)`` is refused without running it, and the message says how to convert
+            it).
     """
     if not isinstance(state, Mapping):
         state = read_state_dict(Path(state))

@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except BaseException as err:
         from ..data import DataError
-        from ..engine import EngineError
+        from ..engine.errors import EngineError, summarise_cause
 
         user = isinstance(err, (CliError, EngineError, DataError, ValueError, FileNotFoundError, OSError, KeyError))
         if debug:
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if user:
             print(f'{PROG}: error: {format_error(err, command)}', file=sys.stderr)
             return EXIT_USER_ERROR
-        text = ' '.join(str(err).split())[:300]
+        text = summarise_cause(err, limit=300)
         print(f'{PROG}: error: internal error {type(err).__name__}: {text}; rerun with --debug for the traceback '
               'and report it', file=sys.stderr)
         return EXIT_INTERNAL_ERROR

@@ -55,11 +55,15 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn cam``."""
     from ..analysis import load_model, run_cam
     from ..analysis._common import require
+    from ..engine.builder import check_input_size
 
     require('pytorch_grad_cam', 'plugattn cam')
     if not args.overlay_only:
         require('matplotlib', 'plugattn cam')
     model, meta = load_model(args.model, args.checkpoint, which=args.which)
+    if args.img_size:
+        check_input_size(model, model.model_name, getattr(model, 'in_chans', 3), (args.img_size, args.img_size),
+                         '--img-size {}', f'--img-size {args.img_size}')
     results = run_cam(model, args.image, method=args.method, target_layer=args.target_layer,
                       class_idx=args.class_idx, output=args.output, meta=meta, img_size=args.img_size,
                       overlay_only=args.overlay_only)

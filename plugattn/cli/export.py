@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn export``."""
-    from ..engine.inference import preprocessing_from_meta
+    from ..engine.builder import check_input_size
+    from ..engine.preprocess import preprocessing_from_meta
     from ..export import export_metadata, export_model
     from ..hub import create_model
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     _, height, width = preprocessing_from_meta(meta or {}, model).input_size
     if args.img_size:
         height = width = args.img_size
+        check_input_size(model, name, model.in_chans, (height, width), '--img-size {}', f'--img-size {height}')
     input_size = (model.in_chans, height, width)
     output = Path(args.output or f'{name}.{"onnx" if args.format == "onnx" else "pt"}')
     result = export_model(

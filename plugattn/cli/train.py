@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 from ._common import PROG, ArgumentParser, add_command, positive_int, stdout_is_tty
 
 NAME = 'train'
-HELP = 'train a model from a recipe (no arguments: BAv2-ResNet-20 on Fashion-MNIST, ~5 min on a CPU)'
+HELP = ('train a model from a recipe (no arguments: BAv2-ResNet-20 on Fashion-MNIST, 2 epochs, about 4.5 min '
+        'on an idle 2-core CPU)')
 
 # flag -> (config key, argparse options)
 _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -31,7 +33,10 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                                                                            '(imagefolder only)'}),
     '--device': ('train.device', {'metavar': 'DEV', 'help': "auto (cuda if available, else cpu), cpu, cuda, "
                                                             "cuda:N"}),
-    '--threads': ('train.threads', {'type': int, 'metavar': 'N', 'help': 'torch CPU threads'}),
+    '--threads': ('train.threads', {'type': int, 'metavar': 'N',
+                                    'help': "torch CPU threads; unset, a run measures the load first and uses torch's "
+                                            'default (one per core) on free cores, or the cores other processes leave '
+                                            'free, saying so in one line; a resume keeps its run\'s count'}),
     '--init-checkpoint': ('model.init_checkpoint', {'metavar': 'FILE', 'help': 'start from these weights '
                                                                                '(.safetensors of the same model, '
                                                                                'attention keys may be missing; or '
@@ -192,8 +197,8 @@ def _check_paths(cfg: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn train``."""
     from ..engine import dump_config, format_summary, load_resume_config, resolve_config, train
+    from ..engine.builder import check_config
     from ..engine.errors import EngineError
-    from ..engine.trainer import check_config
 
     overrides = _overrides(args)
     if args.resume is not None:
@@ -218,9 +223,23 @@ def run(args: argparse.Namespace) -> int:
                    t_start=getattr(args, 't_start', None), command=getattr(args, 'argv', None),
                    reschedule=args.reschedule)
     if result.is_main:
-        print(format_summary(result, cfg), flush=True)
-        if result.stop_signal is not None:
-            name = signal.Signals(result.stop_signal).name
-            print(f'{PROG}: stopped by {name}; the resume state in {result.run_dir} is saved and run.json says '
-                  f'"stopped"; continue with: {result.resume_command}', file=sys.stderr, flush=True)
+        # after SIGHUP the terminal may be gone: the run has stopped cleanly whether these lines arrive or not
+        with contextlib.suppress(OSError):
+            print(format_summary(result, cfg), flush=True)
+            if result.stop_signal is not None:
+                print(f'{PROG}: {_stop_line(result)}', file=sys.stderr, flush=True)
     return result.exit_code
+
+
+def _stop_line(result: Any) -> str:
+    """What a signal left behind and how to continue."""
+    from ..engine.rundir import unstarted_run
+
+    name = signal.Signals(result.stop_signal).name
+    if result.run_dir is None:
+        return f'stopped by {name} before the run directory was created; nothing was written'
+    if unstarted_run(result.run_dir):
+        return (f'stopped by {name} before the first checkpoint; run.json in {result.run_dir} says "stopped"; '
+                f'continue with: {result.resume_command} (it starts from the beginning)')
+    return (f'stopped by {name}; the resume state in {result.run_dir} is saved and run.json says "stopped"; '
+            f'continue with: {result.resume_command}')

@@ -25,11 +25,13 @@ from .config import (
 from .distributed import DistBatchNorm, DistContext, convert_sync_batchnorm, init_distributed
 from .ema import ModelEma
 from .errors import EngineError
-from .evaluation import evaluate_checkpoint, resolve_checkpoint
+from .evaluation import evaluate, evaluate_checkpoint, resolve_checkpoint
 from .metrics import count_macs, count_params, topk_correct
 from .optim import create_optimizer, param_groups_weight_decay
+from .rundir import load_resume_config
 from .scheduler import LRSchedule
-from .trainer import TrainResult, evaluate, format_summary, load_resume_config, seed_everything, train
+from .summary import TrainResult, format_summary
+from .trainer import seed_everything, train
 
 __all__ = [
     'DEFAULT_RECIPE',

@@ -8,7 +8,9 @@ A run directory holds:
   name and kwargs, class names, preprocessing, recipe, epoch, metrics, plugattn version, a SHA-256 of the tensor
   data and a SHA-256 of the metadata itself, so an edited field is detected as well as damaged weights);
 * ``last_state.pt``: everything else needed to resume bit for bit (model weights again, optimizer, schedule,
-  GradScaler, EMA weights, RNG states, epoch, step, metric history), read with ``torch.load(weights_only=True)``.
+  GradScaler, EMA weights, RNG states, epoch, step, metric history) and a SHA-256 of all of it, read with
+  ``torch.load(weights_only=True)`` and checked against that checksum (``torch.load`` does not check the zip
+  members' CRCs, so damaged tensor data would otherwise load).
 
 ``last_state.pt`` is self-contained, so resuming never depends on two files having been replaced together. Every
 write goes to a temporary file in the same folder, is flushed and fsync'ed, then ``os.replace``'d over the target
@@ -24,6 +26,7 @@ import os
 import random
 import secrets
 import shutil
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -33,10 +36,13 @@ import torch
 from torch import nn
 
 from ..version import __version__
-from .errors import EngineError
+from .errors import EngineError, summarise_cause
 
 __all__ = [
+    'BEST_FILE',
+    'LAST_FILE',
     'RUN_FILE',
+    'STATE_FILE',
     'atomic_write',
     'atomic_write_bytes',
     'capture_rng_state',
@@ -44,15 +50,20 @@ __all__ = [
     'is_run_dir',
     'load_model_weights',
     'load_state',
+    'pickled_object',
     'read_run_info',
     'read_weights',
     'restore_rng_state',
     'save_state',
     'save_weights',
+    'state_digest',
     'write_run_info',
 ]
 
 RUN_FILE = 'run.json'
+STATE_FILE = 'last_state.pt'
+LAST_FILE = 'last.safetensors'
+BEST_FILE = 'best.safetensors'
 RUN_FORMAT = 'plugattn-run'
 WEIGHTS_FORMAT = 'plugattn-weights'
 STATE_FORMAT = 'plugattn-state'
@@ -324,8 +335,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     except PermissionError:
         raise EngineError(f'cannot read checkpoint {path} (permission denied)', 'check the file permissions') from None
     except Exception as e:  # safetensors raises its own error types for truncated or garbled files
-        reason = ' '.join(str(e).split())[:120] or type(e).__name__
-        raise EngineError(f'checkpoint {path} is truncated or corrupted ({reason})', fix) from None
+        raise EngineError(f'checkpoint {path} is truncated or corrupted ({summarise_cause(e)})', fix) from None
     if META_KEY not in raw_meta:
         raise EngineError(f'{path} is not a plugattn checkpoint (no plugattn metadata)',
                           'load it with safetensors.torch.load_file and model.load_state_dict, or train with '
@@ -449,9 +459,40 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------- training state
 
 
+STATE_DIGEST_KEY = 'sha256'
+
+
+def _feed_digest(h: Any, obj: Any) -> None:
+    """Add a nested state (mappings, sequences, tensors, scalars) to a hash, with its structure and types."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to('cpu').contiguous()
+        h.update(f'T{t.dtype}{tuple(t.shape)};'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, Mapping):
+        h.update(f'{{{len(obj)};'.encode())
+        for key, value in obj.items():
+            _feed_digest(h, key)
+            _feed_digest(h, value)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f'[{len(obj)};'.encode())
+        for value in obj:
+            _feed_digest(h, value)
+    else:
+        h.update(f'{type(obj).__name__}:{obj!r};'.encode())
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 of a resume state's tensors and values (its own digest field left out)."""
+    h = hashlib.sha256()
+    _feed_digest(h, {k: v for k, v in state.items() if k != STATE_DIGEST_KEY})
+    return h.hexdigest()
+
+
 def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
-    """Save the resume state with ``torch.save``, atomically (format tag and version added)."""
+    """Save the resume state with ``torch.save``, atomically (format tag, version and a SHA-256 of the whole state
+    added, which :func:`load_state` checks)."""
     full = {'format': STATE_FORMAT, 'plugattn_version': __version__, **state}
+    full[STATE_DIGEST_KEY] = state_digest(full)
     atomic_write(path, lambda f: torch.save(full, f), size_hint=_tensor_bytes(full))
 
 
@@ -466,21 +507,43 @@ def _tensor_bytes(obj: Any) -> int:
     return 0
 
 
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Load a resume state with ``torch.load(weights_only=True)`` onto the CPU.
+def _damage(e: BaseException) -> str:
+    """What a failed ``torch.load`` says about the file, in a few words."""
+    text = ' '.join(str(e).split())
+    if (isinstance(e, OSError) and e.errno == errno.EINVAL) or 'PytorchStreamReader' in text:
+        return 'its zip archive is cut short or garbled'
+    if isinstance(e, (EOFError, zipfile.BadZipFile)):
+        return 'it ends early'
+    return summarise_cause(e)
 
-    Raises:
-        EngineError: Missing, truncated or corrupted file, or not a plugattn state file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EngineError(f'the resume state {path} does not exist',
-                          'start a new run instead of --resume (the weights in last.safetensors can still be '
-                          'evaluated)')
+
+def pickled_object(e: BaseException) -> str | None:
+    """The ``module.name`` a ``weights_only`` load refused (the file needs code to load), else ``None``."""
     import pickle
     import re
+
+    if not isinstance(e, pickle.UnpicklingError):
+        return None
+    found = re.search(r'GLOBAL ([\w.]+)', str(e))
+    return found.group(1) if found else None
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Load a resume state with ``torch.load(weights_only=True)`` onto the CPU and verify its checksum.
+
+    Raises:
+        EngineError: Missing, truncated or damaged file (checksum mismatch), or not a plugattn state file; the
+            message names the file and what is left to continue from.
+    """
     import warnings
 
+    path = Path(path)
+    weights = path.parent / LAST_FILE
+    way_out = (f'its weights of the last finished epoch are intact in {weights}: start a new run from them with '
+               f'--init-checkpoint {weights} (the optimizer state is not in it), or train again'
+               if weights.is_file() else 'start a new run')
+    if not path.is_file():
+        raise EngineError(f'the resume state {path} does not exist', way_out)
     try:
         with warnings.catch_warnings():  # torch warns in several lines about what it refuses; the error says it
             warnings.simplefilter('ignore')
@@ -488,16 +551,16 @@ def load_state(path: str | Path) -> dict[str, Any]:
     except PermissionError:
         raise EngineError(f'cannot read {path} (permission denied)', 'check the file permissions') from None
     except Exception as e:  # zip/unpickling errors of a truncated or garbled file, or a refused pickle payload
-        found = re.search(r'GLOBAL ([\w.]+)', str(e)) if isinstance(e, pickle.UnpicklingError) else None
-        if found:
-            raise EngineError(f'resume state {path} holds a pickled Python object ({found.group(1)}) that is not '
+        obj = pickled_object(e)
+        if obj:
+            raise EngineError(f'resume state {path} holds a pickled Python object ({obj}) that is not '
                               'checkpoint data (refused without running it)',
                               'start a new run, and load this file with weights_only=False only if you trust its '
                               'source') from None
-        reason = ' '.join(str(e).split())[:120] or type(e).__name__
-        raise EngineError(f'resume state {path} is truncated or corrupted ({reason})',
-                          'start a new run; the weights in last.safetensors/best.safetensors can still be '
-                          'evaluated') from None
+        raise EngineError(f'resume state {path} is truncated or corrupted ({_damage(e)})', way_out) from None
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         raise EngineError(f'{path} is not a plugattn resume state', 'start a new run instead of --resume')
+    if STATE_DIGEST_KEY in state and state[STATE_DIGEST_KEY] != state_digest(state):
+        raise EngineError(f'resume state {path} is corrupted (checksum mismatch: its data changed after it was saved)',
+                          way_out)
     return state

@@ -130,7 +130,8 @@ SCHEMA: dict[str, Any] = {
         'seed': F('int', 0, 'random seed', min=0, flag='--seed'),
         'deterministic': F('bool', True, 'torch.use_deterministic_algorithms and no cuDNN benchmark'),
         'device': F('str', 'auto', "'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'", flag='--device'),
-        'threads': F('int', None, 'torch CPU threads (null: torch default)', nullable=True, min=1,
+        'threads': F('int', None, "torch CPU threads (null: torch's default, or the cores other processes leave free "
+                     'when they keep some busy; a resume keeps the count its run trained with)', nullable=True, min=1,
                      flag='--threads'),
         'amp': F('bool', False, 'automatic mixed precision', flag='--amp'),
         'amp_dtype': F('str', 'auto', 'AMP dtype; auto = bfloat16 on CPU, float16 (GradScaler) on CUDA',

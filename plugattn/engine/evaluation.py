@@ -1,18 +1,69 @@
-"""Evaluate a saved checkpoint: rebuild the model from its metadata, load the weights, run the test split."""
+"""Evaluation: the test loop of training (:func:`evaluate`), and a saved checkpoint rebuilt from its metadata and
+run on a test split (:func:`evaluate_checkpoint`)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import check_state_dict_fits, is_run_dir, read_run_info, read_weights
-from .distributed import DistContext, resolve_device
+from .builder import build_model
+from .checkpoint import BEST_FILE, LAST_FILE, check_state_dict_fits, is_run_dir, read_run_info, read_weights
+from .distributed import DistContext, all_reduce_sum, resolve_device
 from .errors import EngineError
-from .trainer import BEST_FILE, LAST_FILE, build_model, evaluate
+from .logger import Progress
+from .metrics import topk_correct
+from .preprocess import checkpoint_classes, preprocessing_from_meta
 
-__all__ = ['evaluate_checkpoint', 'load_checkpoint_model', 'resolve_checkpoint']
+__all__ = ['evaluate', 'evaluate_checkpoint', 'load_checkpoint_model', 'resolve_checkpoint']
+
+
+@torch.no_grad()
+def evaluate(
+        model: nn.Module,
+        loader: Any,
+        ctx: DistContext,
+        *,
+        amp: tuple[bool, torch.dtype] = (False, torch.float32),
+        channels_last: bool = False,
+        progress: bool = False,
+        desc: str = 'eval',
+) -> dict[str, float]:
+    """Test loss, top-1 and top-5 (percent) of a model on a loader, summed over all processes.
+
+    Each process evaluates its shard; loss sums, correct counts and sample counts are all-reduced. With W
+    processes the test split is padded by at most W - 1 repeated samples (DistributedSampler convention).
+
+    Returns:
+        ``{'test_loss', 'top1', 'top5', 'samples'}``.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    correct = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+    count = 0
+    with Progress(len(loader), desc, enabled=progress and ctx.is_main, leave=False,
+                  interval=10**9) as bar:
+        for x, y in loader:
+            x = x.to(ctx.device, non_blocking=True)
+            y = y.to(ctx.device, non_blocking=True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(ctx.device.type, dtype=amp[1], enabled=amp[0]):
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction='sum').double()
+            correct += torch.tensor(topk_correct(logits, y, (1, 5)), dtype=torch.float64, device=ctx.device)
+            count += y.shape[0]
+            bar.update()
+    loss, c1, c5, n = all_reduce_sum([loss_sum.item(), *correct.tolist(), count], ctx)
+    model.train(was_training)
+    n = max(n, 1.0)
+    return {'test_loss': loss / n, 'top1': 100.0 * c1 / n, 'top5': 100.0 * c5 / n, 'samples': int(n)}
+
+
 
 
 def resolve_checkpoint(path: str | Path, which: str = 'best') -> Path:
@@ -72,8 +123,6 @@ def load_checkpoint_model(path: str | Path, which: str = 'best') -> tuple[nn.Mod
 def _describe_model(net: nn.Module, meta: dict[str, Any]) -> None:
     """Put the checkpoint's preprocessing and class names into the model's ``pretrained_cfg`` / ``default_cfg``
     (timm's keys), so that e.g. ``timm.data.resolve_data_config(model=net)`` sees the training preprocessing."""
-    from .inference import checkpoint_classes, preprocessing_from_meta
-
     try:
         prep = preprocessing_from_meta(meta, net)
     except EngineError:  # e.g. a 4-channel model: no image preprocessing to describe
@@ -89,8 +138,6 @@ def _describe_model(net: nn.Module, meta: dict[str, Any]) -> None:
 
 def _check_same_classes(file: Path, meta: dict[str, Any], info: Any) -> None:
     """Refuse a dataset whose classes are not the checkpoint's (see :func:`evaluate_checkpoint`)."""
-    from .inference import checkpoint_classes
-
     trained = checkpoint_classes(meta)
     given = list(info.classes) if info.classes else None
     trained_on = (meta.get('data') or {}).get('name')

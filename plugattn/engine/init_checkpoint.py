@@ -43,7 +43,8 @@ def load_init_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: 
         try:
             state = read_state_dict(path)
         except ValueError as e:
-            raise EngineError(str(e).split('; ')[0], 'pass a .safetensors/.pth state_dict file') from None
+            problem, _, fix = str(e).partition('; ')
+            raise EngineError(problem, fix or 'pass a .safetensors/.pth state_dict file') from None
     try:
         load_weights(model, state)
     except ValueError as e:

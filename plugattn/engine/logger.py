@@ -58,6 +58,11 @@ class RunLogger:
                 self._tb_wanted = False
         return self._tb
 
+    def missing_files(self) -> list[str]:
+        """The log files :meth:`log_epoch` writes that the run directory lacks."""
+        names = ['summary.csv', 'metrics.jsonl', *(['curves.png'] if self.plots else [])]
+        return [n for n in names if not (self.run_dir / n).is_file()]
+
     def log_epoch(self, history: Sequence[dict[str, Any]]) -> None:
         """Rewrite ``summary.csv``/``metrics.jsonl``/``curves.png`` from ``history`` and add its last record to
         TensorBoard."""

@@ -3,9 +3,9 @@
 :func:`train` is what ``plugattn train`` runs. It works single-process or under ``torchrun`` (one process per
 device, DistributedDataParallel, per-rank data shards, all-reduced metrics, rank 0 writes everything).
 
-Preemption: SIGTERM/SIGINT stop the run after the current optimizer step with the resume state saved, and
-``train.save_every_steps`` / ``train.save_every_minutes`` save it inside epochs too; such a mid-epoch state holds the
-position in the epoch, the running loss sums and the mixup generator, so resuming from it is bit-exact.
+Preemption: SIGTERM, SIGINT, SIGHUP and SIGUSR1 stop the run after the current optimizer step with the resume state
+saved, and ``train.save_every_steps`` / ``train.save_every_minutes`` save it inside epochs too; such a mid-epoch state
+holds the position in the epoch, the running loss sums and the mixup generator, so resuming from it is bit-exact.
 """
 from __future__ import annotations
 
@@ -14,12 +14,10 @@ import datetime as _dt
 import math
 import os
 import random
-import shlex
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .builder import build_model, check_config
 from .checkpoint import (
+    BEST_FILE,
+    LAST_FILE,
+    STATE_FILE,
     atomic_write_text,
     capture_rng_state,
     check_state_dict_fits,
@@ -40,7 +42,7 @@ from .checkpoint import (
     save_weights,
     write_run_info,
 )
-from .config import RESUME_MUTABLE, dump_config, validate_config
+from .config import dump_config, validate_config
 from .distributed import (
     DistContext,
     all_reduce_sum,
@@ -50,70 +52,19 @@ from .distributed import (
     init_distributed,
 )
 from .ema import ModelEma
-from .errors import EngineError
-from .inference import Preprocessing
+from .errors import EngineError, summarise_cause
+from .evaluation import evaluate
 from .logger import Progress, RunLogger
-from .metrics import count_macs, count_params, topk_correct
+from .metrics import count_macs, count_params
 from .optim import create_optimizer
+from .preprocess import Preprocessing
 from .provenance import command_line, environment_info
+from .rundir import CONFIG_FILE, RunDirLock, new_run_dir, resume_command, unstarted_run
 from .scheduler import LRSchedule
+from .summary import TrainResult, human_count
+from .threads import busy_cores, choose_threads
 
-__all__ = [
-    'TrainResult',
-    'amp_settings',
-    'build_model',
-    'check_config',
-    'evaluate',
-    'format_summary',
-    'load_resume_config',
-    'resume_command',
-    'seed_everything',
-    'train',
-]
-
-STATE_FILE = 'last_state.pt'
-LAST_FILE = 'last.safetensors'
-BEST_FILE = 'best.safetensors'
-CONFIG_FILE = 'config.yaml'
-LOCK_FILE = '.lock'
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`train` (returned on every rank; only rank 0 has ``run_dir`` files).
-
-    Attributes:
-        run_dir: The run directory.
-        history: One record per finished epoch.
-        best_top1: Best test top-1 (model or EMA) in percent.
-        best_epoch: Epoch (1-based) of ``best_top1``.
-        params: Parameter count.
-        macs: MACs at batch 1 (conv/linear/matmul only).
-        input_size: ``(C, H, W)`` of the model input.
-        wall_s: Seconds from ``t_start`` to the end.
-        finished: All epochs done (False when stopped by ``stop_after``).
-    """
-
-    run_dir: Path
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_top1: float = 0.0
-    best_epoch: int = 0
-    params: int = 0
-    macs: int = 0
-    input_size: tuple[int, int, int] = (0, 0, 0)
-    wall_s: float = 0.0
-    finished: bool = False
-    model_name: str = ''
-    data_name: str = ''
-    is_main: bool = True
-    stop_signal: int | None = None
-    resume_command: str = ''
-
-    @property
-    def exit_code(self) -> int:
-        """0, or ``128 + signal number`` when a signal stopped the run (143 for SIGTERM, 130 for SIGINT)."""
-        return 0 if self.stop_signal is None else 128 + int(self.stop_signal)
-
+__all__ = ['amp_settings', 'seed_everything', 'train']
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -154,242 +105,24 @@ def amp_settings(cfg_train: Mapping[str, Any], device: torch.device) -> tuple[bo
     return True, dtype, dtype == torch.float16
 
 
-def build_model(name: str, num_classes: int, in_chans: int, kwargs: Mapping[str, Any]) -> nn.Module:
-    """``plugattn.create_model`` (plugattn, torchvision and timm names) with user errors turned into
-    :class:`EngineError`."""
-    from ..hub import create_model
 
-    try:
-        return create_model(name, num_classes=num_classes, in_chans=in_chans, **dict(kwargs))
-    except EngineError:
-        raise
-    except (ValueError, TypeError) as e:
-        msg = ' '.join(str(e).split())
-        if 'unknown model' in msg:
-            raise EngineError(msg.split('; ')[0] if '; ' in msg else msg,
-                              'run "plugattn list-models" to see the names (or --model NAME)') from None
-        raise EngineError(f'cannot build model {name!r}: {msg}', 'check --model and model.kwargs') from None
-
-
-def check_config(cfg: Mapping[str, Any]) -> None:
-    """Check a config's dataset and model names and the model kwargs against the constructors, in well under a
-    second and before any data is read: the model is built on the meta device (no memory, no initialisation).
-
-    Raises:
-        EngineError: Unknown model, wrongly typed or unknown model kwargs (the message names the parameter).
-        DataError: Unknown dataset name.
-    """
-    from ..data.info import canonical_name, get_dataset_info
-
-    data = canonical_name(cfg['data']['name'])
-    info = None if data == 'imagefolder' else get_dataset_info(data)  # imagefolder classes: counted when loading
-    with torch.device('meta'):
-        build_model(cfg['model']['name'], info.num_classes if info else 1000, info.in_chans if info else 3,
-                    cfg['model']['kwargs'])
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, '_orig_mod', model)
-    return getattr(model, 'module', model)
-
-
-@torch.no_grad()
-def evaluate(
-        model: nn.Module,
-        loader: Any,
-        ctx: DistContext,
-        *,
-        amp: tuple[bool, torch.dtype] = (False, torch.float32),
-        channels_last: bool = False,
-        progress: bool = False,
-        desc: str = 'eval',
-) -> dict[str, float]:
-    """Test loss, top-1 and top-5 (percent) of a model on a loader, summed over all processes.
-
-    Each process evaluates its shard; loss sums, correct counts and sample counts are all-reduced. With W
-    processes the test split is padded by at most W - 1 repeated samples (DistributedSampler convention).
-
-    Returns:
-        ``{'test_loss', 'top1', 'top5', 'samples'}``.
-    """
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    correct = torch.zeros(2, dtype=torch.float64, device=ctx.device)
-    count = 0
-    with Progress(len(loader), desc, enabled=progress and ctx.is_main, leave=False,
-                  interval=10**9) as bar:
-        for x, y in loader:
-            x = x.to(ctx.device, non_blocking=True)
-            y = y.to(ctx.device, non_blocking=True)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(ctx.device.type, dtype=amp[1], enabled=amp[0]):
-                logits = model(x)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction='sum').double()
-            correct += torch.tensor(topk_correct(logits, y, (1, 5)), dtype=torch.float64, device=ctx.device)
-            count += y.shape[0]
-            bar.update()
-    loss, c1, c5, n = all_reduce_sum([loss_sum.item(), *correct.tolist(), count], ctx)
-    model.train(was_training)
-    n = max(n, 1.0)
-    return {'test_loss': loss / n, 'top1': 100.0 * c1 / n, 'top5': 100.0 * c5 / n, 'samples': int(n)}
-
-
-def load_resume_config(run_dir: str | Path, overrides: list[tuple[str, Any]]) -> dict[str, Any]:
-    """The saved config of a run, with the overrides allowed on resume applied.
-
-    Raises:
-        EngineError: Not a run directory, unreadable config, or an override of a key that cannot change on resume.
-    """
-    import yaml
-
-    from .config import resolve_config
-
-    run_dir = Path(run_dir)
-    read_run_info(run_dir)
-    path = run_dir / CONFIG_FILE
-    try:
-        saved = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except FileNotFoundError:
-        raise EngineError(f'run directory {run_dir} has no {CONFIG_FILE}', 'start a new run') from None
-    except (OSError, yaml.YAMLError) as e:
-        raise EngineError(f'cannot read {path} ({type(e).__name__})', 'start a new run') from None
-    for key, _ in overrides:
-        if key not in RESUME_MUTABLE:
-            raise EngineError(
-                f'{key} cannot change when resuming (the run was trained with the saved config)',
-                f'drop that option; on resume only {", ".join(sorted(RESUME_MUTABLE))} may change',
-            )
-    return resolve_config(base=validate_config(saved), overrides=overrides)
-
-
-def _new_run_dir(cfg: Mapping[str, Any]) -> Path:
-    parent = Path(cfg['output']['dir']).expanduser()
-    name = cfg['output']['name']
-    explicit = name is not None
-    if not explicit:
-        stamp = _dt.datetime.now().strftime('%Y%m%d-%H%M%S')
-        name = f'{cfg["data"]["name"]}-{cfg["model"]["name"]}-{stamp}'
-    run_dir = parent / name
-    if explicit and run_dir.exists() and any(run_dir.iterdir()) and not _unstarted_run(run_dir):
-        raise EngineError(f'output folder {run_dir} already exists and is not empty',
-                          f'continue it with --resume {run_dir}, or choose another --name')
-    suffix = 1
-    while not explicit and run_dir.exists():
-        run_dir = parent / f'{name}-{suffix}'
-        suffix += 1
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EngineError(f'cannot create run directory {run_dir} ({e.strerror or e})',
-                          'choose a writable --output folder') from None
-    return run_dir
-
-
-def _human(n: float) -> str:
-    for unit, scale in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
-        if n >= scale:
-            return f'{n / scale:.2f} {unit}'
-    return f'{n:.0f}'
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    return f'{h} h {m:02d} min {s:02d} s' if h else f'{m} min {s:02d} s'
-
-
-def format_summary(result: TrainResult, cfg: Mapping[str, Any]) -> str:
-    """The one-screen end-of-run summary."""
-    last = next((r for r in reversed(result.history) if r.get('top1') is not None), {})
-    c, h, w = result.input_size
-    rule = '-' * 72
-    lines = [
-        rule,
-        f'plugattn train: {"finished" if result.finished else "stopped"} - {result.model_name} on {result.data_name} '
-        f'(recipe {cfg["name"]} v{cfg["version"]})',
-    ]
-    label = '{:<32}'.format
-    if last:
-        lines.append(f'  {label("final top-1")}{last["top1"]:.2f} %  (top-5 {last["top5"]:.2f} %, test loss '
-                     f'{last["test_loss"]:.4f}, epoch {last["epoch"]})')
-        if last.get('ema_top1') is not None:
-            lines.append(f'  {label("EMA top-1")}{last["ema_top1"]:.2f} %')
-        lines.append(f'  {label("best top-1")}{result.best_top1:.2f} %  (epoch {result.best_epoch})')
-    done = result.history[-1]['epoch'] if result.history else 0
-    lines += [
-        f'  {label("epochs")}{done} / {cfg["train"]["epochs"]}',
-        f'  {label("params")}{result.params:,}',
-        f'  {label("MACs (conv/linear/matmul only)")}{_human(result.macs)}  (batch 1, {c}x{h}x{w}, eval mode)',
-        f'  {label("wall time")}{_duration(result.wall_s)}  ({result.wall_s:.1f} s, from process start)',
-        f'  {label("run dir")}{result.run_dir}',
-        rule,
-    ]
-    if not result.finished:
-        lines.insert(-1, f'  continue with: plugattn train --resume {result.run_dir}')
-    return '\n'.join(lines)
-
-
-def resume_command(run_dir: str | Path) -> str:
-    """The shell command that continues a run directory."""
-    return f'plugattn train --resume {shlex.quote(str(run_dir))}'
-
-
-def _unstarted_run(run_dir: Path) -> bool:
-    """A run directory whose run was killed before its first checkpoint (nothing to resume, nothing to lose)."""
-    try:
-        info = read_run_info(run_dir)
-    except EngineError:
-        return False
-    return (not (run_dir / STATE_FILE).exists() and not (run_dir / LAST_FILE).exists()
-            and not info.get('epochs_done') and info.get('status') != 'finished')
-
-
-class RunDirLock:
-    """An exclusive lock on a run directory, held by the process that trains in it.
-
-    A second ``plugattn train`` on the same directory (``--resume`` of a run that is still going, or ``--name`` of
-    a running run that has not saved its first checkpoint yet) stops with one line instead of writing alongside
-    it. The lock is ``flock`` on ``.lock`` in the directory, which the system releases when the owner exits, however
-    it exits, so a killed run leaves nothing that blocks its resume. Without ``fcntl`` (Windows) there is no lock.
-    """
-
-    def __init__(self, path: Path, handle: Any) -> None:
-        self.path = path
-        self.handle = handle
-
-    @classmethod
-    def acquire(cls, run_dir: Path) -> RunDirLock | None:
-        try:
-            import fcntl
-        except ImportError:
-            return None
-        path = run_dir / LOCK_FILE
-        handle = open(path, 'a+')  # noqa: SIM115  (held open for the lifetime of the run)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip()
-            handle.close()
-            raise EngineError(f'run directory {run_dir} is in use by a running plugattn train'
-                              + (f' (pid {owner})' if owner else ''),
-                              'wait for that run to end or stop it, or choose another --name') from None
-        handle.truncate(0)
-        handle.write(f'{os.getpid()}\n')
-        handle.flush()
-        return cls(path, handle)
-
-    def release(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        self.handle.close()
+STOP_SIGNALS = ('SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1')
+"""Signals that stop a run cleanly (schedulers send SIGTERM, or SIGUSR1 ahead of a time limit; SIGHUP: the terminal
+closed); those the platform lacks are skipped."""
 
 
 class _Stop(Exception):
-    """Raised at a safe point after SIGTERM/SIGINT, once the resume state is saved."""
+    """Raised at a safe point after a stop signal, once the resume state is saved."""
+
+
+def _detach_from_terminal() -> None:
+    """After SIGHUP the terminal is gone: send what would go to it to /dev/null, so the clean stop can still print."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            if os.isatty(fd):
+                os.dup2(null, fd)
+        os.close(null)
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -417,7 +150,9 @@ class _Trainer:
         self.partial: dict[str, Any] | None = None  # progress inside start_epoch of a mid-epoch resume state
         self.last_save = time.monotonic()
         # --resume of a run killed before its first checkpoint: start it from the beginning in place.
-        self.restart = resume_dir is not None and _unstarted_run(resume_dir)
+        self.restart = resume_dir is not None and unstarted_run(resume_dir)
+        self.finish_only = False  # --resume of a run that trained every epoch but lacks its end-of-run files
+        self.thread_note: str | None = None  # why the run uses another thread count than torch's default
         self.ctx = ctx
         self.resume_dir = resume_dir
         self.stop_after = stop_after
@@ -451,6 +186,8 @@ class _Trainer:
         elif ctx.distributed and ctx.device.type == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
             local = int(os.environ.get('LOCAL_WORLD_SIZE', ctx.world_size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        elif ctx.device.type == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
+            self._choose_threads()
         _set_determinism(tc['deterministic'], ctx.device)
         self.amp_enabled, self.amp_dtype, use_scaler = amp_settings(tc, ctx.device)
 
@@ -531,6 +268,21 @@ class _Trainer:
             self.train_model = torch.compile(self.train_model)
             self.eval_model = torch.compile(model)
 
+    def _choose_threads(self) -> None:
+        """``train.threads`` null on the CPU: a resume keeps the count its run trained with (thread counts change the
+        order of float sums, so results then match a run never stopped); a new run takes the cores other processes
+        leave free (see :mod:`plugattn.engine.threads`)."""
+        if self.resume_dir is not None and not self.restart:
+            with contextlib.suppress(EngineError):
+                threads = read_run_info(self.resume_dir).get('threads')
+                if isinstance(threads, int) and threads >= 1 and threads != torch.get_num_threads():
+                    torch.set_num_threads(threads)
+                    self.thread_note = (f'{threads} CPU thread{"s" if threads > 1 else ""}, as the run trained with '
+                                        '(so it continues bit for bit); --threads N sets the count')
+                    return
+        threads, self.thread_note = choose_threads(torch.get_num_threads(), busy_cores())
+        torch.set_num_threads(threads)
+
     def _load_resume_state(self) -> None:
         assert self.resume_dir is not None
         state = load_state(self.resume_dir / STATE_FILE)
@@ -556,7 +308,7 @@ class _Trainer:
             if isinstance(e, EngineError):
                 raise
             raise EngineError(f'resume state {self.resume_dir / STATE_FILE} does not match the model/optimizer '
-                              f'({" ".join(str(e).split())[:100]})', 'start a new run') from None
+                              f'({summarise_cause(e)})', 'start a new run') from None
         self.start_epoch = int(state['epoch'])
         self.step = int(state['step'])
         self.history = list(state.get('history', []))
@@ -572,15 +324,25 @@ class _Trainer:
                                   f'{len(partial)} processes, this job has {self.ctx.world_size}',
                                   f'resume it with {len(partial)} processes (the data order depends on it)')
             self.partial = partial[self.ctx.rank]
+        if self.start_epoch == self.epochs and not self._end_of_run_complete():
+            self.finish_only = True  # killed after its last save, e.g. while it wrote curves.png
+            return
         if self.start_epoch >= self.epochs:
             raise EngineError(f'run {self.resume_dir} already finished {self.start_epoch} of {self.epochs} epochs',
                               f'train longer with --resume {self.resume_dir} --epochs N (N > {self.start_epoch})')
         self._check_schedule(state.get('scheduler') or {})
 
+    def _end_of_run_complete(self) -> bool:
+        """Whether a run that trained every epoch also wrote its end-of-run files and its "finished" status."""
+        assert self.resume_dir is not None
+        try:
+            finished = read_run_info(self.resume_dir).get('status') == 'finished'
+        except EngineError:
+            finished = False
+        return finished and not RunLogger(self.resume_dir, tensorboard=False).missing_files()
+
     def _check_schedule(self, saved: Mapping[str, Any]) -> None:
         """Refuse (without ``reschedule``) a changed --epochs that changes the learning rate of the coming steps."""
-        from .scheduler import LRSchedule
-
         old_epochs = int(saved.get('epochs', self.epochs))
         if old_epochs == self.epochs:
             return
@@ -695,17 +457,33 @@ class _Trainer:
         return stop or (due and not epoch_end), stop
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum == getattr(signal, 'SIGHUP', None):
+            _detach_from_terminal()
         if self.stop_signum is not None:  # a second signal: stop at once (the last saved state stays valid)
             raise KeyboardInterrupt
         self.stop_signum = signum
 
+    def _stop_requested(self) -> bool:
+        """Whether a signal arrived (on any process) before the run directory was created."""
+        stop = self.stop_signum is not None
+        if self.ctx.distributed:
+            stop = all_reduce_sum([float(stop)], self.ctx)[0] > 0
+            if stop and self.stop_signum is None:
+                self.stop_signum = signal.SIGTERM
+        return stop
+
     @contextlib.contextmanager
     def _signal_handlers(self) -> Any:
-        """SIGTERM/SIGINT request a stop at the next safe point (installed in the main thread only)."""
+        """:data:`STOP_SIGNALS` request a stop at the next safe point (installed in the main thread only; a signal
+        the process was started to ignore, e.g. SIGHUP under ``nohup``, stays ignored)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {}
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, self._on_signal)
         try:
             yield
         finally:
@@ -755,6 +533,7 @@ class _Trainer:
             'epochs_done': self.history[-1]['epoch'] if self.history else 0,
             'best_top1': self.best_top1 if self.best_top1 >= 0 else None,
             'world_size': self.ctx.world_size,
+            'threads': torch.get_num_threads() if self.ctx.device.type == 'cpu' else None,
             'created': self.created,
             'updated': _dt.datetime.now().isoformat(timespec='seconds'),
             'command': self.command,
@@ -824,7 +603,12 @@ class _Trainer:
             return
         if self.resume_dir is not None:
             self.run_dir = self.resume_dir
-            previous = read_run_info(self.run_dir)
+            try:
+                previous = read_run_info(self.run_dir)
+            except EngineError:
+                if not self.restart:
+                    raise
+                previous = {}  # killed before it wrote run.json: only its config is there
             self.created = previous.get('created') or self.created
             # the run keeps its first command line; each resume adds its own
             self.resumed_with = [*(previous.get('resumed_with') or []), self.command]
@@ -832,8 +616,12 @@ class _Trainer:
             remove_stale_temps(self.run_dir)
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         else:
-            self.run_dir = _new_run_dir(self.cfg)
-            self.lock = RunDirLock.acquire(self.run_dir)
+            self.run_dir, reused = new_run_dir(self.cfg)
+            self.lock = RunDirLock.acquire(self.run_dir, self.echo)
+            if reused:
+                remove_stale_temps(self.run_dir)
+                self.echo(f'  note: {self.run_dir} holds a run stopped before its first checkpoint: the new run '
+                          'starts in it')
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         write_run_info(self.run_dir, self._run_info('running'))
         cfg = self.cfg
@@ -846,37 +634,49 @@ class _Trainer:
         procs = f'{ctx.world_size} processes ({ctx.backend})' if ctx.distributed else '1 process'
         glob = f', global batch {tc["batch_size"] * ctx.world_size}' if ctx.distributed else ''
         self.echo(f'plugattn train: recipe {cfg["name"]} v{cfg["version"]}, model {cfg["model"]["name"]} '
-                  f'({self.params:,} params, {_human(self.macs)} MACs), data {self.info.name} '
+                  f'({self.params:,} params, {human_count(self.macs)} MACs), data {self.info.name} '
                   f'({self.train_loader.dataset_size} train / {self.test_loader.dataset_size} test, {c}x{h}x{w})')
         amp = f', AMP {str(self.amp_dtype).replace("torch.", "")}' if self.amp_enabled else ''
         self.echo(f'  device {ctx.device}, {procs}, {torch.get_num_threads()} threads, batch {tc["batch_size"]}'
                   f'/process{glob}, {self.epochs} epochs x {len(self.train_loader)} steps, '
                   f'{cfg["optim"]["name"]} lr {cfg["optim"]["lr"]:g}, {cfg["schedule"]["name"]} schedule{amp}')
+        if self.thread_note:
+            self.echo(f'  note: {self.thread_note}')
         if self.restart:
-            self.echo(f'  {self.resume_dir} stopped before its first checkpoint: starting it from the beginning')
+            self.echo(f'  {self.resume_dir} stopped before its first checkpoint: starting it from the beginning '
+                      '(with its saved config)')
+        elif self.finish_only:
+            self.echo(f'  all {self.epochs} epochs were trained before the run stopped: writing its end-of-run files')
         elif self.resume_dir is not None:
             inside = f', batch {self.partial["batch"] + 1}' if self.partial else ''
             self.echo(f'  resuming at epoch {self.start_epoch + 1}{inside} (step {self.step})')
         self.echo(f'  run dir {self.run_dir}')
 
     def run(self) -> TrainResult:
-        if self.resume_dir is not None and self.ctx.is_main:  # before anything is read or written
-            self.lock = RunDirLock.acquire(self.resume_dir)
-        try:
-            self.setup()
-            self._start_output()
-            return self._run()
-        finally:
-            if self.lock is not None:
-                self.lock.release()
+        # The signal handlers come first: a signal at any moment stops the run cleanly, before the run directory
+        # exists (nothing is written) or after (run.json says "stopped").
+        with self._signal_handlers():
+            if self.resume_dir is not None and self.ctx.is_main:  # before anything is read or written
+                self.lock = RunDirLock.acquire(self.resume_dir, self.echo)
+            try:
+                self.setup()
+                if self._stop_requested():  # nothing written (a resumed run keeps its files as they are)
+                    self.run_dir = self.resume_dir if self.ctx.is_main else None
+                    return self._result(finished=False)
+                self._start_output()
+                return self._run()
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
 
     def _run(self) -> TrainResult:
         self._banner()
         ctx = self.ctx
         finished = True
         try:
-            with self._signal_handlers():
-                finished = self._epochs()
+            finished = self._epochs()
+            if self.finish_only and ctx.is_main and self.logger is not None:
+                self.logger.log_epoch(self.history)
         except _Stop:
             finished = False
         except BaseException as e:
@@ -891,8 +691,11 @@ class _Trainer:
         if ctx.is_main and self.run_dir is not None:
             write_run_info(self.run_dir, self._run_info('finished' if finished else 'stopped'))
         barrier(ctx)
+        return self._result(finished)
+
+    def _result(self, finished: bool) -> TrainResult:
         return TrainResult(
-            run_dir=self.run_dir or Path(),
+            run_dir=self.run_dir,
             history=self.history,
             best_top1=max(self.best_top1, 0.0),
             best_epoch=self.best_epoch,
@@ -903,7 +706,7 @@ class _Trainer:
             finished=finished,
             model_name=self.cfg['model']['name'],
             data_name=self.info.name,
-            is_main=ctx.is_main,
+            is_main=self.ctx.is_main,
             stop_signal=self.stop_signum,
             resume_command=resume_command(self.run_dir) if self.run_dir is not None else '',
         )
@@ -1000,9 +803,10 @@ def train(
         reschedule: Accept that a resume with another ``train.epochs`` changes the learning rate of the coming
             steps (without it such a resume is refused).
 
-    SIGTERM and SIGINT (when called in the main thread) stop the run at the next safe point: after the current
-    optimizer step the resume state is saved (``last_state.pt``, valid for a bit-exact resume inside the epoch),
-    ``run.json`` says ``stopped`` and the result has ``stop_signal`` set; a second signal interrupts at once.
+    SIGTERM, SIGINT, SIGHUP and SIGUSR1 (when called in the main thread) stop the run at the next safe point: after
+    the current optimizer step the resume state is saved (``last_state.pt``, valid for a bit-exact resume inside the
+    epoch), ``run.json`` says ``stopped`` and the result has ``stop_signal`` set; a second signal interrupts at once.
+    A signal during set-up stops before the run directory is created (``run_dir`` is then ``None``).
 
     Returns:
         The :class:`TrainResult`.

@@ -69,9 +69,12 @@ def _flat(cfg: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
 def run_status(run_dir: Path) -> str:
     """``'missing'``, ``'finished'``, ``'resumable'`` (has a resume state) or ``'empty'`` (no checkpoint yet)."""
     from ..engine import is_run_dir, read_run_info
+    from ..engine.rundir import leftovers_only
 
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return 'missing'
+    if leftovers_only(run_dir):  # killed while it created its run directory
+        return 'empty'
     if not is_run_dir(run_dir):
         raise AnalysisError(f'{run_dir} exists but is not a plugattn run directory',
                             'remove it or choose another --output')
