@@ -124,6 +124,61 @@ def test_plugattn_resnet20_attach_is_create_model():
     assert n_params(dia) == n_params(plugattn.create_model('dia_resnet20')) == 286_866
 
 
+@pytest.mark.parametrize(('backbone', 'attn', 'px'), [
+    ('preresnet164', 'dia', 32), ('wrn52_4', 'cbam', 32), ('resnet18', 'ela_b', 64), ('mobilenetv2', 'ca', 64),
+    ('mobilenetv2', 'eca', 64), ('regnety_400mf', 'bav2', 64), ('regnety_400mf', 'dia', 64),
+    ('pvt_v1_tiny', 'bav2', 64), ('deit_tiny', 'dia', 64), ('swin_t', 'bav2', 224),
+])
+def test_attach_to_every_plugattn_family_is_create_model(backbone: str, attn: str, px: int):
+    import warnings
+
+    torch.manual_seed(0)
+    plain = plugattn.create_model(backbone, num_classes=7)
+    plain_state = {k: v.clone() for k, v in plain.state_dict().items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        attached = attach(plain, attn)
+    ours = plugattn.create_model(f'{attn}_{backbone}', num_classes=7)
+    assert attached is plain and list(attached.state_dict()) == list(ours.state_dict())
+    assert attached.model_name == f'{attn}_{backbone}'
+    replaced = [str(w.message) for w in caught if 'plugattn.attach' in str(w.message)]
+    assert len(replaced) == (backbone.startswith('regnety')), replaced  # RegNet-Y's native SE goes, with a warning
+    # the plain weights are kept under their keys (RegNet's DIA stages key their blocks 0, 1, ... instead of b1, ...)
+    import re
+
+    state = attached.state_dict()
+    if backbone.startswith('regnety') and attn == 'dia':
+        renamed = (re.sub(r'\.b(\d+)\.', lambda m: f'.{int(m.group(1)) - 1}.', k) for k in plain_state)
+        plain_state = dict(zip(renamed, plain_state.values()))
+    kept = [k for k in plain_state if '.se.' not in k]
+    assert all(torch.equal(state[k], plain_state[k]) for k in kept)
+    assert same_model(attached, ours, torch.randn(2, 3, px, px)) == 0.0
+
+
+def test_attach_to_plugattn_models_options():
+    plain = plugattn.create_model('resnet20', num_classes=7)
+    partial = attach(plain, 'se', stages=[0])
+    assert sorted({n.split('.')[0] for n in partial.attention_modules()}) == ['layer1']
+    assert all(block.attn is None for block in partial.layer2)
+    warm = attach(plugattn.create_model('regnety_400mf', num_classes=7), 'ca', warm_start=True)  # keeps the SE
+    torch.manual_seed(0)
+    original = plugattn.create_model('regnety_400mf', num_classes=7).eval()
+    warm.load_state_dict(original.state_dict(), strict=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(warm.eval()(x), original(x))
+    feats = attach(plugattn.create_model('resnet20', features_only=True, out_indices=(1, 3)), 'bav2')
+    assert [f.shape[1] for f in feats(torch.randn(2, 3, 32, 32))] == [16, 64]
+    with pytest.raises(ValueError, match='built by its constructor'):
+        from plugattn.models.resnet import BasicBlock, ResNet
+
+        attach(ResNet(BasicBlock, (1, 1, 1), widths=(16, 32, 64), stem='cifar'), 'se')
+    with pytest.raises(ValueError, match='already has attention'):
+        attach(plugattn.create_model('se_resnet20'), 'ca')
+    assert 'dia' not in plugattn.attachable(plugattn.create_model('mobilenetv2'))
+    assert {'ca', 'eca', 'bav2'} <= set(plugattn.attachable(plugattn.create_model('mobilenetv2')))
+
+
 @pytest.mark.parametrize('arch,count', [('mobilenet_v3_large', 5_478_832), ('mobilenet_v3_small', 2_536_040),
                                         ('efficientnet_b0', 8_418_640)])
 def test_bav1_mobile_counts(arch, count):

@@ -351,6 +351,7 @@ def create_model(
             raise
         raise PlugattnTypeError(f'{entry.name}: {e}; see the builder docstring for its options') from None
     model.model_name = entry.name
+    model.__dict__['_plugattn_build'] = (entry.backbone, kwargs)  # what plugattn.attach rebuilds with attention
     base = entry.name if entry.name in _MODELS else entry.backbone
     cfg = pretrained_cfg(base, num_classes=model.num_classes, in_chans=model.in_chans)
     model.default_cfg = model.pretrained_cfg = dict(cfg, architecture=entry.name)
