@@ -104,7 +104,8 @@ def attach(
     """Insert the attention ``attn`` into ``model`` in place and return ``model``.
 
     Args:
-        model: a torchvision or timm model of a supported family, or a plain plugattn ResNet.
+        model: a torchvision or timm model of a supported family, or a plain plugattn model built by
+            :func:`plugattn.create_model` (any family: it becomes ``create_model("<attn>_<name>")`` with its weights).
         attn: registered attention name (``plugattn.list_attn()``).
         attn_kwargs: options of the attention modules: one dict, or one dict per stage. The family's defaults
             (DIA reduction 16 on ImageNet widths, BA reduction 6 on mobile networks, ...) apply underneath.
