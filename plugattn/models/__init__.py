@@ -3,6 +3,7 @@ from . import mobilenetv2, preact_resnet, regnet, resnet  # noqa: F401  (registe
 from ._base import AttnNet, AttnStage, FeatureInfo
 from ._registry import ModelEntry, create_model, get_model_entry, list_models, pretrained_cfg, register_model
 from ._timm import register_if_timm_imported, register_with_timm, timm_names
+from .cswin import CSWinTransformer as CSWinTransformer
 from .mobilenetv2 import MobileNetV2
 from .official import load_official
 from .preact_resnet import PreActResNet

@@ -117,6 +117,9 @@ _FAMILY_CFG: dict[str, dict[str, Any]] = {
     'swin': dict(first_conv='patch_embed.proj', classifier='head.fc', reduction=32, crop_pct=0.9,
                  interpolation='bicubic', fixed_input_size=True, paper_ids=('arXiv:2103.14030',),
                  paper_name='Swin Transformer: Hierarchical Vision Transformer using Shifted Windows'),
+    'cswin': dict(first_conv='stage1_conv_embed.0', classifier='head', reduction=32, crop_pct=0.9,
+                  interpolation='bicubic', fixed_input_size=True, paper_ids=('arXiv:2107.00652',),
+                  paper_name='CSWin Transformer: A General Vision Transformer Backbone with Cross-Shaped Windows'),
     'pvt': dict(first_conv='patch_embed1.proj', classifier='head', reduction=None, crop_pct=0.875,
                 interpolation='bicubic', min_input_size=(3, 32, 32), paper_ids=('arXiv:2102.12122',),
                 paper_name='Pyramid Vision Transformer: A Versatile Backbone for Dense Prediction without '
