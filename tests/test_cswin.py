@@ -135,6 +135,7 @@ def test_keys_equal_the_official_layout():
         model = plugattn.create_model('cswin_t')
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == layout
     assert list(model.state_dict()) == list(layout)  # the official order too (merge s between stages s and s + 1)
+    assert model.forward_features(torch.empty(1, 3, 224, 224, device='meta')).shape == (1, 7, 7, 512)  # pool_size
     # a stage whose reference resolution equals its split size attends over the whole map, as officially
     with torch.device('meta'):
         small = CSWinTransformer(img_size=112, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2))

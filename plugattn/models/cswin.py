@@ -57,8 +57,10 @@ Differences from the reference:
     * Stripe attention runs ``F.scaled_dot_product_attention`` (the official code: explicit matmuls, which MAC
       counting switches back to with :func:`~plugattn.layers.token.explicit_attention`).
     * ``torch.fx`` graphs are traced at ``img_size`` (the padding is a Python decision on the map size), so the
-      pretrained cfg says ``fixed_input_size``; eager runs and ``torch.export`` take any size. TorchScript is not
-      supported (export with ``torch.export`` or ONNX instead).
+      pretrained cfg says ``fixed_input_size``; eager runs take any size. ``torch.export`` programs take any batch
+      at the input size they were exported at (symbolic heights and widths fail its divisibility guards); ONNX files
+      from the legacy (trace-based) exporter take any batch and size (tested at 32, 48 x 40 and 100 x 76 px).
+      TorchScript scripting is not supported.
 """
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
