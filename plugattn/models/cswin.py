@@ -122,12 +122,12 @@ class LePEAttention(nn.Module):
         hs, ws = self.window(H, W)
         pad_h, pad_w = (hs - H % hs) % hs, (ws - W % ws) % ws
         top, left = pad_h // 2, pad_w // 2  # the segmentation backbone's centred zero padding
-        # padded and cropped unconditionally (no-ops at multiples): no Python branch on sizes, so torch.export
-        # keeps the input size symbolic
+        # padded and cropped unconditionally (no-ops at multiples): no Python branch on sizes, so a traced graph
+        # (ONNX) keeps the size arithmetic instead of freezing the export size's branch
         qkv = F.pad(qkv, (0, 0, 0, 0, left, pad_w - left, top, pad_h - top))
         B, Hp, Wp = qkv.shape[0], H + pad_h, W + pad_w
         C, heads, n, nh, nw = self.dim, self.num_heads, hs * ws, Hp // hs, Wp // ws
-        # explicit sizes (no -1): torch.export then needs no divisibility guards on a symbolic input size
+        # explicit sizes rather than -1, which torch.export would have to prove divisible
         windows = qkv.reshape(B, nh, hs, nw, ws, 3 * C).permute(0, 1, 3, 2, 4, 5)
         q, k, v = windows.reshape(B * nh * nw, n, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
         # LePE: the depth-wise conv sees V of one window at a time (zero padding at the window's border)
