@@ -369,6 +369,15 @@ def test_torch_export_and_fx():
         torch.testing.assert_close(graph(y)['out'], model(y))
 
 
+@pytest.mark.filterwarnings('ignore::FutureWarning')  # torch.jit.script is deprecated
+def test_torchscript_matches_eager():
+    model = randomize_(tiny('dia', depths=(1, 1, 1, 1)))
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
 @pytest.mark.skipif(not HAS_ONNX, reason='needs the optional onnx and onnxruntime packages')
 @pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning')
 def test_onnx_dynamic_size(tmp_path):

@@ -60,7 +60,7 @@ Differences from the reference:
       pretrained cfg says ``fixed_input_size``; eager runs take any size. ``torch.export`` programs take any batch
       at the input size they were exported at (symbolic heights and widths fail its divisibility guards); ONNX files
       from the legacy (trace-based) exporter take any batch and size (tested at 32, 48 x 40 and 100 x 76 px).
-      TorchScript scripting is not supported.
+      TorchScript scripts the four-stage models; their stages run as Python calls (no ``torch.jit.save``).
 """
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -195,15 +195,13 @@ class CSWinBlock(nn.Module):
 
     def _cross_shaped_attn(self, x: Tensor) -> Tensor:
         H, W = x.shape[1], x.shape[2]
-        if is_fx_proxy(x):
+        if not torch.jit.is_scripting() and is_fx_proxy(x):
             H, W = self.input_resolution  # FX traces at the reference size: the padding is decided in Python
         C = self.dim
         qkv = self.qkv(x).reshape(x.shape[0], H, W, 3, C)
-        if len(self.attns) == 1:
-            out = self.attns[0](qkv, H, W)
-        else:
-            out = torch.cat([self.attns[0](qkv[..., :C // 2], H, W), self.attns[1](qkv[..., C // 2:], H, W)], -1)
-        return self.proj(out)
+        width = C // len(self.attns)
+        outs = [branch(qkv[..., j * width:(j + 1) * width], H, W) for j, branch in enumerate(self.attns)]
+        return self.proj(outs[0] if len(outs) == 1 else torch.cat(outs, -1))
 
     def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """MLP-branch output as an NCHW map (gated by the block's bridge attention) and the NHWC stream."""
@@ -254,11 +252,13 @@ class CSWinStage(nn.Module):
             x, state = checkpoint(_step, block, self.attn, x, state, use_reentrant=False)
         return x
 
+    @torch.jit.ignore  # a custom container: TorchScript cannot iterate it
     def forward(self, x: Tensor) -> Tensor:
         state = None
-        for block in self:
+        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
+            block = getattr(self, str(i))
             if self.attn is None:
-                x = block(x)
+                x = module_call(block)(x)
             else:
                 branch, shortcut = block.forward_branch(x)
                 branch, state = module_call(self.attn)(branch, state)
@@ -394,7 +394,14 @@ class CSWinTransformer(AttnNet):
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.stage1_conv_embed(x)
 
+    def _script_stages(self, x: Tensor) -> Tensor:
+        """The stages for TorchScript, which needs literal attribute names: CSWin's four stages spelled out."""
+        x = self.stage2(self.merge1(self.stage1(x)))
+        return self.stage4(self.merge3(self.stage3(self.merge2(x))))
+
     def forward_stages(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._script_stages(x)
         checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
         for i in range(self.num_stages):
             x = self._run_stage(i, x, checkpointing)
