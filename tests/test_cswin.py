@@ -165,6 +165,12 @@ def test_load_official_checkpoint_ema_by_default(tmp_path):
                                source='cswin')
     with pytest.raises(ValueError, match='shape mismatches'):  # the head of another number of classes
         plugattn.load_official(tiny(num_classes=7), path, source='cswin')
+    # an UperNet checkpoint: backbone.-prefixed keys, the stage norms and the heads beside them, no norm or head
+    upernet = {f'backbone.{k}': v for k, v in plain.items() if not k.startswith(('norm.', 'head.'))}
+    upernet.update({'backbone.norm4.weight': torch.ones(128), 'decode_head.conv_seg.weight': torch.ones(150, 512)})
+    result = plugattn.load_official(model, {'meta': {}, 'state_dict': upernet}, source='cswin', strict=False)
+    assert sorted(result.missing_keys) == ['head.bias', 'head.weight', 'norm.bias', 'norm.weight']
+    assert torch.equal(model.stage3[0].qkv.weight, plain['stage3.0.qkv.weight'])
 
 
 # --------------------------------------------------------------------------------------------- reference forward

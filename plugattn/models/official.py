@@ -25,7 +25,9 @@ Sources (official layout -> plugattn layout):
       ``convShortcut`` -> ``conv_shortcut`` and final ``bn1`` -> ``bn``.
     * ``cswin``: microsoft/CSWin-Transformer classification checkpoints (``cswin_{tiny,small,base}_224.pth``, ...):
       keys unchanged (plugattn's CSWin uses the official layout). The files hold ``state_dict_ema`` (the weights the
-      published accuracies come from) and ``state_dict``: the EMA weights are loaded unless ``ema=False``.
+      published accuracies come from) and ``state_dict``: the EMA weights are loaded unless ``ema=False``. The
+      UperNet checkpoints' ``backbone.`` prefix is dropped, so their backbone loads with ``strict=False`` (the
+      segmentation heads and the backbone's ``norm1..4`` are left out; ``norm`` and ``head`` are reported missing).
     * ``timm``: timm RegNet-Y (``head.fc`` -> ``fc``; every other key equals ours) and ResNets.
     * ``torchvision``: torchvision ResNets and MobileNetV2 (keys unchanged).
 
@@ -132,8 +134,8 @@ OFFICIAL_SOURCES: dict[str, tuple[str, Callable[[StateDict], StateDict]]] = {
     'bav2': ('ZOUrz/BA-Net-Bridge-Attention-in-Deep-Neural-Networks ba_resnet_v2_1.py (ba.fusions, ba.proj)',
              lambda s: _rename(s, [(r'\bba\.', 'attn.')])),
     'dia': ('gbup-group/DIANet dia_resnet.py / dia_preresnet.py / dia_wrn.py (layerS.ModuleList, lstm)', _dia),
-    'cswin': ('microsoft/CSWin-Transformer classification checkpoints (official keys; state_dict_ema by default)',
-              dict),
+    'cswin': ('microsoft/CSWin-Transformer checkpoints (official keys; state_dict_ema by default; the UperNet '
+              "checkpoints' backbone. prefix dropped)", lambda s: _rename(s, [(r'^backbone\.', '')])),
     'timm': ('timm RegNet-Y (head.fc) and ResNets', lambda s: _rename(s, [(r'^head\.fc\.', 'fc.')])),
     'torchvision': ('torchvision ResNets and MobileNetV2 (keys unchanged)', dict),
 }
