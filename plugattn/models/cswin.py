@@ -17,8 +17,9 @@ classes: CSWin-T 22,320,552, CSWin-S 34,643,304, CSWin-B 77,382,184, CSWin-L 173
 counts). Per block of width d: ``12 d^2 + 23 d`` (qkv, proj, both LePE convs, MLP, two LayerNorms); per merge
 ``18 d^2 + 6 d``; stem ``150 C``; final norm ``16 C``; head ``8 C x classes + classes``.
 
-CSWin-B's heads: the paper's table lists 2 / 4 / 8 / 16, the official builder (and its released weights) uses
-4 / 8 / 16 / 32 (CSWin-Transformer issue #18). ``cswin_b`` follows the code, so official weights load.
+CSWin-B's heads: the paper's table lists 2 / 4 / 8 / 16, the official builder uses 4 / 8 / 16 / 32
+(CSWin-Transformer issue #18). ``cswin_b`` follows the code (the parameter count is the same either way; the heads
+change the attention, so checkpoints of the official builder need the code's).
 
 Attention placement (ours, as plugattn's Swin: no official code exists for BAv2 or DIA in CSWin, and the BA-Net v2
 paper's CSWin runs are unpublished; plugattn design, not paper-reproduced):
