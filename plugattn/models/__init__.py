@@ -13,6 +13,7 @@ from ._registry import (
     register_model_family,
 )
 from ._timm import register_if_timm_imported, register_with_timm, timm_names
+from .cswin import CSWinTransformer as CSWinTransformer
 from .mobilenetv2 import MobileNetV2
 from .official import load_official
 from .preact_resnet import PreActResNet

@@ -23,11 +23,17 @@ Sources (official layout -> plugattn layout):
     * ``dia``: ``dia_resnet.py`` / ``dia_preresnet.py`` ``layerS.ModuleList.i`` and WRN ``blockS.ModuleList.i`` ->
       ``layerS.i``; ``<stage>.lstm.w_{ih,hh}.0.seq.{0,2}`` -> ``layerS.attn.w_{ih,hh}.{0,2}``; WRN
       ``convShortcut`` -> ``conv_shortcut`` and final ``bn1`` -> ``bn``.
+    * ``cswin``: microsoft/CSWin-Transformer classification checkpoints (``cswin_{tiny,small,base}_224.pth``, ...):
+      keys unchanged (plugattn's CSWin uses the official layout). The files hold ``state_dict_ema`` (the weights the
+      published accuracies come from) and ``state_dict``: the EMA weights are loaded unless ``ema=False``. The
+      UperNet checkpoints' ``backbone.`` prefix is dropped, so their backbone loads with ``strict=False`` (the
+      segmentation heads and the backbone's ``norm1..4`` are left out; ``norm`` and ``head`` are reported missing).
     * ``timm``: timm RegNet-Y (``head.fc`` -> ``fc``; every other key equals ours) and ResNets.
     * ``torchvision``: torchvision ResNets and MobileNetV2 (keys unchanged).
 
 Checkpoint wrappers: ``{'state_dict': ...}`` (BAv1, ECA, CBAM, DIANet, with ``module.``), ``{'model': ...}``
-(BAv2), or a bare state dict (``mbv2_ca.pth``, timm, torchvision). None of these repositories publishes weights
+(BAv2), ``{'state_dict': ..., 'state_dict_ema': ...}`` (timm's ``CheckpointSaver`` with model EMA: CSWin), or a bare
+state dict (``mbv2_ca.pth``, timm, torchvision). None of these repositories publishes weights
 that can be fetched here; the tests build checkpoints in each layout from plugattn models.
 """
 from __future__ import annotations
@@ -128,6 +134,8 @@ OFFICIAL_SOURCES: dict[str, tuple[str, Callable[[StateDict], StateDict]]] = {
     'bav2': ('ZOUrz/BA-Net-Bridge-Attention-in-Deep-Neural-Networks ba_resnet_v2_1.py (ba.fusions, ba.proj)',
              lambda s: _rename(s, [(r'\bba\.', 'attn.')])),
     'dia': ('gbup-group/DIANet dia_resnet.py / dia_preresnet.py / dia_wrn.py (layerS.ModuleList, lstm)', _dia),
+    'cswin': ('microsoft/CSWin-Transformer checkpoints (official keys; state_dict_ema by default; the UperNet '
+              "checkpoints' backbone. prefix dropped)", lambda s: _rename(s, [(r'^backbone\.', '')])),
     'timm': ('timm RegNet-Y (head.fc) and ResNets', lambda s: _rename(s, [(r'^head\.fc\.', 'fc.')])),
     'torchvision': ('torchvision ResNets and MobileNetV2 (keys unchanged)', dict),
 }
@@ -155,8 +163,17 @@ def _read(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[st
     return obj, str(path)
 
 
-def _unwrap(obj: Mapping[str, Any], where: str) -> StateDict:
-    """The tensors of a bare state dict or of a ``state_dict`` / ``model`` entry, ``module.`` stripped."""
+def _unwrap(obj: Mapping[str, Any], where: str, ema: bool | None = None) -> StateDict:
+    """The tensors of a bare state dict or of a ``state_dict_ema`` / ``state_dict`` / ``model`` entry, ``module.``
+    stripped: the EMA weights when the checkpoint has them, unless ``ema`` is False (True requires them)."""
+    has_ema = isinstance(obj.get('state_dict_ema'), Mapping)
+    if ema and not has_ema:
+        raise ValueError(
+            f'{where} holds no EMA weights (no "state_dict_ema" entry; top-level keys: '
+            f'{", ".join(map(str, list(obj)[:8]))}): load its other weights with ema=False'
+        )
+    if has_ema and ema is not False:
+        obj = obj['state_dict_ema']
     for key in ('state_dict', 'model'):
         if isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -190,6 +207,7 @@ def load_official(
         *,
         source: str,
         strict: bool = True,
+        ema: bool | None = None,
 ) -> _IncompatibleKeys:
     """Load an official checkpoint into a plugattn model, parameters and buffers, after checking every key.
 
@@ -199,10 +217,13 @@ def load_official(
         checkpoint: Path of a ``.pth`` / ``.pth.tar`` file (read with ``torch.load(weights_only=True)``), or an
             already loaded checkpoint dict.
         source: Key layout, one of :data:`OFFICIAL_SOURCES` (``se``, ``eca``, ``cbam``, ``ca``, ``bav1``, ``bav2``,
-            ``dia``, ``timm``, ``torchvision``).
+            ``dia``, ``cswin``, ``timm``, ``torchvision``).
         strict: Require every model key to be in the checkpoint and nothing else. ``False`` tolerates missing and
             unused keys (e.g. torchvision MobileNetV2 weights into ``ca_mobilenetv2``: the attention stays at its
             init) and returns them; shape mismatches always raise.
+        ema: Which weights of a checkpoint with model EMA (``state_dict_ema`` beside ``state_dict``, as timm's
+            ``CheckpointSaver`` and the CSWin releases write) to load: ``None`` (default) the EMA weights when the
+            checkpoint has them, ``True`` the EMA weights or an error, ``False`` the non-EMA ``state_dict``.
 
     Returns:
         ``(missing_keys, unexpected_keys)`` (both empty when ``strict``).
@@ -213,7 +234,7 @@ def load_official(
         FileNotFoundError: No file at ``checkpoint``.
     """
     obj, where = _read(checkpoint)
-    original = _unwrap(obj, where)
+    original = _unwrap(obj, where, ema)
     mapped = map_official_keys(original, source)
     if len(mapped) != len(original):
         raise ValueError(f'{where}: several keys map to the same plugattn key with source {source!r}; wrong source?')
