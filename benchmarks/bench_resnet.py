@@ -1,13 +1,15 @@
 """Measure the cost of every attention module on ResNet-50, ResNet-20 and MobileNetV2; write ``benchmarks/RESULTS.md``.
 
-Each family is measured as one interleaved group (the plain backbone first, then torchvision's model of the same
-architecture and every attention variant, repeated A B C ... A B C ... after a warm-up), so the ratios to the
+Each family (and each attached torchvision / timm host, ``--skip attached`` to leave them out) is measured as one
+interleaved group (the plain backbone first, then torchvision's model of the same architecture and every attention
+variant, repeated A B C ... A B C ... after a warm-up), so the ratios to the
 backbone come from the same run under the same machine load. On the CPU the clock is the process CPU time at one
 thread (other processes' use of the cores does not count), channels_last, five rounds by default. Usage::
 
     python benchmarks/bench_resnet.py                  # R50 224 px batch 8, R20 32 px batch 32, MBv2 224 px batch 8
     python benchmarks/bench_resnet.py --quick          # fewer models and rounds
     python benchmarks/bench_resnet.py --skip r20 mbv2 --r50-models resnet50 ca_resnet50 --output /tmp/r50.md
+    python benchmarks/bench_resnet.py --skip r20 mbv2 --r50-subset   # plugattn's ResNet-50s beside the attached ones
     python benchmarks/bench_resnet.py --device cuda --r50-batch 128 --mbv2-batch 128
 """
 from __future__ import annotations
@@ -33,6 +35,17 @@ R50 = ['resnet50', 'torchvision:resnet50', 'se_resnet50', 'eca_resnet50', 'cbam_
        'ela_t_resnet50', 'ela_b_resnet50', 'ela_s_resnet50', 'ela_l_resnet50', 'bav1_resnet50', 'bav2_resnet50',
        'dia_resnet50']
 MBV2 = ['mobilenetv2', 'torchvision:mobilenet_v2', 'ca_mobilenetv2']
+# attached torchvision / timm models, each measured against its own un-attached host
+_R50_ATTNS = ('se', 'eca', 'cbam', 'ca', 'ela_b', 'bav1', 'bav2', 'dia')
+ATTACHED = {
+    'Attached torchvision ResNet-50': ['tv:resnet50', *(f'tv:resnet50+{a}' for a in _R50_ATTNS)],
+    'Attached torchvision MobileNetV2': ['tv:mobilenet_v2', 'tv:mobilenet_v2+ca', 'tv:mobilenet_v2+eca'],
+    'Attached torchvision EfficientNet-B0': ['tv:efficientnet_b0', 'tv:efficientnet_b0+bav1'],
+    'Attached torchvision ConvNeXt-T': ['tv:convnext_tiny', 'tv:convnext_tiny+se', 'tv:convnext_tiny+bav2'],
+    'Attached timm resnet50': ['timm:resnet50', 'timm:resnet50+se', 'timm:resnet50+ca', 'timm:resnet50+bav2',
+                               'timm:resnet50+dia'],
+    'Attached timm convnext_tiny': ['timm:convnext_tiny', 'timm:convnext_tiny+se', 'timm:convnext_tiny+bav2'],
+}
 QUICK = {'se', 'eca', 'cbam', 'ca', 'ela_b', 'bav1', 'bav2', 'dia', 'none'}
 # targets (training peak memory, training step, inference) as ratios to the plain backbone: ResNet-50 at 224 px and
 # MobileNetV2 with CA; plugattn's plain resnet50 at most torchvision's (checked on the torchvision row, >= 1.00)
@@ -41,7 +54,8 @@ SPATIAL_TARGET = (1.10, 1.10, 1.08)
 TARGETS = {'se': CHANNEL_TARGET, 'eca': CHANNEL_TARGET, 'bav1': CHANNEL_TARGET, 'bav2': CHANNEL_TARGET,
            'dia': CHANNEL_TARGET, 'cbam': SPATIAL_TARGET, 'ca': SPATIAL_TARGET, 'ela_t': SPATIAL_TARGET,
            'ela_b': SPATIAL_TARGET, 'ela_s': SPATIAL_TARGET, 'ela_l': SPATIAL_TARGET}
-TARGET_FAMILIES = ('ImageNet ResNet-50', 'MobileNetV2')
+TARGET_FAMILIES = ('ImageNet ResNet-50', 'MobileNetV2', 'Attached torchvision ResNet-50',
+                   'Attached torchvision MobileNetV2')
 # RESULTS.md keeps what follows this line when the tables above it are regenerated
 KEEP_MARKER = '<!-- analysis: written by hand, kept when the script regenerates the tables above -->'
 
@@ -114,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--r20-batch', type=int, default=32)
     parser.add_argument('--r50-batch', type=int, default=8)
     parser.add_argument('--mbv2-batch', type=int, default=8)
-    parser.add_argument('--skip', nargs='*', default=[], choices=('r20', 'r50', 'mbv2'), help='families to skip')
+    parser.add_argument('--skip', nargs='*', default=[], choices=('r20', 'r50', 'mbv2', 'attached'),
+                        help='families to skip (attached: the torchvision / timm models with attention attached)')
     parser.add_argument('--r50-subset', action='store_true', help='only the --quick subset of ResNet-50 variants')
     parser.add_argument('--r50-models', nargs='+', default=None, metavar='NAME',
                         help='only these ResNet-50 family models (resnet50 is always measured)')
@@ -152,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     if 'mbv2' not in args.skip:
         mbv2 = benchmark(MBV2, batch_size=args.mbv2_batch, warmup=1, min_time=0.0, **common)
         parts.append(('MobileNetV2, 224x224 input, 1000 classes', mbv2))
+    if 'attached' not in args.skip:
+        for title, names in ATTACHED.items():
+            recs = benchmark(pick(names), batch_size=args.r50_batch, warmup=1, min_time=0.0, **common)
+            parts.append((f'{title}, 224x224 input, 1000 classes', recs))
     wall = time.perf_counter() - t0
 
     lines = [

@@ -331,7 +331,9 @@ def _build(name: str, model_kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[in
             model.num_classes = model_kwargs.get('num_classes', 1000)
         return model, tuple(get_model_entry(_backbone_of(name)).cfg['input_size']), 'none'
     model = create_model(name, **model_kwargs)
-    return model, tuple(model.default_cfg['input_size']), get_model_entry(name).attn or 'none'
+    entry = get_model_entry(name)
+    cfg = getattr(model, 'default_cfg', None) or entry.cfg  # torchvision models have none
+    return model, tuple(cfg['input_size']), entry.attn or 'none'
 
 
 def _group_by_backbone(names: Sequence[str]) -> dict[str, list[str]]:
