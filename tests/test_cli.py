@@ -148,7 +148,7 @@ def test_missing_files_one_wording_and_print_config_checks_paths(trained_run, ca
     code, out, err = run_cli(capsys, 'train', *TINY, '--init-checkpoint', str(weights), '--print-config')
     assert_one_line_error(code, err)
     assert not out and err.strip() == (
-        f'plugattn: error: weights file {weights} does not exist; pass a .safetensors/.pth state_dict file')
+        f'plugattn: error: weights file {weights} does not exist; pass a .safetensors, .pth or .bin state_dict file')
     code, _, train_err = run_cli(capsys, 'train', *TINY, '--init-checkpoint', str(weights), '--output',
                                  str(tmp_path / 'runs'))
     assert code == 2 and train_err == err and not (tmp_path / 'runs').exists()  # what training says

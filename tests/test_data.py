@@ -758,7 +758,7 @@ def _read_everywhere(path: Path, channels: int) -> dict[str, list]:
 
     from plugattn.analysis.gradcam import preprocess
     from plugattn.data.images import open_rgb
-    from plugattn.engine.inference import Preprocessing
+    from plugattn.engine.preprocess import Preprocessing
 
     with Image.open(path) as im:
         size = (im.height, im.width)
@@ -830,7 +830,7 @@ def test_images_without_an_8bit_meaning_are_refused_in_one_line(tmp_path, values
     from plugattn.analysis.gradcam import preprocess
     from plugattn.data.images import open_rgb, preflight_imagefolder
     from plugattn.engine import EngineError
-    from plugattn.engine.inference import Preprocessing
+    from plugattn.engine.preprocess import Preprocessing
 
     path = tmp_path / 'train' / 'a' / 'x.tiff'
     path.parent.mkdir(parents=True)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import EngineError, summarise_cause
+from .errors import EngineError
 
 __all__ = [
     'EVAL_CROP_PCT',
@@ -114,9 +114,11 @@ class Preprocessing:
         """A PIL image -> the normalised float32 input ``(C, H, W)``."""
         from PIL import Image
 
+        from ..data.images import to_mode
+
         if not isinstance(image, Image.Image):
             image = Image.fromarray(image)
-        img = image.convert(self.color_mode)
+        img = to_mode(image, self.color_mode)  # 16-bit, float and palette images as the loaders read them
         _, h, w = self.input_size
         if self.resize_mode == 'shorter':
             from torchvision.transforms.v2 import InterpolationMode
@@ -149,20 +151,14 @@ class Preprocessing:
         Raises:
             EngineError: The file cannot be opened or decoded.
         """
-        from PIL import Image, UnidentifiedImageError
+        from ..data import DataError
+        from ..data.images import read_image
 
         try:
-            with Image.open(path) as im:
-                im.load()
-                return self(im)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            reason = summarise_cause(e)
-            if isinstance(e, FileNotFoundError):
-                reason = 'no such file'
-            elif isinstance(e, IsADirectoryError):
-                reason = 'a folder'
-            raise EngineError(f'cannot read image {path} ({reason})',
-                              'pass image files PIL can open (PNG, JPEG, ...)') from None
+            image = read_image(path, self.color_mode)
+        except DataError as e:  # the one wording of cam and the loaders
+            raise EngineError(e.problem, e.fix) from None
+        return self(image)
 
 
 def preprocessing_from_meta(meta: Mapping[str, Any], model: nn.Module | None = None) -> Preprocessing:
