@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -255,12 +256,12 @@ def compare_lean_with_plain(
     """Check rows for one model: float32, channels_last float32 and each AMP dtype against float64 plain."""
     model = model.train()
     ref64 = forward_backward(plain_reference(copy.deepcopy(model).double(), x.double()), x.double())
-    plain32_model = plain_reference(model, x)
-    plain32 = relative_errors(forward_backward(plain32_model, x), ref64)
+    plain32_run = forward_backward(plain_reference(model, x), x)
+    plain32 = relative_errors(plain32_run, ref64)
     lean32 = forward_backward(copy.deepcopy(model), x)
     rows = []
     err = relative_errors(lean32, ref64)
-    vs_plain = relative_errors(lean32, forward_backward(plain32_model, x))
+    vs_plain = relative_errors(lean32, plain32_run)
     ok = as_accurate(err, plain32, torch.float32) and max(vs_plain.values()) <= LEAN_VS_PLAIN_FLOAT32
     rows.append(dict(check='float32', lean=err, plain=plain32, lean_vs_plain=vs_plain, ok=ok))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -300,14 +301,13 @@ def part_a(device: torch.device, quick: bool, budget: Budget) -> dict[str, Any]:
                 continue
             px = fam.quick_px if quick else fam.px
             x = torch.randn(batch, 3, px, px, generator=torch.Generator().manual_seed(1)).to(device)
-            for r in compare_lean_with_plain(model, x, amps):
-                rows.append(dict(family=fam.name, attn=attn or 'none', **r))
+            rows += _guarded(fam.name, attn or 'none', compare_lean_with_plain, model, x, amps)
         log(f'part a: {len(rows)} checks of the CNN families done ({budget.used():.0f} s)')
         rows += _attach_checks(device, quick, budget, amps, not_run)
         log(f'part a: attach checks done ({budget.used():.0f} s)')
         rows += _compile_checks(device, quick, budget, skipped)
         log(f'part a: compile checks done ({budget.used():.0f} s)')
-    rows.append(_engine_resume_check(device, quick))
+    rows += _guarded('engine', 'bav2', lambda: [_engine_resume_check(device, quick)])
     if not_run:
         skipped.append(f'not reached within the budget ({budget.seconds:.0f} s): {", ".join(not_run)}')
     failed = [r for r in rows if not r['ok']]
@@ -317,6 +317,14 @@ def part_a(device: torch.device, quick: bool, budget: Budget) -> dict[str, Any]:
     return {'rows': rows, 'skipped': skipped, 'failed': len(failed), 'seconds': budget.used(),
             'tolerance': {'factor': ERROR_FACTOR, 'floor': {str(k).split('.')[-1]: v for k, v in FLOOR.items()},
                           'lean_vs_plain_float32': LEAN_VS_PLAIN_FLOAT32}}
+
+
+def _guarded(family: str, attn: str, check: Callable[..., list[dict[str, Any]]], *args: Any) -> list[dict[str, Any]]:
+    """The rows of ``check(*args)``, or one failed row naming the exception: one broken path must not stop the run."""
+    try:
+        return [dict(family=family, attn=attn, **r) for r in check(*args)]
+    except Exception as e:
+        return [dict(family=family, attn=attn, check='error', ok=False, note=_error_line(e))]
 
 
 def _compile_checks(device: torch.device, quick: bool, budget: Budget, skipped: list[str]) -> list[dict[str, Any]]:
@@ -335,18 +343,20 @@ def _compile_checks(device: torch.device, quick: bool, budget: Budget, skipped: 
         model = FAMILIES[0].build(attn, quick).to(device).train()
         px = FAMILIES[0].quick_px if quick else FAMILIES[0].px
         x = torch.randn(8, 3, px, px, generator=torch.Generator().manual_seed(1)).to(device)
-        ref64 = forward_backward(plain_reference(copy.deepcopy(model).double(), x.double()), x.double())
-        plain = relative_errors(forward_backward(plain_reference(model, x), x), ref64)
-        t0 = time.perf_counter()
-        compiled = torch.compile(copy.deepcopy(model), backend=backend)
-        got = forward_backward(compiled, x)
-        # the compiled module's parameter names carry '_orig_mod.', sorted the same way
-        err = relative_errors(got, ref64)
-        rows.append(dict(family=FAMILIES[0].name, attn=attn, check=f'compile {backend} float32', lean=err,
-                         plain=plain, ok=as_accurate(err, plain, torch.float32),
-                         note=f'compiled and ran in {time.perf_counter() - t0:.1f} s'))
+        rows += _guarded(FAMILIES[0].name, attn, _compile_check, model, x, backend)
     torch._dynamo.reset()
     return rows
+
+
+def _compile_check(model: nn.Module, x: Tensor, backend: str) -> list[dict[str, Any]]:
+    ref64 = forward_backward(plain_reference(copy.deepcopy(model).double(), x.double()), x.double())
+    plain = relative_errors(forward_backward(plain_reference(model, x), x), ref64)
+    t0 = time.perf_counter()
+    compiled = torch.compile(copy.deepcopy(model), backend=backend)
+    # the compiled module's parameter names carry '_orig_mod.', sorted the same way
+    err = relative_errors(forward_backward(compiled, x), ref64)
+    return [dict(check=f'compile {backend} float32', lean=err, plain=plain, ok=as_accurate(err, plain, torch.float32),
+                 note=f'compiled and ran in {time.perf_counter() - t0:.1f} s')]
 
 
 def _attach_checks(
@@ -372,8 +382,7 @@ def _attach_checks(
         model = model.to(device)
         x = torch.randn(8, 3, 32 if quick else 96, 32 if quick else 96,
                         generator=torch.Generator().manual_seed(1)).to(device)
-        for r in compare_lean_with_plain(model, x, amps[:1]):
-            rows.append(dict(family=f'torchvision {name} (attached)', attn=attn, **r))
+        rows += _guarded(f'torchvision {name} (attached)', attn, compare_lean_with_plain, model, x, amps)
     return rows
 
 
@@ -382,7 +391,7 @@ def _engine_resume_check(device: torch.device, quick: bool) -> dict[str, Any]:
     resumed, must end with bitwise the same weights, optimizer state and EMA."""
     from plugattn.engine import load_resume_config, load_state, resolve_config, train
 
-    row: dict[str, Any] = dict(family='engine', attn='bav2', check='train AMP + EMA, bit-exact resume')
+    row: dict[str, Any] = dict(check='train AMP + EMA, bit-exact resume')
     try:
         import sklearn  # noqa: F401  (the digits dataset)
     except ImportError:
@@ -493,16 +502,25 @@ def measure_group(
     kept, dropped = [], []
     per_round = 0.0
     for row in rows:
-        if kept and budget.left() - reserve < per_round * (reps + 2) * 1.5 + (60 if row.mode == 'compiled' else 5):
+        # the next model's warm-up (a compile: as long as the last one) and all rounds must fit before the reserve
+        warmup = max((r.warmup_s for r in kept), default=60.0 if row.mode == 'compiled' else 5.0)
+        if kept and budget.left() - reserve < per_round * (reps + 2) * 1.5 + warmup:
             dropped.append(row.label)
             continue
         torch.manual_seed(0)
-        model = row.build().to(device).to(memory_format=fmt).train()
-        row.model = torch.compile(model, backend=backend) if row.mode == 'compiled' else model
-        row.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        step = _Step(row, x, y, amp)
         t0 = time.perf_counter()
-        row.inner = _calibrate(step, 3, 0.2 if device.type == 'cuda' else 0.0, device)
+        try:
+            model = row.build().to(device).to(memory_format=fmt).train()
+            row.model = torch.compile(model, backend=backend) if row.mode == 'compiled' else model
+            row.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+            step = _Step(row, x, y, amp)
+            row.inner = _calibrate(step, 3, 0.2 if device.type == 'cuda' else 0.0, device)
+        except Exception as e:  # one model's failure (a compile error, memory) is reported, the rest measured
+            dropped.append(f'{row.label} ({_error_line(e)})')
+            row.model = row.optimizer = None
+            if not kept:  # no baseline, no ratios
+                return [], dropped + [r.label for r in rows[1:]]
+            continue
         row.warmup_s = time.perf_counter() - t0
         per_round += _time(step, 1, device) * row.inner
         row.times = []
@@ -518,6 +536,12 @@ def measure_group(
     if device.type == 'cuda':
         torch.cuda.empty_cache()
     return kept, dropped
+
+
+def _error_line(e: BaseException) -> str:
+    """An exception as one short line for the report."""
+    text = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {text[0][:200] if text else ""}'
 
 
 def _ratio_record(row: CostRow, base: CostRow) -> dict[str, Any]:
@@ -623,8 +647,11 @@ def part_b(device: torch.device, quick: bool, budget: Budget, reps: int | None) 
     largest = {}
     if device.type == 'cuda':
         for name in ('resnet50', 'bav2_resnet50'):
-            largest[name] = largest_batch(name, device, px, amp, batch, budget)
-            log(f'part b: largest batch of {name}: {largest[name][0]} fits, {largest[name][1]} does not')
+            try:
+                largest[name] = largest_batch(name, device, px, amp, batch, budget)
+                log(f'part b: largest batch of {name}: {largest[name][0]} fits, {largest[name][1]} does not')
+            except Exception as e:
+                skipped.append(f'largest batch of {name}: {_error_line(e)}')
     else:
         skipped.append('largest batch that fits: needs CUDA (the device memory limit)')
     for line in skipped:
@@ -710,10 +737,13 @@ def accuracy_worker(run: AccuracyRun) -> None:
         opt.step()
         return loss.detach()
 
-    # calibration: a few steps under the same sharing of the device as the real run, then the epoch count that
-    # every run can finish by the deadline (the slowest run decides, so all runs train the same schedule)
+    # calibration: a few steps under the same sharing of the device as the real run (once every run has started),
+    # then the epoch count that every run can finish by the deadline (the slowest run decides, so all runs train
+    # the same schedule)
+    torch.backends.cudnn.benchmark = True
     model, opt, gen = build()
     model.train()
+    _wait_for_all(work, f'{tag}.ready', run.runs, run.deadline)
     calib = min(steps, 30)
     warm = calib // 6  # the first steps pay for kernel selection and allocator growth
     for i in range(calib):
@@ -723,9 +753,7 @@ def accuracy_worker(run: AccuracyRun) -> None:
         train_step(model, opt, gen, torch.arange(i * run.batch, (i + 1) * run.batch, device=device) % len(y_train))
     _sync(device)
     per_step = (time.perf_counter() - t0) / (calib - warm)
-    _write_json(work / f'{tag}.calib', {'per_step': per_step, 'done_at': time.time()})
-    while len(list(work.glob('*.calib'))) < run.runs and time.time() < run.deadline:
-        time.sleep(0.2)
+    _wait_for_all(work, f'{tag}.calib', run.runs, run.deadline, {'per_step': per_step, 'done_at': time.time()})
     calibs = [json.loads(p.read_text()) for p in work.glob('*.calib')]
     slowest = max(c['per_step'] for c in calibs)
     start = max(c['done_at'] for c in calibs)
@@ -761,6 +789,14 @@ def accuracy_worker(run: AccuracyRun) -> None:
         _write_json(work / f'{tag}.json', result)  # after every epoch: a run stopped later still reports
 
 
+def _wait_for_all(work: Path, name: str, runs: int, deadline: float, content: Any = None) -> None:
+    """Write ``work/name``, then wait until every run has written its file of that suffix (or the deadline)."""
+    _write_json(work / name, content)
+    suffix = Path(name).suffix
+    while len(list(work.glob(f'*{suffix}'))) < runs and time.time() < deadline:
+        time.sleep(0.2)
+
+
 def _write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` so that a concurrent reader sees the whole file or none (a rename)."""
     tmp = path.with_name(path.name + '.tmp')
@@ -794,22 +830,25 @@ def part_c(device: torch.device, quick: bool, budget: Budget, args: argparse.Nam
     log(f'part c: {len(runs)} concurrent runs ({len(models)} models x {len(seeds)} seeds), deadline in '
         f'{budget.left() - 10:.0f} s')
     procs = []
-    for r in runs:
-        env = dict(os.environ, OMP_NUM_THREADS='1')
-        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), '--worker',
-                                       json.dumps(r.__dict__)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    for r in runs:  # each run's output goes to a file: pipes read one after the other could fill up and block
+        log_path = work / f'{r.model}-s{r.seed}.log'
+        with open(log_path, 'w') as out:
+            procs.append((subprocess.Popen([sys.executable, str(Path(__file__).resolve()), '--worker',
+                                            json.dumps(r.__dict__)], env=env, stdout=out, stderr=subprocess.STDOUT),
+                          log_path))
     errors = []
-    for r, p in zip(runs, procs):
+    for r, (p, log_path) in zip(runs, procs):
         try:
-            out, _ = p.communicate(timeout=max(budget.left() + 30, 1))
+            p.wait(timeout=max(budget.left() + 30, 1))
         except subprocess.TimeoutExpired:
             p.kill()
-            out, _ = p.communicate()
+            p.wait()
             errors.append(f'{r.model} seed {r.seed}: stopped after the budget')
             continue
         if p.returncode != 0:
-            errors.append(f'{r.model} seed {r.seed}: exit {p.returncode}: {out.strip().splitlines()[-1:]}')
+            last = log_path.read_text(errors='replace').strip().splitlines()[-1:]
+            errors.append(f'{r.model} seed {r.seed}: exit {p.returncode}: {" ".join(last)}')
     results = [json.loads(p.read_text()) for p in sorted(work.glob('*.json'))]
     shutil.rmtree(work, ignore_errors=True)
     summary = []
@@ -846,7 +885,12 @@ def render(report: dict[str, Any]) -> str:
     lines = ['# plugattn: GPU check', '',
              f'Generated by `{meta["command"]}` on {meta["date"]} (plugattn {meta["version"]}).', '',
              f'* Machine: {meta["machine"]}.', '']
-    a = report.get('a')
+    titles = {'a': 'a. Correctness', 'b': 'b. Cost', 'c': 'c. Accuracy'}
+    for part, title in titles.items():
+        if 'error' in report.get(part, {}):  # the part stopped: say where, and drop it from the sections below
+            lines += [f'## {title}: stopped', '', f'`{report[part]["error"]}`', '', '```',
+                      report[part]['traceback'].strip(), '```', '']
+    a, b, c = (report.get(k) if 'error' not in report.get(k, {}) else None for k in 'abc')
     if a:
         tol = a['tolerance']
         lines += ['## a. Correctness: the lean path against the plain formulation', '',
@@ -877,7 +921,6 @@ def render(report: dict[str, Any]) -> str:
                 lines.append(f'* {r["family"]} {r["attn"]}, {r["check"]}: {"ok" if r["ok"] else "**FAILED**"}'
                              f'{": " + r["note"] if r.get("note") else ""}')
         lines += [*(f'* Skipped: {s}' for s in a['skipped']), '']
-    b = report.get('b')
     if b:
         lines += ['## b. Cost: training step time and peak memory against the plain backbone', '',
                   f'{b["px"]} px, batch {b["batch"]}, AMP {b["amp"]}, channels_last, {b["reps"]} interleaved rounds '
@@ -897,7 +940,6 @@ def render(report: dict[str, Any]) -> str:
                       'not fit in brackets): ' + ', '.join(f'{k} {fit} ({fail})' for k, (fit, fail) in
                                                            b['largest_batch'].items()) + '.', '']
         lines += [*(f'* Skipped: {s}' for s in b['skipped']), '']
-    c = report.get('c')
     if c:
         lines += ['## c. Accuracy: ResNet-20 variants on Fashion-MNIST', '']
         if c.get('summary'):
@@ -958,6 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     budgets = _parse_budgets(args.budget, args.quick)
     device = torch.device(args.device)
+    if device.type == 'cuda':  # before cuBLAS starts: the engine run of part a is deterministic
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     if device.type == 'cuda' and not torch.cuda.is_available():
         print('gpu_check: no CUDA device here; run it on a machine with a GPU, or pass --device cpu --quick for the '
               'CPU version of every part', file=sys.stderr)
@@ -981,12 +1025,16 @@ def main(argv: list[str] | None = None) -> int:
     for part in parts:
         budget = Budget(budgets[part])
         log(f'part {part}: budget {budget.seconds:.0f} s')
-        if part == 'a':
-            report['a'] = part_a(device, args.quick, budget)
-        elif part == 'b':
-            report['b'] = part_b(device, args.quick, budget, args.reps)
-        else:
-            report['c'] = part_c(device, args.quick, budget, args)
+        try:
+            if part == 'a':
+                report['a'] = part_a(device, args.quick, budget)
+            elif part == 'b':
+                report['b'] = part_b(device, args.quick, budget, args.reps)
+            else:
+                report['c'] = part_c(device, args.quick, budget, args)
+        except Exception as e:  # reported, and the other parts still run
+            log(f'part {part} stopped: {_error_line(e)}')
+            report[part] = {'error': _error_line(e), 'traceback': traceback.format_exc()}
         json_path.write_text(json.dumps(report, indent=1) + '\n', encoding='utf-8')
         (out / 'gpu_check.md').write_text(render(report), encoding='utf-8')
     log(f'wrote {out / "gpu_check.md"} and {json_path.name} ({time.perf_counter() - t0:.0f} s)')
