@@ -94,3 +94,16 @@ def test_bad_arguments_and_missing_cuda_give_one_line(capsys):
         assert gpu_check.main([]) == 2
         err = capsys.readouterr().err
         assert 'no CUDA device here' in err and '--device cpu --quick' in err and err.strip().count('\n') == 0
+
+
+def test_largest_batch_search_brackets_the_limit():
+    tried = []
+
+    def fits(batch: int) -> bool:
+        tried.append(batch)
+        return batch <= 1000
+
+    assert gpu_check.bracket_largest(fits, 128, gpu_check.Budget(60)) == (992, 1008)
+    assert tried == [128, 256, 512, 1024, 768, 896, 960, 992, 1008]
+    assert gpu_check.bracket_largest(lambda b: False, 128, gpu_check.Budget(60)) == (0, 128)
+    assert gpu_check.bracket_largest(fits, 128, gpu_check.Budget(0)) == (0, 128)  # no time: nothing claimed
