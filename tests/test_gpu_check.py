@@ -107,3 +107,19 @@ def test_largest_batch_search_brackets_the_limit():
     assert tried == [128, 256, 512, 1024, 768, 896, 960, 992, 1008]
     assert gpu_check.bracket_largest(lambda b: False, 128, gpu_check.Budget(60)) == (0, 128)
     assert gpu_check.bracket_largest(fits, 128, gpu_check.Budget(0)) == (0, 128)  # no time: nothing claimed
+
+
+def test_accuracy_runs_crop_and_flip_on_the_device():
+    """Part c's augmentation: every output is a 28x28 window of the zero-padded image, mirrored or not, both happen."""
+    x = torch.arange(2 * 28 * 28, dtype=torch.float32).reshape(2, 1, 28, 28).repeat(32, 1, 1, 1)
+    out = gpu_check._crop_flip(x, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    kinds, offsets = set(), set()
+    for i in range(x.shape[0]):
+        windows = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+                   if torch.equal(out[i], padded[i, :, dy:dy + 28, dx:dx + 28].flip(2) if flip else
+                                  padded[i, :, dy:dy + 28, dx:dx + 28])]
+        assert windows, i
+        kinds.add(windows[0][2])
+        offsets.add(windows[0][:2])
+    assert kinds == {False, True} and len(offsets) > 10
