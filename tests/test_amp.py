@@ -91,3 +91,18 @@ def test_trainer_grad_scaler_path_runs_on_cpu(tmp_path, monkeypatch):
     # no overflow at the initial scale, so every step's update grew the tracker by one
     assert state['step'] == 1437 // 128  # the last partial batch is dropped
     assert state['scaler']['scale'] == 2.0**16 and state['scaler']['_growth_tracker'] == state['step'], state['scaler']
+
+
+@pytest.mark.parametrize('attn', ['ca', 'se', 'cbam', 'ela_b'])
+def test_float16_autocast_hidden_width_gate_matches_plain(attn):
+    """MobileNetV2's hidden-width gates run inside the projection conv's autograd node (gated_conv), whose backward
+    gets float16 gradients for a float32 weight under autocast; float16 is CUDA's default AMP dtype."""
+    torch.manual_seed(0)
+    model = gpu_check.FAMILIES[-1].build(attn, True).train()
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    want = gpu_check.forward_backward(copy.deepcopy(model), x)
+    plain = gpu_check.relative_errors(
+        gpu_check.forward_backward(gpu_check.plain_reference(model, x, torch.float16), x), want)
+    lean = gpu_check.relative_errors(gpu_check.forward_backward(copy.deepcopy(model), x, amp=torch.float16), want)
+    assert max(plain.values()) < 0.3, plain
+    assert gpu_check.as_accurate(lean, plain, torch.float16), (lean, plain)

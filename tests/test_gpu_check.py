@@ -30,14 +30,14 @@ def test_quick_cpu_run_of_every_part(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / 'gpu_check.json').read_text())
     # what truly needs CUDA is skipped, each with one line saying so
-    assert 'part a: skipped float16 AMP: needs CUDA' in proc.stderr
+    assert 'part a: skipped the engine run in float16 with a GradScaler: needs CUDA' in proc.stderr
     assert 'part b: skipped largest batch that fits: needs CUDA' in proc.stderr
 
     a = report['a']
     assert a['failed'] == 0
     checked = {(r['family'], r['check']) for r in a['rows'] if r['check'] != 'not offered'}
     for fam in gpu_check.FAMILIES:
-        for check in ('float32', 'channels_last float32', 'bfloat16 AMP'):
+        for check in ('float32', 'channels_last float32', 'bfloat16 AMP', 'float16 AMP'):
             assert (fam.name, check) in checked
     assert ('ResNet (basic, CIFAR)', 'compile aot_eager float32') in checked
     assert ('torchvision resnet18 (attached)', 'bfloat16 AMP') in checked
