@@ -571,7 +571,7 @@ def largest_batch(
 
     def fits(batch: int) -> bool:
         model = plugattn.create_model(name).to(device).to(memory_format=torch.channels_last).train()
-        row = CostRow(name, 'plugattn', 'eager', '', nn.Identity, model=model,
+        row = CostRow(name, 'plugattn', 'eager', '', nn.Identity, model=model,  # built here, no builder needed
                       optimizer=torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
         try:
             x = torch.randn(batch, 3, px, px, device=device).contiguous(memory_format=torch.channels_last)
