@@ -445,10 +445,13 @@ class _GatedConv(torch.autograd.Function):
         stride, padding, groups = ctx.conv
         o = _gated_input(y, a1, a2)
         need = ctx.needs_input_grad
+        # under autocast the conv ran in g's dtype (float16 / bfloat16) while the saved weight (and gates) are float32
         grad_o, grad_w, _ = torch.ops.aten.convolution_backward(
-            g, o, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], groups,
+            g, o.to(g.dtype), weight.to(g.dtype), None, list(stride), list(padding), [1, 1], False, [0, 0], groups,
             [any(need[:3]), need[3], False],
         )
+        if grad_w is not None:
+            grad_w = grad_w.to(weight.dtype)
         # the recomputed input's buffer then holds the products the gate gradients reduce; grad_o (the conv's new
         # tensor) is scaled in place into grad_y
         buf = o if _free_buffer(o, y, (a1, a2)) else None
