@@ -29,10 +29,10 @@ from ..errors import PlugattnError
 from ..layers import attn_level, create_attn, list_attn
 from ..layers.base import StageAttention
 from ..layers.fused import (
-    _hooked,
     batch_norm_with_recompute,
     gated_conv,
     gated_residual,
+    is_hooked,
     relu_mean_hw,
     use_fused_path,
 )
@@ -419,10 +419,10 @@ def _lean_norm(block: nn.Module, ctx: _TapCtx, gated: nn.Module) -> nn.BatchNorm
     """
     if ctx.plan.gate.layout != 'nchw':
         return None
-    if isinstance(gated, nn.Sequential) and len(gated) and not _hooked(gated):
+    if isinstance(gated, nn.Sequential) and len(gated) and not is_hooked(gated):
         gated = gated[-1]
     attn = _attention_of(block, ctx)
-    if type(gated) is not nn.BatchNorm2d or _hooked(gated) or isinstance(attn, _WarmStart):
+    if type(gated) is not nn.BatchNorm2d or is_hooked(gated) or isinstance(attn, _WarmStart):
         return None
     return gated if use_fused_path(attn) else None
 
@@ -457,7 +457,7 @@ def _lean_consumer(block: nn.Module, ctx: _TapCtx) -> nn.Conv2d | None:
         return None
     conv = block.get_submodule(ctx.plan.consumer)
     attn = _attention_of(block, ctx)
-    if type(conv) is not nn.Conv2d or _hooked(conv) or isinstance(attn, _WarmStart) or not use_fused_path(attn):
+    if type(conv) is not nn.Conv2d or is_hooked(conv) or isinstance(attn, _WarmStart) or not use_fused_path(attn):
         return None
     if conv.bias is not None or conv.dilation != (1, 1) or conv.padding_mode != 'zeros' \
             or isinstance(conv.padding, str):

@@ -38,6 +38,7 @@ __all__ = [
     'gated_residual',
     'hook_safe',
     'is_eager',
+    'is_hooked',
     'mean_hw',
     'needs_lean_path',
     'nhwc_gates',
@@ -158,7 +159,7 @@ def nhwc_gates(x: Tensor, a_h: Tensor, a_w: Tensor) -> tuple[Tensor, Tensor]:
     return a_h.contiguous(memory_format=torch.channels_last), a_w.contiguous(memory_format=torch.channels_last)
 
 
-def _hooked(m: nn.Module) -> bool:
+def is_hooked(m: nn.Module) -> bool:
     """Hooks on ``m`` (or an instance-level ``forward``) that a fused path, which skips ``m(...)``, would bypass."""
     return bool(m._forward_hooks or m._forward_pre_hooks or 'forward' in vars(m))
 
@@ -168,7 +169,7 @@ def hook_safe(out: Tensor, module: nn.Module) -> Tensor:
     output a forward hook has just seen (and may keep, as the analysis recorders do)."""
     if torch.compiler.is_compiling():  # compiled graphs keep their own copies; guarding on hooks would recompile
         return out
-    return out.clone() if _hooked(module) else out
+    return out.clone() if is_hooked(module) else out
 
 
 def use_fused_path(*modules: nn.Module | None) -> bool:
@@ -183,7 +184,7 @@ def use_fused_path(*modules: nn.Module | None) -> bool:
 
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return False
-    return not any(_hooked(m) for m in modules if m is not None)
+    return not any(is_hooked(m) for m in modules if m is not None)
 
 
 def batch_norm_for_gating(bn: nn.Module, z: Tensor) -> tuple[Tensor, BNRecompute | None]:
@@ -193,7 +194,7 @@ def batch_norm_for_gating(bn: nn.Module, z: Tensor) -> tuple[Tensor, BNRecompute
     case calls the module itself (a hooked norm too, so its hooks fire) and returns ``None`` where it does not
     recompute: the fused node then keeps ``y``.
     """
-    if type(bn) is not nn.BatchNorm2d or _hooked(bn) or not needs_lean_path(z):  # hooks see the module call
+    if type(bn) is not nn.BatchNorm2d or is_hooked(bn) or not needs_lean_path(z):  # hooks see the module call
         return bn(z), None
     return batch_norm_with_recompute(bn, z)
 
