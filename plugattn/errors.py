@@ -12,7 +12,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ['PlugattnError', 'PlugattnTypeError', 'check_out_indices']
+__all__ = ['PlugattnError', 'PlugattnTypeError', 'check_out_indices', 'summarise_cause']
 
 
 class PlugattnError(ValueError):
@@ -70,3 +70,19 @@ def check_out_indices(out_indices: Any, num_levels: int, owner: str) -> tuple[in
         what = f'names levels {repeated} more than once' if repeated else 'is empty'
         raise PlugattnError(f'out_indices {indices} of {owner} {what}', f'list each level once, {example}')
     return indices
+
+
+def summarise_cause(exc: BaseException, limit: int = 100) -> str:
+    """A short cause for a one-line message: the first sentence of ``exc``'s text, whole words only.
+
+    Library messages run to several sentences (PyTorch's advice on ``weights_only``, miniz's explanation); one line
+    keeps the first, and a sentence longer than ``limit`` characters ends after its last whole word with ``...``.
+    The exception's type name stands in for an empty text.
+    """
+    text = ' '.join(str(exc).split())
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    first = text.split('. ', 1)[0].rstrip('.')
+    if len(first) > limit:
+        first = first[:limit].rsplit(' ', 1)[0].rstrip(',;:') + ' ...'
+    return first or type(exc).__name__

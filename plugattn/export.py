@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import PlugattnError
+from .errors import PlugattnError, summarise_cause
 
 __all__ = [
     'EXPORT_FORMATS',
@@ -301,7 +301,7 @@ def verify_export(
         try:
             got = run(x)
         except Exception as e:  # onnxruntime / TorchScript raise their own error types
-            reason = ' '.join(str(e).split())[:300]
+            reason = summarise_cause(e, 300)
             raise ValueError(f'the exported {fmt} graph {path} fails on input {shape}: {reason}') from None
         if len(got) != len(ref) or any(g.shape != r.shape for g, r in zip(got, ref)):
             raise ValueError(f'the exported {fmt} graph {path} returns shapes {[tuple(g.shape) for g in got]} on '

@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except BaseException as err:
         from ..data import DataError
-        from ..engine.errors import EngineError, summarise_cause
+        from ..engine.errors import EngineError
+        from ..errors import summarise_cause
 
         user = isinstance(err, (CliError, EngineError, DataError, ValueError, FileNotFoundError, OSError, KeyError))
         if debug:

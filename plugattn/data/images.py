@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import summarise_cause
 from .errors import DataError
 
 __all__ = ["PreflightResult", "open_rgb", "preflight_imagefolder", "read_image", "to_mode", "to_rgb"]
@@ -162,7 +163,7 @@ def _reason(exc: BaseException) -> str:
         return "not an image file Pillow can read"
     if isinstance(exc, DataError):
         return exc.problem
-    text = " ".join(str(exc).split())[:100]
+    text = summarise_cause(exc) if str(exc).strip() else ""
     return f"cannot be decoded ({type(exc).__name__}: {text})" if text else f"cannot be decoded ({type(exc).__name__})"
 
 

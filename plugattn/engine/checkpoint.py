@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import summarise_cause
 from ..version import __version__
-from .errors import EngineError, summarise_cause
+from .errors import EngineError
 
 __all__ = [
     'BEST_FILE',

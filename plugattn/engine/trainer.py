@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import summarise_cause
 from .builder import build_model, check_config
 from .checkpoint import (
     BEST_FILE,
@@ -52,7 +53,7 @@ from .distributed import (
     init_distributed,
 )
 from .ema import ModelEma
-from .errors import EngineError, summarise_cause
+from .errors import EngineError
 from .evaluation import evaluate
 from .logger import Progress, RunLogger
 from .metrics import count_macs, count_params

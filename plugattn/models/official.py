@@ -50,6 +50,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
+from ..errors import summarise_cause
+
 __all__ = ['OFFICIAL_SOURCES', 'load_official', 'map_official_keys']
 
 StateDict = dict[str, Tensor]
@@ -150,14 +152,14 @@ def _read(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[st
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        first = ' '.join(str(e).split())[:200]
+        first = summarise_cause(e, 200)
         raise ValueError(
             f'{path} cannot be read with torch.load(weights_only=True): it holds Python objects other than tensors '
             f'and plain containers ({first}); re-save only its state_dict (torch.save(ckpt["state_dict"], ...)) in a '
             'trusted environment'
         ) from None
     except (RuntimeError, EOFError) as e:
-        raise ValueError(f'{path} is not a readable PyTorch checkpoint ({" ".join(str(e).split())[:200]})') from None
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint ({summarise_cause(e, 200)})') from None
     if not isinstance(obj, Mapping):
         raise ValueError(f'{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dict')
     return obj, str(path)
