@@ -10,6 +10,7 @@ from torch import nn
 import plugattn
 from plugattn.layers import DIAUnit
 from plugattn.models import AttnStage, PreActResNet, ResNet
+from plugattn.models._base import run_stage
 from plugattn.models.preact_resnet import PreActBottleneck, WideBasic
 from plugattn.models.resnet import BasicBlock, Bottleneck
 
@@ -209,6 +210,30 @@ def test_dia_one_unit_per_stage_and_state_reset():
     # three blocks per stage: a fresh state at each stage's first block, a carried one afterwards; twice
     assert calls == [(s, b == 0) for s in range(3) for b in range(3)] * 2
     torch.testing.assert_close(first, second)
+
+
+def test_checkpointed_stage_reruns_each_block_with_its_original_state():
+    """Gradient checkpointing re-runs every block in backward with the state it received in the forward pass, and
+    gives the plain stage's output and gradients."""
+    torch.manual_seed(0)
+    stage = plugattn.create_model('dia_resnet20').stages()[0]
+    seen = []
+    stage.attn.register_forward_pre_hook(lambda mod, args: seen.append(args[1]))
+    x = torch.randn(2, 16, 8, 8)
+    runs = {}
+    for ckpt in (False, True):
+        xi = x.clone().requires_grad_(True)
+        out = run_stage(list(stage), stage.attn, xi, checkpointing=ckpt)
+        out.square().sum().backward()
+        runs[ckpt] = (out.detach(), xi.grad, [p.grad.clone() for p in stage.parameters()])
+        stage.zero_grad()
+    torch.testing.assert_close(runs[True], runs[False], rtol=0, atol=0)
+    # three plain calls, three checkpointed calls, then the three re-runs in backward (last block first)
+    assert len(seen) == 9
+    reruns = seen[6:][::-1]
+    assert seen[3] is None and reruns[0] is None
+    torch.testing.assert_close(reruns[1:], seen[4:6], rtol=0, atol=0)
+    assert not torch.equal(seen[4][0], seen[5][0])  # the state changes from block to block
 
 
 def test_dia_state_carries_within_stage():

@@ -19,8 +19,8 @@ from ..layers.registry import AttnSpec
 
 __all__ = [
     'AttnNet', 'AttnStage', 'FeatureInfo', 'LeanResidualBlock', 'block_attn', 'check_input', 'checkpoint_seq',
-    'feature_take_indices', 'gated_block_forward', 'init_attn_modules', 'is_fx_proxy', 'module_call',
-    'stage_attn_kwargs', 'staged_block_forward',
+    'feature_take_indices', 'gated_block_forward', 'init_attn_modules', 'is_fx_proxy', 'module_call', 'run_stage',
+    'stage_attn_kwargs', 'stage_blocks', 'stage_step', 'staged_block_forward',
 ]
 
 
@@ -138,8 +138,8 @@ class AttnStage(nn.Module):
 
     Blocks are registered as ``0, 1, ...`` so state_dict keys match an ``nn.Sequential`` stage
     (``layer1.0.conv1.weight``); the shared unit sits at ``attn``. Every block must provide
-    ``forward_branch(x) -> (branch, shortcut)`` and ``merge(branch, shortcut)``. The recurrent state starts at
-    ``None`` (zeros) on every call, so nothing leaks between stages or between forward passes.
+    ``forward_branch(x) -> (branch, shortcut)`` and ``merge(branch, shortcut)``; :func:`run_stage` runs them (as it
+    runs every stage with a shared unit: Swin, PVT, CSWin, ViT, the diffusion UNet's levels).
 
     TorchScript cannot iterate a custom container, so a scripted model runs this stage as a Python call
     (``torch.jit.ignore``): ``torch.jit.script`` works and gives the eager outputs, but ``torch.jit.save`` of a DIA
@@ -164,27 +164,11 @@ class AttnStage(nn.Module):
 
     @torch.jit.ignore  # TorchScript cannot iterate a custom container; the scripted model calls this in Python
     def forward(self, x: Tensor) -> Tensor:
-        state = None
-        # the unit is a raw ScriptModule when this runs inside a scripted model: no fused path, no hooks there
-        scripted = not isinstance(self.attn, nn.Module)
-        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
-            block = getattr(self, str(i))
-            if hasattr(block, 'forward_staged') and not scripted and use_fused_path(self.attn):  # gate fused with merge
-                x, state = block.forward_staged(x, self.attn, state)
-                continue
-            branch, shortcut = block.forward_branch(x)
-            branch, state = module_call(self.attn)(branch, state)
-            if not scripted:
-                branch = hook_safe(branch, self.attn)
-            x = block.merge(branch, shortcut)
-        return x
+        return run_stage(stage_blocks(self), self.attn, x)
 
     def forward_checkpointed(self, x: Tensor) -> Tensor:
         """:meth:`forward` with every block (and its use of the shared unit) under activation checkpointing."""
-        state = None
-        for block in self:
-            x, state = checkpoint(_stage_step, block, self.attn, x, state, use_reentrant=False)
-        return x
+        return run_stage(stage_blocks(self), self.attn, x, checkpointing=True)
 
 
 def module_call(module: Any) -> Callable[..., Any]:
@@ -193,10 +177,62 @@ def module_call(module: Any) -> Callable[..., Any]:
     return module if isinstance(module, nn.Module) else module.forward
 
 
-def _stage_step(block: nn.Module, attn: nn.Module, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-    branch, shortcut = block.forward_branch(x)
-    branch, state = attn(branch, state)
+def stage_blocks(stage: Any, depth: int | None = None) -> list[Any]:
+    """The blocks of a stage registered as children ``0, 1, ...`` (``depth`` of them, default ``stage.depth``),
+    fetched by name: inside a scripted model the stage is a raw ScriptModule, which cannot be iterated."""
+    return [getattr(stage, str(i)) for i in range(stage.depth if depth is None else depth)]
+
+
+def stage_step(
+        block: Any, attn: Any, x: Tensor, state: AttnState | None, *args: Any, fused: bool = True,
+) -> tuple[Tensor, AttnState | None]:
+    """One block of a stage whose blocks share the stage-level unit ``attn`` (``None``: the plain block call).
+
+    The block's branch is gated by ``attn(branch, state)`` before the block's merge, or, where the block has a
+    ``forward_staged`` and :func:`use_fused_path` allows it, in the block's fused lean merge. ``args`` are the
+    block's extra inputs (PVT's token grid size, the diffusion UNet's time embedding).
+    """
+    if attn is None:
+        return module_call(block)(x, *args), state
+    # a raw ScriptModule unit: this runs as a Python call inside a scripted model (no fused path, no hooks there)
+    scripted = not isinstance(attn, nn.Module)
+    if fused and not scripted and hasattr(block, 'forward_staged') and use_fused_path(attn):
+        return block.forward_staged(x, attn, state, *args)
+    branch, shortcut = block.forward_branch(x, *args)
+    branch, state = module_call(attn)(branch, state)
+    if not scripted:
+        branch = hook_safe(branch, attn)
     return block.merge(branch, shortcut), state
+
+
+def run_stage(
+        blocks: Sequence[Any], attn: Any, x: Tensor, *args: Any, checkpointing: bool = False,
+        outputs: list[Tensor] | None = None,
+) -> Tensor:
+    """Run a stage's blocks in order, the stage-level unit ``attn`` (or ``None``) shared by all of them.
+
+    The unit's recurrent state starts at ``None`` (zeros) on every call, so nothing leaks between stages or between
+    forward passes. With ``checkpointing`` every block runs under activation checkpointing with the state it
+    received passed in, so a block re-run in backward sees its original state; it keeps the plain module calls
+    (recomputation already drops what the fused lean merge saves).
+
+    Args:
+        blocks: the stage's blocks, in order.
+        attn: the shared stage-level unit, or ``None``.
+        x: the stage input.
+        *args: extra inputs every block takes after ``x``.
+        checkpointing: run each block under ``torch.utils.checkpoint`` (``use_reentrant=False``).
+        outputs: if given, every block's output is appended to it.
+    """
+    state = None
+    for block in blocks:
+        if checkpointing:
+            x, state = checkpoint(stage_step, block, attn, x, state, *args, fused=False, use_reentrant=False)
+        else:
+            x, state = stage_step(block, attn, x, state, *args)
+        if outputs is not None:
+            outputs.append(x)
+    return x
 
 
 def check_input(x: Tensor, in_chans: int, model_name: str) -> Tensor:

@@ -69,13 +69,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention
-from ._base import AttnNet, FeatureInfo, feature_take_indices, is_fx_proxy, module_call, stage_attn_kwargs
+from ._base import AttnNet, FeatureInfo, feature_take_indices, is_fx_proxy, run_stage, stage_attn_kwargs, stage_blocks
 from ._registry import register_model, register_model_family
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, transformer_attn_level
 
@@ -248,23 +247,11 @@ class CSWinStage(nn.Module):
 
     def forward_checkpointed(self, x: Tensor) -> Tensor:
         """:meth:`forward` with every block under activation checkpointing."""
-        state = None
-        for block in self:
-            x, state = checkpoint(_step, block, self.attn, x, state, use_reentrant=False)
-        return x
+        return run_stage(stage_blocks(self), self.attn, x, checkpointing=True)
 
     @torch.jit.ignore  # a custom container: TorchScript cannot iterate it
     def forward(self, x: Tensor) -> Tensor:
-        state = None
-        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
-            block = getattr(self, str(i))
-            if self.attn is None:
-                x = module_call(block)(x)
-            else:
-                branch, shortcut = block.forward_branch(x)
-                branch, state = module_call(self.attn)(branch, state)
-                x = block.merge(branch, shortcut)
-        return x
+        return run_stage(stage_blocks(self), self.attn, x)
 
 
 class ToNHWC(nn.Module):
@@ -493,14 +480,6 @@ class CSWinTransformer(AttnNet):
     def cam_reshape_transform(self) -> Callable[[Tensor], Tensor]:
         """Grad-CAM ``reshape_transform`` for :meth:`cam_target_layer`: NHWC -> NCHW."""
         return _nhwc_to_nchw
-
-
-def _step(block: CSWinBlock, attn: nn.Module | None, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-    if attn is None:
-        return block(x), state
-    branch, shortcut = block.forward_branch(x)
-    branch, state = attn(branch, state)
-    return block.merge(branch, shortcut), state
 
 
 def _nhwc_to_nchw(x: Tensor) -> Tensor:

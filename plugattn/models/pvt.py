@@ -48,14 +48,13 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from ..errors import PlugattnError
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
-from ._base import AttnNet, FeatureInfo, feature_take_indices, module_call, stage_attn_kwargs
+from ._base import AttnNet, FeatureInfo, feature_take_indices, run_stage, stage_attn_kwargs, stage_blocks
 from ._registry import register_model, register_model_family
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, tokens_to_nchw, transformer_attn_level
 
@@ -197,23 +196,11 @@ class PVTStage(nn.Module):
 
     def forward_checkpointed(self, x: Tensor, size: Size) -> Tensor:
         """:meth:`forward` with every block under activation checkpointing."""
-        state = None
-        for block in self:
-            x, state = checkpoint(_step, block, self.attn, x, size, state, use_reentrant=False)
-        return x
+        return run_stage(stage_blocks(self), self.attn, x, size, checkpointing=True)
 
     @torch.jit.ignore  # a custom container: TorchScript cannot iterate it
     def forward(self, x: Tensor, size: Size) -> Tensor:
-        state = None
-        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
-            block = getattr(self, str(i))
-            if self.attn is None:
-                x = module_call(block)(x, size)
-            else:
-                branch, shortcut = block.forward_branch(x, size)
-                branch, state = module_call(self.attn)(branch, state)
-                x = block.merge(branch, shortcut)
-        return x
+        return run_stage(stage_blocks(self), self.attn, x, size)
 
 
 class PatchEmbed(nn.Module):
@@ -478,14 +465,6 @@ def resize_pos_embed(pos: Tensor, gh: int, gw: int, h: int, w: int) -> Tensor:
 
 
 torch.fx.wrap('resize_pos_embed')
-
-
-def _step(block: PVTBlock, attn: nn.Module | None, x: Tensor, size: Size, state: Any) -> tuple[Tensor, Any]:
-    if attn is None:
-        return block(x, size), state
-    branch, shortcut = block.forward_branch(x, size)
-    branch, state = attn(branch, state)
-    return block.merge(branch, shortcut), state
 
 
 def _to_map(x: Tensor, size: Size) -> Tensor:

@@ -44,14 +44,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from ..errors import PlugattnError
 from ..layers import StageAttention, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention
-from ._base import AttnNet, FeatureInfo, checkpoint_seq, is_fx_proxy, module_call, stage_attn_kwargs
+from ._base import AttnNet, FeatureInfo, is_fx_proxy, run_stage, stage_attn_kwargs, stage_blocks
 from ._registry import register_model, register_model_family
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, transformer_attn_level
 
@@ -296,10 +295,7 @@ class SwinStage(nn.Module):
 
     def forward_checkpointed(self, x: Tensor) -> Tensor:
         """:meth:`forward` with every block under activation checkpointing."""
-        x = self.downsample(x)
-        if self.attn is None:
-            return checkpoint_seq(self.blocks, x)
-        return _checkpoint_dia(self.blocks, self.attn, x)
+        return run_stage(list(self.blocks), self.attn, self.downsample(x), checkpointing=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
@@ -309,13 +305,7 @@ class SwinStage(nn.Module):
 
     @torch.jit.ignore  # the shared unit's state is handed from block to block in Python
     def _forward_dia(self, x: Tensor) -> Tensor:
-        state = None
-        for i in range(self.depth):  # by name: `self` is the ScriptModule in a scripted model
-            block = getattr(self.blocks, str(i))
-            branch, shortcut = block.forward_branch(x)
-            branch, state = module_call(self.attn)(branch, state)
-            x = block.merge(branch, shortcut)
-        return x
+        return run_stage(stage_blocks(self.blocks, self.depth), self.attn, x)
 
 
 class ClassifierHead(nn.Module):
@@ -507,19 +497,6 @@ class SwinTransformer(AttnNet):
     def cam_reshape_transform(self) -> Callable[[Tensor], Tensor]:
         """Grad-CAM ``reshape_transform`` for :meth:`cam_target_layer`: NHWC -> NCHW."""
         return _nhwc_to_nchw
-
-
-def _checkpoint_dia(blocks: nn.Module, attn: nn.Module, x: Tensor) -> Tensor:
-    state = None
-    for block in blocks:
-        x, state = checkpoint(_dia_step, block, attn, x, state, use_reentrant=False)
-    return x
-
-
-def _dia_step(block: nn.Module, attn: nn.Module, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-    branch, shortcut = block.forward_branch(x)
-    branch, state = attn(branch, state)
-    return block.merge(branch, shortcut), state
 
 
 def _nhwc_to_nchw(x: Tensor) -> Tensor:

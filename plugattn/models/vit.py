@@ -47,14 +47,21 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from ..errors import PlugattnError, check_out_indices
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
-from ._base import AttnNet, AttnStage, FeatureInfo, checkpoint_seq, feature_take_indices, init_attn_modules
+from ._base import (
+    AttnNet,
+    AttnStage,
+    FeatureInfo,
+    checkpoint_seq,
+    feature_take_indices,
+    init_attn_modules,
+    run_stage,
+)
 from ._registry import register_model, register_model_family
 
 __all__ = ['Attention', 'Block', 'VisionTransformer', 'tokens_to_nchw']
@@ -395,17 +402,10 @@ class VisionTransformer(AttnNet):
         blocks = list(self.blocks)
         if intermediates_only or stop_early:
             blocks = blocks[:last]
-        state = None
-        for i, block in enumerate(blocks, 1):
-            if shared is None:
-                x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and torch.is_grad_enabled() \
-                    else block(x)
-            else:
-                branch, shortcut = block.forward_branch(x)
-                branch, state = shared(branch, state)
-                x = block.merge(branch, shortcut)
-            if i in take:
-                raw.append(x)
+        outs: list[Tensor] = []
+        checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
+        x = run_stage(blocks, shared, x, checkpointing=checkpointing, outputs=outs)
+        raw += [out for i, out in enumerate(outs, 1) if i in take]
         feats = []
         for f in raw:
             f = (self.norm(f) if norm else f)[:, self.num_prefix_tokens:]

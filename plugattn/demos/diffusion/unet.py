@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ...layers import GateAttention, StageAttention, attn_level, create_attn
 from ...layers.base import AttnState
 from ...layers.registry import AttnSpec
+from ...models._base import stage_step
 
 __all__ = ['DiffusionUNet', 'ResBlock', 'timestep_embedding']
 
@@ -87,9 +88,12 @@ class ResBlock(nn.Module):
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return h, self.skip(x)
 
-    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h, skip = self.forward_branch(x, temb)
+    def merge(self, h: Tensor, skip: Tensor) -> Tensor:
+        """The residual addition of the (gated) branch output ``h``."""
         return skip + h
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        return self.merge(*self.forward_branch(x, temb))
 
 
 class SelfAttention2d(nn.Module):
@@ -217,10 +221,9 @@ class DiffusionUNet(nn.Module):
         self.level_attn = nn.ModuleList(create_attn(attn, w, **kwargs) for w in widths) if level else None
 
     def _res(self, block: ResBlock, i: int, h: Tensor, temb: Tensor, states: list[AttnState | None]) -> Tensor:
-        branch, skip = block.forward_branch(h, temb)
-        if self.level_attn is not None:
-            branch, states[i] = self.level_attn[i](branch, states[i])
-        return skip + branch
+        """One ResBlock of level ``i``, gated by the level's unit with the level's state (updated in ``states``)."""
+        h, states[i] = stage_step(block, None if self.level_attn is None else self.level_attn[i], h, states[i], temb)
+        return h
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Predicted noise for images ``x`` (B, C, H, W; H and W divisible by 2^(levels-1)) at steps ``t`` (B,)."""
