@@ -129,6 +129,23 @@ def test_blocks_found_in_feature_wrappers_and_user_modules() -> None:
     plugattn.attach(net, 'dia')
     assert sorted(net.attention_modules()) == [f'body.{i}.attn' for i in (4, 5, 6, 7)]
     assert net(torch.rand(2, 3, 64, 64)).shape == (2, 2, 2, 2)
+    found = plugattn.attach.found_blocks(D.fasterrcnn_resnet50_fpn(**NONE))
+    assert found['family'].startswith('torchvision resnet') and len(found['blocks']) == 16
+    assert found['blocks'][0] == 'backbone.body.layer1.0'
+    assert found['stages'] == [f'backbone.body.layer{i}' for i in range(1, 5)]
+
+    class Wrapper(nn.Module):  # a plugattn model inside a user's module becomes its attention-bearing twin
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = plugattn.create_model('resnet20', num_classes=4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    wrapper = Wrapper()
+    assert 'dia' in plugattn.attachable(wrapper)
+    plugattn.attach(wrapper, 'dia')
+    assert 'net.layer1.attn.w_hh.0.bias' in wrapper.state_dict() and wrapper(torch.rand(2, 3, 16, 16)).shape == (2, 4)
     own = plugattn.attach(plugattn.create_model('resnet18', features_only=True), 'se')  # plugattn's own
     assert len(own(torch.rand(2, 3, 32, 32))) == 5 and 'layer1.0.attn.fc.0.weight' in own.state_dict()
 
