@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from .errors import PlugattnError
 from .hub import create_model
+from .layers.base import BlockAttention, GateAttention, StageAttention
 from .layers.norms import freeze_bn
 
 __all__ = ['FeatureDict', 'fpn_backbone', 'segmentation_backbone']
@@ -127,9 +128,9 @@ def fpn_backbone(
         pretrained: the host library's ImageNet weights for foreign names (attention keys start fresh).
         returned_layers: stages fed to the FPN, 1-based over the stages of stride 4, 8, 16, 32 (torchvision's
             ``layer1..4``); default all of them.
-        trainable_layers: how many of [stem, stage 1, ..., stage N] train, counted from the last (torchvision's
-            rule: 3 trains the last three stages, 0 freezes the backbone); attention inside a frozen stage is
-            frozen with it.
+        trainable_layers: how many of [stem, stage 1, ..., stage N] of the host train, counted from the last
+            (torchvision's rule: 3 trains the last three stages, 0 freezes the host backbone); the attention
+            modules always train (they start from scratch, also inside frozen stages).
         out_channels: channels of the FPN outputs.
         extra_blocks: torchvision's FPN extra block (default ``LastLevelMaxPool``, the ``'pool'`` level).
         frozen_bn: freeze every BatchNorm of the backbone (:func:`plugattn.freeze_bn`), as torchvision does for
@@ -149,6 +150,9 @@ def fpn_backbone(
     if not chosen or any(not 1 <= k <= len(levels) for k in chosen):
         raise PlugattnError(f'returned_layers {chosen} of {name}: choose among 1..{len(levels)} (its stages)')
     _freeze_layers(features, modules, trainable_layers)
+    for m in features.modules():  # new modules: a frozen random gate would scale its stage for good
+        if isinstance(m, (GateAttention, BlockAttention, StageAttention)):
+            m.requires_grad_(True)
     body = FeatureDict(features, [levels[k - 1] for k in chosen], [str(i) for i in range(len(chosen))])
     out = BackboneWithFPN.__new__(BackboneWithFPN)
     nn.Module.__init__(out)  # BackboneWithFPN.__init__ would wrap the model in an IntermediateLayerGetter

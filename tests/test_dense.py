@@ -111,7 +111,7 @@ def test_blocks_found_in_feature_wrappers_and_user_modules() -> None:
     assert [f.shape[1] for f in feats(torch.rand(2, 3, 64, 64))] == [64, 64, 128, 256, 512]
     mnv3 = timm.create_model('mobilenetv3_small_050', features_only=True)
     assert 'bav2' in plugattn.attachable(mnv3)
-    plugattn.attach(mnv3, 'bav2')
+    plugattn.attach(mnv3, 'bav2', keep_se=True)
     ba = next(m for m in mnv3.modules() if type(m).__name__ == 'BridgeAttentionV2')
     assert type(ba.generation[-1]).__name__ == 'Hardsigmoid'  # the MobileNetV3 family's, not EfficientNet's
 
@@ -129,6 +129,11 @@ def test_blocks_found_in_feature_wrappers_and_user_modules() -> None:
     plugattn.attach(net, 'dia')
     assert sorted(net.attention_modules()) == [f'body.{i}.attn' for i in (4, 5, 6, 7)]
     assert net(torch.rand(2, 3, 64, 64)).shape == (2, 2, 2, 2)
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    fpn = plugattn.attach(resnet_fpn_backbone(backbone_name='resnet18', weights=None), 'eca')
+    assert 'body.layer4.1.attn.conv.weight' in fpn.state_dict()
+    assert fpn(torch.rand(2, 3, 64, 64))['0'].shape == (2, 256, 16, 16)
     found = plugattn.attach.found_blocks(D.fasterrcnn_resnet50_fpn(**NONE))
     assert found['family'].startswith('torchvision resnet') and len(found['blocks']) == 16
     assert found['blocks'][0] == 'backbone.body.layer1.0'
@@ -237,8 +242,10 @@ def test_fpn_and_segmentation_backbones() -> None:
     backbone = fpn_backbone('resnet18', 'bav2', returned_layers=[2, 3, 4], trainable_layers=2, out_channels=32)
     assert isinstance(backbone, BackboneWithFPN) and backbone.out_channels == 32
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
-    trains = {n.split('.')[1] for n, p in backbone.body.named_parameters() if p.requires_grad}
-    assert trains == {'layer3', 'layer4'}  # stem, layer1 and layer2 frozen, the attention with its stage
+    params = dict(backbone.body.named_parameters())
+    trains = {n.split('.')[1] for n, p in params.items() if p.requires_grad and '.attn.' not in n}
+    assert trains == {'layer3', 'layer4'}  # the host's stem, layer1 and layer2 frozen
+    assert all(p.requires_grad for n, p in params.items() if '.attn.' in n)  # the new attention trains everywhere
     out = backbone(torch.rand(2, 3, 64, 64))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         '0': (2, 32, 8, 8), '1': (2, 32, 4, 4), '2': (2, 32, 2, 2), 'pool': (2, 32, 1, 1)}
