@@ -186,6 +186,10 @@ def test_freeze_bn_trains_bridge_attention_at_batch_1() -> None:
     assert len(stats) == 2 * (20 + 8) and all(torch.equal(before[k], after[k]) for k in stats)
     changed = {k.split('.attn.')[0] for k in keys if '.attn.' in k and not torch.equal(before[k], after[k])}
     assert len(changed) >= 2  # (at init, with one sample, some BA hidden units are all below zero: no gradient)
+    own = plugattn.freeze_bn(plugattn.create_model('bav1_resnet20', num_classes=3)).train()  # plugattn's model
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in own.modules())
+    own(torch.rand(1, 3, 16, 16)).sum().backward()
+    assert own.layer1[0].attn.generation[1].weight.grad is not None
     # attention=False: the attention keeps its (paper's) live BatchNorm1d
     kept = plugattn.freeze_bn(plugattn.attach(tv.models.resnet18(), 'bav2'), attention=False)
     assert type(kept.layer1[0].attn.generation[0]) is nn.BatchNorm1d
