@@ -13,6 +13,7 @@ to plug any of them into torchvision and timm models.
 from . import attach
 from .hub import attachable, create_model, list_models
 from .layers import attn_info, create_attn, get_attn, list_attn, register_attn
+from .layers.norms import freeze_bn
 from .models import load_official
 from .models import register_with_timm as register_timm
 from .version import __version__
@@ -24,6 +25,7 @@ __all__ = [
     'attn_info',
     'create_attn',
     'create_model',
+    'freeze_bn',
     'get_attn',
     'list_attn',
     'list_models',

@@ -57,6 +57,7 @@ from ._core import (
     BlockPlan,
     Family,
     Tap,
+    _blocks_of,
     attach_module,
     buildable,
     families,
@@ -66,7 +67,7 @@ from ._core import (
 from .build import FOREIGN_PREFIXES, load_weights
 
 __all__ = [
-    'FOREIGN_PREFIXES', 'BlockPlan', 'Family', 'Tap', 'attach', 'attachable', 'families',
+    'FOREIGN_PREFIXES', 'BlockPlan', 'Family', 'Tap', 'attach', 'attachable', 'families', 'found_blocks',
     'load_weights', 'register_family',
 ]
 
@@ -105,7 +106,12 @@ def attach(
 
     Args:
         model: a torchvision or timm model of a supported family, or a plain plugattn model built by
-            :func:`plugattn.create_model` (any family: it becomes ``create_model("<attn>_<name>")`` with its weights).
+            :func:`plugattn.create_model` (any family: it becomes ``create_model("<attn>_<name>")`` with its weights),
+            or any module that contains blocks of a supported family or plugattn models: a torchvision detector
+            or segmenter, an ``IntermediateLayerGetter`` / ``BackboneWithFPN``, a timm ``features_only`` model, a
+            user's module. The blocks keep their qualified names, so keys are the classification model's under the
+            host's prefix (``backbone.body.layer1.0.attn``); DIA gets one unit per ``nn.Sequential`` holding the
+            blocks (:func:`found_blocks` lists them).
         attn: registered attention name (``plugattn.list_attn()``).
         attn_kwargs: options of the attention modules: one dict, or one dict per stage. The family's defaults
             (DIA reduction 16 on ImageNet widths, BA reduction 6 on mobile networks, ...) apply underneath.
@@ -125,18 +131,55 @@ def attach(
 
         return attach_plugattn(model, attn, attn_kwargs=attn_kwargs, stages=stages, warm_start=warm_start,
                                **options)
+    inner = _plugattn_submodels(model)
+    if inner:  # plugattn models inside a user's module: each becomes its attention-bearing twin, in place
+        from ._plugattn import attach_plugattn
+
+        for sub in inner:
+            attach_plugattn(sub, attn, attn_kwargs=attn_kwargs, stages=stages, warm_start=warm_start, **options)
+        return model
     return attach_module(model, attn, attn_kwargs=attn_kwargs, stages=stages, warm_start=warm_start, **options)
+
+
+def _plugattn_submodels(model: nn.Module) -> list[nn.Module]:
+    """The outermost plugattn models (built by ``create_model``) inside ``model``, unless it holds blocks of a
+    supported family too (those are attached by the family)."""
+    from ._core import _family_of_blocks
+
+    if any(f.matches(model) for f in families()):
+        return []
+    out: list[nn.Module] = []
+    for _, m in model.named_modules():
+        if _is_plugattn(m) and not any(m in set(o.modules()) for o in out):
+            out.append(m)
+    return out if out and _family_of_blocks(model) is None else []
 
 
 def attachable(model: nn.Module) -> list[str]:
     """The attention names :func:`attach` accepts for ``model`` (its family, levels and widths); raises
-    ``ValueError`` naming the supported families for an unsupported model."""
+    ``ValueError`` naming the supported families for a module without a supported block. What was found (family,
+    blocks, stages): :func:`found_blocks`."""
     if _is_plugattn(model):
         from ._plugattn import attachable_plugattn
 
         return attachable_plugattn(model)
+    inner = _plugattn_submodels(model)
+    if inner:
+        from ._plugattn import attachable_plugattn
+
+        return sorted(set.intersection(*(set(attachable_plugattn(m)) for m in inner)))
     fam = find_family(model)
     return [a for a in list_attn() if buildable(fam, model, a)]
+
+
+def found_blocks(model: nn.Module) -> dict[str, Any]:
+    """What :func:`attach` finds in a torchvision / timm model or any module holding their blocks (a detector, a
+    feature wrapper, a user's module): ``{'family': name, 'blocks': [qualified names], 'stages': [qualified
+    names]}`` (the stages are the containers a stage-level attention such as DIA gets one unit in). Raises
+    ``ValueError`` for a module without a supported block."""
+    fam = find_family(model)
+    return {'family': fam.name, 'blocks': [name for name, *_ in _blocks_of(fam, model)],
+            'stages': [name for name, _ in fam.stages(model)] if fam.stages is not None else []}
 
 
 class _CallableModule(types.ModuleType):

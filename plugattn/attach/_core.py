@@ -12,6 +12,7 @@ runs its blocks and resets the recurrent state at the start of every stage.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import warnings
@@ -613,14 +614,60 @@ def cam_layer(model: nn.Module) -> tuple[str, Callable[[Tensor], Tensor] | None]
 
 
 def find_family(model: nn.Module) -> Family:
+    """The family of ``model``: the one whose model class it is, else the family of the blocks it contains (a
+    detector, a feature extractor, a user's module), see :func:`_family_of_blocks`."""
     for fam in families():
         if fam.matches(model):
             return fam
+    found = _family_of_blocks(model)
+    if found is not None:
+        return found
     names = ', '.join(sorted({f.name for f in families()}))
     raise PlugattnError(
-        f'plugattn.attach does not know {type(model).__module__}.{type(model).__name__}: supported families are '
-        f'{names}; describe a new one with plugattn.attach.register_family(Family(...)) (see its docstring)'
+        f'plugattn.attach found no block of a supported family in this {type(model).__module__}.'
+        f'{type(model).__name__}: supported families are {names}; describe a new one with '
+        'plugattn.attach.register_family(Family(...)) (see its docstring)'
     )
+
+
+def _family_of_blocks(root: nn.Module) -> Family | None:
+    """The family of the blocks inside ``root``, a module that is no model of a family (a torchvision
+    ``IntermediateLayerGetter`` or detector, a timm feature wrapper, a user's module), or ``None``.
+
+    Blocks keep their qualified names, so the keys are those of the classification model under the host's prefix
+    (``backbone.body.layer1.0.attn``). The stages are the ``nn.Sequential`` containers that hold the family's blocks
+    (ResNet's ``layerS``, ConvNeXt's ``features.i``, ...), as the family names them on its own model. Where the tree
+    holds blocks of several families, the family with the most blocks is attached. A block type shared by two
+    families (timm's inverted residuals: MobileNetV3 and EfficientNet) goes to the family whose model class comes
+    from a module that a class in the tree also comes from (timm's ``MobileNetV3Features``).
+    """
+    fams = families()
+    tree_modules = {type(m).__module__ for m in root.modules()}
+    counts: dict[int, int] = {}
+    for m in root.modules():
+        candidates = [f for f in fams if f.block_types and isinstance(m, f.block_types)]
+        if not candidates:
+            continue
+        near = [f for f in candidates if any(t.__module__ in tree_modules for t in f.model_types)]
+        fam = (near or candidates)[0]
+        counts[id(fam)] = counts.get(id(fam), 0) + 1
+    if not counts:
+        return None
+    best = max(fams, key=lambda f: counts.get(id(f), 0))
+    types = best.block_types
+
+    def stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+        out: dict[str, nn.Module] = {}
+        for name, m in model.named_modules():
+            parent = name.rpartition('.')[0]
+            if name and parent and isinstance(m, types) and parent not in out:
+                container = model.get_submodule(parent)
+                if isinstance(container, nn.Sequential):
+                    out[parent] = container
+        return list(out.items())
+
+    return dataclasses.replace(best, model_types=(), match=None, cam=None,
+                               stages=stages if best.stages is not None else None)
 
 
 def _blocks_of(fam: Family, model: nn.Module) -> list[tuple[str, nn.Module, str | None, int, int]]:
@@ -685,8 +732,8 @@ def attach_module(
     attn_names: list[str] = []
     plans = []
     for qname, block, sname, index, length in _blocks_of(fam, model):
-        if chosen is not None and sname not in chosen:
-            continue
+        if (chosen is not None and sname not in chosen) or (level == 'stage' and sname is None):
+            continue  # a stage-level unit lives in a stage container
         plan = fam.plan(block, level, options)
         if plan is None:
             continue

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import PlugattnError
 from ._core import BlockPlan, Family, Tap, nhwc_to_nchw, register_family, token_cam
@@ -43,6 +43,8 @@ def _width(m: nn.Module) -> int:
         for attr in ('num_features', 'out_channels', 'out_features'):
             if hasattr(sub, attr):
                 return int(getattr(sub, attr))
+        if isinstance(getattr(sub, 'running_mean', None), Tensor):  # FrozenBatchNorm2d (detection backbones)
+            return sub.running_mean.numel()
     raise PlugattnError(f'cannot tell the width of {type(m).__name__}')
 
 
@@ -66,11 +68,11 @@ def register() -> None:
             gate, bridge = 'bn3', ('bn1', 'bn2')
         else:
             gate, bridge = 'bn2', ('bn1',)
-        channels = getattr(block, gate).num_features
+        channels = _width(getattr(block, gate))
         if level != 'block':
             return BlockPlan(Tap(gate), channels)
         return BlockPlan(Tap(gate), channels, tuple(Tap(b, 'relu') for b in bridge),
-                         tuple(getattr(block, b).num_features for b in bridge))
+                         tuple(_width(getattr(block, b)) for b in bridge))
 
     def resnet_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
         return [(n, getattr(model, n)) for n in ('layer1', 'layer2', 'layer3', 'layer4')]
@@ -243,7 +245,7 @@ def mobilenetv2_plan(block: nn.Module, level: str, opts: dict[str, Any]) -> Bloc
             return BlockPlan(Tap('conv.1.1'), hidden, (Tap('conv.0'),), (hidden,))
         return BlockPlan(Tap('conv.1'), hidden, consumer='conv.2')
     last = len(block.conv) - 1
-    out = block.conv[last].num_features
+    out = _width(block.conv[last])
     kwargs = {'kernel_size': 1 if out < 96 else 3} if is_eca else {}
     if level == 'block':
         bridge = (Tap('conv.0'), Tap('conv.1')) if expand else (Tap('conv.0'),)

@@ -35,10 +35,12 @@ def check_train_batch(module: nn.Module, batch_size: int) -> None:
     """
     if not isinstance(batch_size, int):  # a symbolic size (torch.fx tracing): nothing to check
         return
-    if module.training and batch_size == 1:
+    # frozen (plugattn.freeze_bn) or batch-size-free norms train at batch 1
+    if batch_size == 1 and any(isinstance(m, nn.BatchNorm1d) and m.training for m in module.modules()):
         raise PlugattnError(
             f'{type(module).__name__} contains BatchNorm1d over pooled vectors and cannot train at batch size 1: '
-            'use a batch size of at least 2 per device in train mode, or call model.eval() for inference.'
+            'use a batch size of at least 2 per device in train mode, call model.eval() for inference, or freeze '
+            "the norms for one sample per device (plugattn.freeze_bn(model); or norm_layer='layernorm', ours)."
         )
 
 

@@ -25,6 +25,11 @@ Differences from the reference:
       modules of both repositories). The BAv1 repository's other backbones use others (specs §8): MobileNetV3
       ``gate_layer='hardsigmoid'``, EfficientNet ``act_layer='silu'`` (swish); :func:`plugattn.attach` sets them
       on those families. Activations have no parameters, so counts and keys do not change.
+    * ``norm_layer`` (**ours**, not from the papers or code) chooses the norm on the pooled vectors: ``'batchnorm'``
+      (default, the papers' BatchNorm1d, which needs two or more samples per device in training), or the
+      batch-size-free ``'layernorm'`` (LayerNorm over the hidden width, same parameter count, no running
+      statistics) or ``'none'`` (no norm: ``2m`` parameters fewer per norm). For detection at one image per device
+      the alternative is :func:`plugattn.freeze_bn`, which keeps the paper's module with frozen statistics.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ LayerSpec = str | type[nn.Module]
 _ACT_LAYERS: dict[str, type[nn.Module]] = {
     'relu': nn.ReLU, 'relu6': nn.ReLU6, 'silu': nn.SiLU, 'swish': nn.SiLU, 'gelu': nn.GELU, 'hardswish': nn.Hardswish,
 }
+_NORM_LAYERS = ('batchnorm', 'layernorm', 'none')
 _GATE_LAYERS: dict[str, type[nn.Module]] = {
     'sigmoid': nn.Sigmoid, 'hardsigmoid': nn.Hardsigmoid, 'h_sigmoid': nn.Hardsigmoid,
 }
@@ -59,6 +65,17 @@ def _layer(spec: LayerSpec, table: dict[str, type[nn.Module]], what: str) -> nn.
         raise PlugattnError(f'bridge-attention {what} must be a name ({", ".join(table)}) or an nn.Module class, '
                             f'got {spec!r}')
     return spec(inplace=True) if spec in (nn.ReLU, nn.ReLU6) else spec()
+
+
+def _norm(kind: str, width: int, dd: dict) -> nn.Module:
+    """The norm on a pooled ``(B, width)`` vector: the papers' BatchNorm1d, or (ours) LayerNorm or none."""
+    if kind == 'batchnorm':
+        return nn.BatchNorm1d(width, **dd)
+    if kind == 'layernorm':
+        return nn.LayerNorm(width, **dd)
+    if kind == 'none':
+        return nn.Identity()
+    raise PlugattnError(f'unknown bridge-attention norm_layer {kind!r}: choose one of {", ".join(_NORM_LAYERS)}')
 
 
 class _BridgeAttention(BlockAttention):
@@ -107,6 +124,7 @@ class BridgeAttentionV1(_BridgeAttention):
         reduction: r of the hidden width ``m = max(1, C // r)``.
         act_layer: hidden activation, a name (``'relu'``, ``'silu'``, ...) or a module class.
         gate_layer: gate activation, ``'sigmoid'`` or ``'hardsigmoid'`` (or a module class).
+        norm_layer: ``'batchnorm'`` (the paper's BatchNorm1d), or ours, batch-size-free: ``'layernorm'``, ``'none'``.
     """
 
     def __init__(
@@ -117,6 +135,7 @@ class BridgeAttentionV1(_BridgeAttention):
             reduction: int = 16,
             act_layer: LayerSpec = 'relu',
             gate_layer: LayerSpec = 'sigmoid',
+            norm_layer: str = 'batchnorm',
             device=None,
             dtype=None,
     ) -> None:
@@ -124,7 +143,7 @@ class BridgeAttentionV1(_BridgeAttention):
         dd = {'device': device, 'dtype': dtype}
         m = self.hidden
         self.fusions = nn.ModuleList(
-            nn.Sequential(nn.Linear(c, m, bias=False, **dd), nn.BatchNorm1d(m, **dd))
+            nn.Sequential(nn.Linear(c, m, bias=False, **dd), _norm(norm_layer, m, dd))
             for c in (*self.inner_channels, channels)
         )
         self.generation = nn.Sequential(
@@ -154,6 +173,7 @@ class BridgeAttentionV2(_BridgeAttention):
         selection: ``'linear'`` (released code) or ``'softmax'`` (ours: softmax-normalised layer weights).
         act_layer: hidden activation, a name (``'relu'``, ``'silu'``, ...) or a module class.
         gate_layer: gate activation, ``'sigmoid'`` or ``'hardsigmoid'`` (or a module class).
+        norm_layer: ``'batchnorm'`` (the paper's BatchNorm1d), or ours, batch-size-free: ``'layernorm'``, ``'none'``.
     """
 
     def __init__(
@@ -165,6 +185,7 @@ class BridgeAttentionV2(_BridgeAttention):
             selection: str = 'linear',
             act_layer: LayerSpec = 'relu',
             gate_layer: LayerSpec = 'sigmoid',
+            norm_layer: str = 'batchnorm',
             device=None,
             dtype=None,
     ) -> None:
@@ -181,7 +202,7 @@ class BridgeAttentionV2(_BridgeAttention):
         )
         self.proj = nn.Linear(n, 1, **dd)
         self.generation = nn.Sequential(
-            nn.BatchNorm1d(m, **dd), _layer(act_layer, _ACT_LAYERS, 'act_layer'),
+            _norm(norm_layer, m, dd), _layer(act_layer, _ACT_LAYERS, 'act_layer'),
             nn.Linear(m, channels, bias=False, **dd), _layer(gate_layer, _GATE_LAYERS, 'gate_layer'),
         )
 
