@@ -177,7 +177,8 @@ def segmentation_backbone(
     before, for their auxiliary head) from the classification model ``name`` with attention ``attn``.
 
     Args:
-        name: a plugattn name, ``tv:NAME`` or ``timm:NAME``; torchvision ResNets take
+        name: a plugattn name, ``tv:NAME`` or ``timm:NAME``; plugattn's ImageNet CNNs and timm models take
+            ``output_stride=8`` or ``16`` (DeepLabV3), torchvision ResNets
             ``replace_stride_with_dilation=[False, True, True]`` for output stride 8, as torchvision's segmenters.
         attn: the attention (``None``: the plain model).
         pretrained: the host library's ImageNet weights for foreign names.

@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 import plugattn
+from plugattn.errors import PlugattnError
 from plugattn.layers import DIAUnit
 from plugattn.models import AttnStage, PreActResNet, ResNet
 from plugattn.models._base import run_stage
@@ -348,3 +349,77 @@ def test_timm_integration():
     assert type(timm.create_model('plugattn_resnet50')) is ResNet  # ours under a name that does not clash
     feats = timm.create_model('bav2_resnet20', features_only=True)
     assert feats.feature_info.channels() == [16, 16, 32, 64]
+
+
+# ------------------------------------------------------------------------------------------------ output stride
+
+OUTPUT_STRIDE_CASES = [('resnet18', 'ca'), ('resnet50', 'cbam'), ('mobilenetv2', 'ela_s'), ('regnety_400mf', 'bav2')]
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize('name,attn', OUTPUT_STRIDE_CASES, ids=[f'{n}-{a}' for n, a in OUTPUT_STRIDE_CASES])
+def test_output_stride_dilates_last_stages(name: str, attn: str) -> None:
+    torch.manual_seed(0)
+    reference = plugattn.create_model(name, attn=attn, num_classes=4, output_stride=32)
+    shapes = {k: v.shape for k, v in reference.state_dict().items()}
+    x = torch.randn(2, 3, 64, 64)
+    for output_stride, expected in ((16, [2, 4, 8, 16, 16]), (8, [2, 4, 8, 8, 8])):
+        model = plugattn.create_model(name, attn=attn, num_classes=4, output_stride=output_stride)
+        assert {k: v.shape for k, v in model.state_dict().items()} == shapes  # same keys, same parameters
+        assert _params(model) == _params(reference)
+        assert model.feature_info.reduction() == expected
+        maps = model.forward_intermediates(x, intermediates_only=True)
+        assert [m.shape[-1] for m in maps] == [64 // r for r in expected]
+        assert model.forward_features(x).shape[-1] == 64 // output_stride
+        model(x).sum().backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    features = plugattn.create_model(name, attn=attn, features_only=True, output_stride=8)
+    assert features.feature_info.reduction() == [2, 4, 8, 8, 8]
+    assert [f.shape[-1] for f in features(x)] == [32, 16, 8, 8, 8]
+
+
+@pytest.mark.filterwarnings('ignore::FutureWarning')  # torch.jit.script's deprecation notice
+def test_output_stride_dilation_pattern_and_torchscript() -> None:
+    model = plugattn.create_model('resnet50', output_stride=8).eval()
+    # the first block of a dilated stage keeps the previous dilation (timm and torchvision)
+    dilations = [(b.conv2.stride[0], b.conv2.dilation[0]) for b in (*model.layer3[:2], *model.layer4[:2])]
+    assert dilations == [(1, 1), (1, 2), (1, 2), (1, 4)]
+    assert [b.downsample is not None for b in (model.layer3[0], model.layer4[0])] == [True, True]
+    mbv2 = plugattn.create_model('mobilenetv2', attn='ca', output_stride=16)
+    assert [mbv2.features[i].conv[-3][0].dilation[0] for i in (13, 14, 15, 17)] == [1, 1, 2, 2]
+    small = plugattn.create_model('resnet18', attn='se', num_classes=3, output_stride=8).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(small)(x), small(x))
+
+
+def test_output_stride_refused_where_not_available() -> None:
+    for name in ('resnet20', 'preresnet164'):
+        with pytest.raises(PlugattnError, match='already 4; leave output_stride unset'):
+            plugattn.create_model(name, output_stride=8)
+    assert plugattn.create_model('resnet20', output_stride=4).feature_info.reduction() == [1, 1, 2, 4]
+    for name in ('resnet18', 'mobilenetv2', 'regnety_400mf'):
+        with pytest.raises(PlugattnError, match='output_stride must be 8, 16, 32 or None, got 4'):
+            plugattn.create_model(name, output_stride=4)
+
+
+def test_output_stride_deeplabv3_and_timm_features() -> None:
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+
+    from plugattn.dense import segmentation_backbone
+
+    backbone = segmentation_backbone('resnet18', 'ca', output_stride=8)
+    head = DeepLabHead(backbone.out_channels, 3)
+    deeplab = DeepLabV3(backbone, head).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert backbone(x)['out'].shape == (2, 512, 8, 8)
+        assert deeplab(x)['out'].shape == (2, 3, 64, 64)
+    timm = pytest.importorskip('timm')
+    plugattn.register_timm()
+    features = timm.create_model('ca_mobilenetv2', features_only=True, output_stride=16)
+    assert features.feature_info.reduction() == [2, 4, 8, 16, 16]
+    assert [f.shape[-1] for f in features(x)] == [32, 16, 8, 4, 4]

@@ -106,6 +106,7 @@ class InvertedResidual(nn.Module):
         attn: attention spec (gate or block level).
         attn_kwargs: options of the attention module.
         attn_position: ``'hidden'`` (CA position) or ``'output'`` (ECA position).
+        dilation: dilation of the depthwise conv (output stride below 32).
     """
 
     __constants__ = ['bridge', 'at_hidden']
@@ -120,6 +121,7 @@ class InvertedResidual(nn.Module):
             attn: AttnSpec = None,
             attn_kwargs: dict[str, Any] | None = None,
             attn_position: str = 'hidden',
+            dilation: int = 1,
     ) -> None:
         super().__init__()
         hidden = round(inp * expand_ratio)
@@ -127,7 +129,7 @@ class InvertedResidual(nn.Module):
         self.expand = expand_ratio != 1
         layers: list[nn.Module] = [ConvBNReLU(inp, hidden, 1)] if self.expand else []
         layers += [
-            ConvBNReLU(hidden, hidden, stride=stride, groups=hidden),
+            ConvBNReLU(hidden, hidden, stride=stride, groups=hidden, dilation=dilation),
             nn.Conv2d(hidden, oup, 1, bias=False),
             nn.BatchNorm2d(oup),
         ]
@@ -239,6 +241,8 @@ class MobileNetV2(AttnNet):
             ``'hidden'`` for everything else.
         drop_rate: dropout before the classifier (torchvision 0.2; official CA 0.1, ECA 0.25).
         global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
+        output_stride: 8, 16 or 32 (None: 32): the rows that would stride below it keep stride 1 and dilate their
+            depthwise convs instead (timm's convention; same parameters and keys, ``feature_info`` follows).
     """
 
     first_conv_key = 'features.0.0'
@@ -260,10 +264,13 @@ class MobileNetV2(AttnNet):
             attn_position: str | None = None,
             drop_rate: float = 0.2,
             global_pool: str = 'avg',
+            output_stride: int | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 0 or in_chans < 1:
             raise PlugattnError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
+        if output_stride not in (None, 8, 16, 32):
+            raise PlugattnError(f'output_stride must be 8, 16, 32 or None, got {output_stride!r}')
         if attn_level(attn) == 'stage':
             raise PlugattnError(
                 'DIA (stage-level attention) is not supported on MobileNetV2: it has no stages of equal-width '
@@ -283,14 +290,22 @@ class MobileNetV2(AttnNet):
         cin = stem_width
         official_eca = attn_position == 'output' and attn is not None and _is_eca(attn)
         per_row = stage_attn_kwargs(attn_kwargs, len(INVERTED_RESIDUAL_SETTING))
+        reduction, dilation, reductions = 2, 1, [2]  # reductions: after the stem, then after every block
         for (t, c, n, s), kwargs in zip(INVERTED_RESIDUAL_SETTING, per_row):
             cout = make_divisible(c * width_mult)
             if official_eca:
                 kwargs.setdefault('kernel_size', 1 if c < 96 else 3)  # eca_mobilenetv2.py's rule
+            first_dilation = dilation
+            if reduction >= (output_stride or 32):  # dilate instead of striding past the output stride
+                dilation *= s
+                s = 1
+            reduction *= s
             for i in range(n):
                 features.append(InvertedResidual(
                     cin, cout, s if i == 0 else 1, t, attn=attn, attn_kwargs=kwargs, attn_position=attn_position,
+                    dilation=first_dilation if i == 0 else dilation,
                 ))
+                reductions.append(reduction)
                 cin = cout
         features.append(ConvBNReLU(cin, self.num_features, 1))
         self.features = nn.Sequential(*features)
@@ -303,8 +318,8 @@ class MobileNetV2(AttnNet):
         self._stages = tuple(self.features[a:b] for a, b in self._stage_slices)
         ends = [1] + [b - 1 for _, b in self._stage_slices]
         self.feature_info = FeatureInfo(
-            dict(num_chs=self.features[i].conv[-1].num_features, reduction=r, module=f'features.{i}')
-            for i, r in zip(ends, (2, 4, 8, 16, 32))
+            dict(num_chs=self.features[i].conv[-1].num_features, reduction=reductions[i], module=f'features.{i}')
+            for i in ends
         )
         self._init_weights()
 

@@ -219,6 +219,8 @@ class PreActResNet(AttnNet):
             (``dia_wrn.py``, bearpaw's ``wrn.py``); None = on for WRN, off for PreResNet (whose official code keeps
             PyTorch's default Linear init).
         global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
+        output_stride: only None or the network's own stride (4 for three stages): a CIFAR network is already that
+            fine, so it has no dilated variant.
     """
 
     def __init__(
@@ -236,8 +238,15 @@ class PreActResNet(AttnNet):
             drop_rate: float = 0.0,
             zero_linear_bias: bool | None = None,
             global_pool: str = 'avg',
+            output_stride: int | None = None,
     ) -> None:
         super().__init__()
+        native_stride = 2 ** (len(layers) - 1)
+        if output_stride not in (None, native_stride):
+            raise PlugattnError(
+                f'output_stride={output_stride} is not available for a CIFAR network: its output stride is already '
+                f'{native_stride}; leave output_stride unset or use an ImageNet model (e.g. resnet50)'
+            )
         self.zero_linear_bias = block is WideBasic if zero_linear_bias is None else bool(zero_linear_bias)
         if num_classes < 0 or in_chans < 1:
             raise PlugattnError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')

@@ -24,7 +24,8 @@ Differences from the reference:
     * Keys equal timm's (``stem.conv``, ``s1.b1.conv1.conv``, ``s1.b1.se.fc1``, ``s1.b1.downsample.conv``, ...)
       except the classifier, ``fc`` here and ``head.fc`` in timm; plug-in attention lives under ``sN.bM.attn``.
       ``plugattn.load_official(model, path, source='timm')`` loads timm RegNet-Y weights.
-    * Only the standard configurations (ReLU, BatchNorm, 1x1-conv downsampling, no dilation) are built.
+    * Only the standard configurations (ReLU, BatchNorm, 1x1-conv downsampling) are built; ``output_stride`` 8 or
+      16 dilates the last stages' 3x3 convs instead of striding (timm's convention, same parameters).
     * ``zero_init_last=True`` (timm's default, pycls' ZERO_INIT_FINAL_GAMMA) zeroes every conv3 BN weight at init.
 """
 from __future__ import annotations
@@ -89,9 +90,11 @@ class ConvBNAct(nn.Module):
 
     def __init__(
             self, cin: int, cout: int, kernel_size: int = 1, stride: int = 1, groups: int = 1, act: bool = True,
+            dilation: int = 1,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False)
+        padding = (kernel_size - 1) // 2 * dilation
+        self.conv = nn.Conv2d(cin, cout, kernel_size, stride, padding, dilation, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         self.act = nn.ReLU(inplace=True) if act else nn.Identity()
 
@@ -129,6 +132,8 @@ class RegNetBottleneck(LeanResidualBlock):
         se_ratio: native SE hidden width / ``cin`` (0: no native SE).
         attn: plug-in attention spec, gate or block level (see the module docstring for where each goes).
         attn_kwargs: options of the attention module.
+        dilation: dilation of conv2 (output stride below 32).
+        project: keep the shortcut projection even at stride 1 and equal widths (a dilated stage's first block).
     """
 
     __constants__ = ['bridge']
@@ -143,13 +148,15 @@ class RegNetBottleneck(LeanResidualBlock):
             *,
             attn: AttnSpec = None,
             attn_kwargs: dict[str, Any] | None = None,
+            dilation: int = 1,
+            project: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = ConvBNAct(cin, cout, 1)
-        self.conv2 = ConvBNAct(cout, cout, 3, stride, groups=cout // group_width)
+        self.conv2 = ConvBNAct(cout, cout, 3, stride, groups=cout // group_width, dilation=dilation)
         self.se = RegNetSE(cout, hidden_channels=round(cin * se_ratio)) if se_ratio > 0 else None
         self.conv3 = ConvBNAct(cout, cout, 1, act=False)
-        self.downsample = ConvBNAct(cin, cout, 1, stride, act=False) if stride != 1 or cin != cout else None
+        self.downsample = ConvBNAct(cin, cout, 1, stride, act=False) if stride != 1 or project or cin != cout else None
         self.act3 = nn.ReLU(inplace=True)
         self.attn, self.attn_level = block_attn(attn, cout, (cout, cout), attn_kwargs)
         self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
@@ -222,6 +229,8 @@ class RegNet(AttnNet):
         drop_rate: dropout before the classifier.
         zero_init_last: zero the last BN weight of every block (timm / pycls default).
         global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
+        output_stride: 8, 16 or 32 (None: 32): the stages that would stride below it keep stride 1 and dilate
+            their 3x3 convs instead (timm's convention; same parameters and keys, ``feature_info`` follows).
     """
 
     first_conv_key = 'stem.conv'
@@ -238,10 +247,13 @@ class RegNet(AttnNet):
             drop_rate: float = 0.0,
             zero_init_last: bool = True,
             global_pool: str = 'avg',
+            output_stride: int | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 0 or in_chans < 1:
             raise PlugattnError(f'num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}')
+        if output_stride not in (None, 8, 16, 32):
+            raise PlugattnError(f'output_stride must be 8, 16, 32 or None, got {output_stride!r}')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -250,16 +262,21 @@ class RegNet(AttnNet):
         self.stem = ConvBNAct(in_chans, stem_width, 3, 2)
         self.stage_names = tuple(f's{i + 1}' for i in range(len(cfg.depths)))
         info = [dict(num_chs=stem_width, reduction=2, module='stem')]
-        cin, reduction = stem_width, 2
+        cin, reduction, dilation = stem_width, 2, 1
         shared = attn_level(attn) == 'stage'
         se_ratio = cfg.se_ratio if attn is None or keep_se else 0.0
         for name, depth, cout, kwargs in zip(
                 self.stage_names, cfg.depths, cfg.widths, stage_attn_kwargs(attn_kwargs, len(cfg.depths))):
-            reduction *= 2
+            stride, first_dilation = 2, dilation
+            if reduction >= (output_stride or 32):  # dilate instead of striding past the output stride
+                dilation *= stride
+                stride = 1
+            reduction *= stride
             blocks = [
                 RegNetBottleneck(
-                    cin if i == 0 else cout, cout, 2 if i == 0 else 1, cfg.group_width, se_ratio,
+                    cin if i == 0 else cout, cout, stride if i == 0 else 1, cfg.group_width, se_ratio,
                     attn=None if shared else attn, attn_kwargs=kwargs,
+                    dilation=first_dilation if i == 0 else dilation, project=i == 0,
                 )
                 for i in range(depth)
             ]

@@ -62,8 +62,8 @@ def _is_cbam(attn: AttnSpec) -> bool:
     return (factory.func if isinstance(factory, functools.partial) else factory) is CBAM
 
 
-def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, groups=groups, bias=False)
+def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=False)
 
 
 def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -94,6 +94,9 @@ class BasicBlock(LeanResidualBlock):
         downsample: shortcut projection, or ``None`` for identity.
         attn: attention spec of the block (gate or block level; stage level is handled by the stage).
         attn_kwargs: options of the attention module.
+        dilation: dilation of the second 3x3 conv (output stride below 32).
+        first_dilation: dilation of the first 3x3 conv (default: ``dilation``); the first block of a dilated stage
+            keeps the previous stage's dilation there, as timm.
     """
 
     __constants__ = ['bridge']
@@ -112,14 +115,16 @@ class BasicBlock(LeanResidualBlock):
             attn: AttnSpec = None,
             attn_kwargs: dict[str, Any] | None = None,
             stride_in_1x1: bool = False,
+            dilation: int = 1,
+            first_dilation: int | None = None,
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
             raise PlugattnError('BasicBlock supports only groups=1 and base_width=64')
-        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.conv1 = conv3x3(inplanes, planes, stride, dilation=first_dilation or dilation)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
+        self.conv2 = conv3x3(planes, planes, dilation=dilation)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
         self.attn, self.attn_level = block_attn(attn, planes, (planes,), attn_kwargs)
@@ -165,6 +170,9 @@ class Bottleneck(LeanResidualBlock):
         attn: attention spec of the block (gate or block level).
         attn_kwargs: options of the attention module.
         stride_in_1x1: put the stride on the first 1x1 conv (ResNet v1).
+        dilation: dilation of the 3x3 conv (output stride below 32).
+        first_dilation: used instead of ``dilation`` when given (the first block of a dilated stage keeps the
+            previous stage's dilation, as timm and torchvision).
     """
 
     __constants__ = ['bridge']
@@ -183,13 +191,15 @@ class Bottleneck(LeanResidualBlock):
             attn: AttnSpec = None,
             attn_kwargs: dict[str, Any] | None = None,
             stride_in_1x1: bool = False,
+            dilation: int = 1,
+            first_dilation: int | None = None,
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         outplanes = planes * self.expansion
         self.conv1 = conv1x1(inplanes, width, stride if stride_in_1x1 else 1)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, 1 if stride_in_1x1 else stride, groups)
+        self.conv2 = conv3x3(width, width, 1 if stride_in_1x1 else stride, groups, first_dilation or dilation)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, outplanes)
         self.bn3 = nn.BatchNorm2d(outplanes)
@@ -256,6 +266,9 @@ class ResNet(AttnNet):
             ResNet) or ``'default'`` (PyTorch's Linear init, as torchvision); None picks ``'kaiming'`` for CBAM and
             ``'default'`` otherwise.
         global_pool: ``'avg'`` or ``''`` (no pooling, with ``num_classes=0``: ``forward`` returns the maps).
+        output_stride: 8, 16 or 32 (None: 32) for the ImageNet stem: the stages that would go below it keep
+            stride 1 and dilate their 3x3 convs instead (timm's convention; same parameters and keys). The CIFAR
+            stem accepts only None or the network's own stride (4 for three stages): it is already that fine.
     """
 
     def __init__(
@@ -278,6 +291,7 @@ class ResNet(AttnNet):
             drop_rate: float = 0.0,
             head_init: str | None = None,
             global_pool: str = 'avg',
+            output_stride: int | None = None,
     ) -> None:
         super().__init__()
         if head_init not in (None, 'kaiming', 'default'):
@@ -313,12 +327,25 @@ class ResNet(AttnNet):
 
         self.stage_names = tuple(f'layer{i + 1}' for i in range(len(layers)))
         info = [dict(num_chs=stem_width, reduction=stem_reduction // (2 if stem == 'imagenet' else 1), module='relu')]
-        reduction = stem_reduction
+        native_stride = stem_reduction * 2 ** (len(layers) - 1)
+        if stem == 'cifar' and output_stride not in (None, native_stride):
+            raise PlugattnError(
+                f'output_stride={output_stride} is not available for a CIFAR-stem ResNet: its output stride is '
+                f'already {native_stride}; leave output_stride unset or use an ImageNet model (e.g. resnet50)'
+            )
+        if stem == 'imagenet' and output_stride not in (None, 8, 16, 32):
+            raise PlugattnError(f'output_stride must be 8, 16, 32 or None, got {output_stride!r}')
+        output_stride = output_stride or native_stride
+        reduction, dilation = stem_reduction, 1
         for i, (name, depth, planes, kwargs) in enumerate(
                 zip(self.stage_names, layers, widths, stage_attn_kwargs(attn_kwargs, len(layers)))):
-            stride = 1 if i == 0 else 2
+            stride, prev_dilation = 1 if i == 0 else 2, dilation
+            if reduction >= output_stride:  # dilate instead of striding past the output stride
+                dilation *= stride
+                stride = 1
             reduction *= stride
-            setattr(self, name, self._make_stage(block, planes, depth, stride, attn, kwargs))
+            setattr(self, name, self._make_stage(
+                block, planes, depth, stride, attn, kwargs, dilation, prev_dilation, projected=i > 0))
             info.append(dict(num_chs=planes * block.expansion, reduction=reduction, module=name))
         self.feature_info = FeatureInfo(info)
         self.num_features = widths[-1] * block.expansion
@@ -334,10 +361,14 @@ class ResNet(AttnNet):
             stride: int,
             attn: AttnSpec,
             attn_kwargs: dict[str, Any],
+            dilation: int = 1,
+            first_dilation: int = 1,
+            projected: bool = False,
     ) -> nn.Module:
         outplanes = planes * block.expansion
         downsample = None
-        if stride != 1 or self.inplanes != outplanes:
+        # `projected`: a stage that strides without dilation keeps its shortcut (and its parameters) when dilated
+        if stride != 1 or projected or self.inplanes != outplanes:
             if self.shortcut == 'pad':
                 downsample = PadShortcut(outplanes, stride)
             else:
@@ -347,9 +378,10 @@ class ResNet(AttnNet):
             groups=self.groups, base_width=self.base_width, stride_in_1x1=self.stride_in_1x1,
             attn=None if shared else attn, attn_kwargs=attn_kwargs,
         )
-        blocks = [block(self.inplanes, planes, stride, downsample, **block_kwargs)]
+        blocks = [block(self.inplanes, planes, stride, downsample, dilation=dilation, first_dilation=first_dilation,
+                        **block_kwargs)]
         self.inplanes = outplanes
-        blocks += [block(self.inplanes, planes, **block_kwargs) for _ in range(1, depth)]
+        blocks += [block(self.inplanes, planes, dilation=dilation, **block_kwargs) for _ in range(1, depth)]
         if shared:
             return AttnStage(blocks, create_attn(attn, outplanes, **attn_kwargs))
         return nn.Sequential(*blocks)
