@@ -23,8 +23,8 @@ BatchNorm), for ``FasterRCNN``, ``MaskRCNN``, ``KeypointRCNN``, ``RetinaNet`` an
 To put attention into a torchvision detector or segmenter you already have (with its COCO weights), attach to it
 directly: ``plugattn.attach(fasterrcnn_resnet50_fpn(weights=...), 'ca')`` finds the backbone's blocks and keeps
 every original key. The feature levels used are the stages of stride 4, 8, 16 and 32 (torchvision's ``layer1`` ..
-``layer4``); output stride 8 / 16 (dilated stages) is not available for plugattn's own CNNs yet, torchvision
-ResNets take ``replace_stride_with_dilation``.
+``layer4``); output stride 8 / 16 (dilated stages): ``output_stride=8`` or ``16`` for plugattn's ImageNet CNNs and
+timm models, ``replace_stride_with_dilation`` for torchvision ResNets.
 """
 from __future__ import annotations
 

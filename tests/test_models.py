@@ -390,6 +390,9 @@ def test_output_stride_dilation_pattern_and_torchscript() -> None:
     assert [b.downsample is not None for b in (model.layer3[0], model.layer4[0])] == [True, True]
     mbv2 = plugattn.create_model('mobilenetv2', attn='ca', output_stride=16)
     assert [mbv2.features[i].conv[-3][0].dilation[0] for i in (13, 14, 15, 17)] == [1, 1, 2, 2]
+    attached = plugattn.attach(plugattn.create_model('resnet18', output_stride=8, features_only=True), 'se')
+    assert attached.feature_info.reduction() == [2, 4, 8, 8, 8]  # attach rebuilds with the same output stride
+    assert attached.layer4[1].conv2.dilation == (4, 4)
     small = plugattn.create_model('resnet18', attn='se', num_classes=3, output_stride=8).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
