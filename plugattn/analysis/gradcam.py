@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import StageAttention
-from ..models import AttnStage
 from ..models._base import AttnNet
 from ._common import AnalysisError, model_stages, require
 
@@ -134,7 +133,7 @@ def default_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
     if not stages:
         raise AnalysisError(f'{type(model).__name__} has no stages()', 'pass --target-layer NAME')
     stage = stages[-1][1]
-    shared = isinstance(stage, AttnStage) or any(isinstance(m, StageAttention) for m in stage.children())
+    shared = any(isinstance(m, StageAttention) for m in stage.children())  # a DIA unit: the stage is the target
     target = stage if shared else stage[-1]
     return _module_name(model, target), target
 

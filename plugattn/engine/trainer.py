@@ -465,7 +465,8 @@ class _Trainer:
         self.stop_signum = signum
 
     def _stop_requested(self) -> bool:
-        """Whether a signal arrived (on any process) before the run directory was created."""
+        """Whether a stop signal arrived on any process (checked before the run directory is created and after each
+        epoch's evaluation and save)."""
         stop = self.stop_signum is not None
         if self.ctx.distributed:
             stop = all_reduce_sum([float(stop)], self.ctx)[0] > 0
@@ -756,18 +757,9 @@ class _Trainer:
             self._epoch_line(record)
             if stop_here and not last_epoch:
                 return False
-            if self._epoch_end_stop() and not last_epoch:
+            if self._stop_requested() and not last_epoch:
                 raise _Stop
         return True
-
-    def _epoch_end_stop(self) -> bool:
-        """Whether a signal arrived during the epoch's evaluation or save (on any process)."""
-        stop = self.stop_signum is not None
-        if self.ctx.distributed:
-            stop = all_reduce_sum([float(stop)], self.ctx)[0] > 0
-            if stop and self.stop_signum is None:
-                self.stop_signum = signal.SIGTERM
-        return stop
 
     def _epoch_line(self, r: Mapping[str, Any]) -> None:
         parts = [f'epoch {r["epoch"]}/{self.epochs}', f'train loss {r["train_loss"]:.4f}']

@@ -134,7 +134,7 @@ class LeanResidualBlock(nn.Module):
 
 
 class AttnStage(nn.Module):
-    """A stage of residual blocks that share one stage-level attention unit (DIA).
+    """A stage of blocks that share one stage-level attention unit (DIA), or none (``attn=None``: the blocks in order).
 
     Blocks are registered as ``0, 1, ...`` so state_dict keys match an ``nn.Sequential`` stage
     (``layer1.0.conv1.weight``); the shared unit sits at ``attn``. Every block must provide
@@ -146,7 +146,7 @@ class AttnStage(nn.Module):
     model fails; save it with ``torch.jit.trace`` (``plugattn export --format torchscript``) or ``torch.export``.
     """
 
-    def __init__(self, blocks: list[nn.Module], attn: StageAttention) -> None:
+    def __init__(self, blocks: list[nn.Module], attn: StageAttention | None = None) -> None:
         super().__init__()
         for i, block in enumerate(blocks):
             self.add_module(str(i), block)

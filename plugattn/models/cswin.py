@@ -50,8 +50,7 @@ Differences from the reference:
     * Keys equal the official ones (``stage1_conv_embed.{0,2}``, ``stage{s}.{i}.{qkv, norm1, proj, attns.{0,1}.get_v,
       mlp.fc1, mlp.fc2, norm2}``, ``merge{s}.{conv,norm}``, ``norm``, ``head``): official checkpoints load with
       :func:`~plugattn.models.official.load_official` (``source='cswin'``, EMA weights by default) or
-      ``load_state_dict``. Each ``stage{s}`` is a :class:`CSWinStage` instead of an ``nn.ModuleList`` (same child
-      names).
+      ``load_state_dict``. Each ``stage{s}`` is an ``AttnStage`` instead of an ``nn.ModuleList`` (same child names).
     * ``drop_rate`` is the dropout before the classifier (timm's convention); the official ``drop_rate`` is our
       ``proj_drop_rate`` (the MLP dropout; the official attention projection has none, here neither). The builders
       default to the official recipes' stochastic depth (T 0.2, S 0.4, B 0.5, L 0.2).
@@ -63,7 +62,7 @@ Differences from the reference:
       from the legacy (trace-based) exporter take any batch and size (tested at 32, 48 x 40 and 100 x 76 px).
       TorchScript scripts the four-stage models; their stages run as Python calls (no ``torch.jit.save``).
 """
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -71,14 +70,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from ..layers import StageAttention, create_attn
+from ..errors import PlugattnError
+from ..layers import create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention
-from ._base import AttnNet, FeatureInfo, feature_take_indices, is_fx_proxy, run_stage, stage_attn_kwargs, stage_blocks
+from ._base import (
+    AttnNet,
+    AttnStage,
+    FeatureInfo,
+    feature_take_indices,
+    is_fx_proxy,
+    stage_attn_kwargs,
+)
 from ._registry import register_model, register_model_family
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, transformer_attn_level
 
-__all__ = ['CSWinBlock', 'CSWinStage', 'CSWinTransformer', 'LePEAttention']
+__all__ = ['CSWinBlock', 'CSWinTransformer', 'LePEAttention']
 
 Size = tuple[int, int]
 
@@ -98,9 +105,9 @@ class LePEAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, split_size: int, idx: int, attn_drop: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f'CSWin branch width {dim} must be divisible by its {num_heads} heads')
+            raise PlugattnError(f'CSWin branch width {dim} must be divisible by its {num_heads} heads')
         if idx not in (-1, 0, 1):
-            raise ValueError(f'idx must be -1 (full), 0 (vertical stripes) or 1 (horizontal stripes), got {idx}')
+            raise PlugattnError(f'idx must be -1 (full), 0 (vertical stripes) or 1 (horizontal stripes), got {idx}')
         self.dim = dim
         self.num_heads = num_heads
         self.split_size = split_size
@@ -175,7 +182,7 @@ class CSWinBlock(nn.Module):
     ) -> None:
         super().__init__()
         if not full_attention and (dim % 2 or num_heads % 2):
-            raise ValueError(f'a stripe block splits width {dim} and {num_heads} heads in half: both must be even')
+            raise PlugattnError(f'a stripe block splits width {dim} and {num_heads} heads in half: both must be even')
         hidden = int(dim * mlp_ratio)
         self.dim = dim
         self.input_resolution = input_resolution
@@ -218,40 +225,6 @@ class CSWinBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.merge(*self.forward_branch(x))
-
-
-class CSWinStage(nn.Module):
-    """The blocks of one stage (children ``0, 1, ...`` as the official ``nn.ModuleList``), with an optional shared
-    stage-level unit ``attn`` (DIA) whose state starts at zero on every call.
-
-    Args:
-        blocks: the stage's blocks.
-        attn: stage-level attention shared by the blocks, or ``None``.
-    """
-
-    def __init__(self, blocks: list[CSWinBlock], attn: StageAttention | None = None) -> None:
-        super().__init__()
-        for i, block in enumerate(blocks):
-            self.add_module(str(i), block)
-        self.depth = len(blocks)
-        self.attn = attn
-
-    def __len__(self) -> int:
-        return self.depth
-
-    def __getitem__(self, idx: int) -> CSWinBlock:
-        return self._modules[str(idx % self.depth)]
-
-    def __iter__(self) -> Iterator[CSWinBlock]:
-        return (self._modules[str(i)] for i in range(self.depth))
-
-    def forward_checkpointed(self, x: Tensor) -> Tensor:
-        """:meth:`forward` with every block under activation checkpointing."""
-        return run_stage(stage_blocks(self), self.attn, x, checkpointing=True)
-
-    @torch.jit.ignore  # a custom container: TorchScript cannot iterate it
-    def forward(self, x: Tensor) -> Tensor:
-        return run_stage(stage_blocks(self), self.attn, x)
 
 
 class ToNHWC(nn.Module):
@@ -323,7 +296,7 @@ class CSWinTransformer(AttnNet):
         super().__init__()
         num_stages = len(depths)
         if not len(split_size) == len(num_heads) == num_stages:
-            raise ValueError(f'depths {tuple(depths)}, split_size {tuple(split_size)} and num_heads '
+            raise PlugattnError(f'depths {tuple(depths)}, split_size {tuple(split_size)} and num_heads '
                              f'{tuple(num_heads)} need one entry per stage')
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         level = transformer_attn_level(attn)
@@ -348,7 +321,7 @@ class CSWinTransformer(AttnNet):
                            input_resolution=res)
                 for j in range(depths[i])
             ]
-            self.add_module(self.stage_names[i], CSWinStage(
+            self.add_module(self.stage_names[i], AttnStage(
                 blocks, create_attn(attn, dim, **kwargs) if level == 'stage' else None))
             info.append(dict(num_chs=dim, reduction=2 ** (i + 2), module=self.stage_names[i]))
         self.norm = nn.LayerNorm(self.num_features)
@@ -363,7 +336,7 @@ class CSWinTransformer(AttnNet):
         if i > 0:
             x = getattr(self, f'merge{i}')(x)
         stage = getattr(self, self.stage_names[i])
-        return stage.forward_checkpointed(x) if checkpointing and isinstance(stage, CSWinStage) else stage(x)
+        return stage.forward_checkpointed(x) if checkpointing and isinstance(stage, AttnStage) else stage(x)
 
     def _run(self, x: Tensor, upto: int, norm: bool = False) -> tuple[list[Tensor], Tensor]:
         """NHWC outputs of the conv embedding and of the first ``upto`` stages (the last stage's normalised with
@@ -417,7 +390,7 @@ class CSWinTransformer(AttnNet):
         """Conv-embedding and stage outputs, NCHW (default) or NHWC; ``norm`` applies the final norm to the last
         stage's output; ``final`` is :meth:`forward_features` (NHWC). See :meth:`AttnNet.forward_intermediates`."""
         if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+            raise PlugattnError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take, last = feature_take_indices(self.num_stages + 1, indices)
         upto = last if intermediates_only or stop_early else self.num_stages
         feats, x = self._run(self.check_input(x), upto, norm)

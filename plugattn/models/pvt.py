@@ -41,7 +41,7 @@ Differences from the reference:
       names); a stage's block loop runs as a Python call, so scripted models cannot be saved with ``torch.jit.save``.
       ``torch.fx`` graphs resize the position embeddings at run time (:func:`resize_pos_embed` is an FX leaf).
 """
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -51,10 +51,10 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from ..errors import PlugattnError
-from ..layers import StageAttention, create_attn
+from ..layers import create_attn
 from ..layers.registry import AttnSpec
 from ..layers.token import Mlp, dot_product_attention, map_to_tokens, tokens_to_map
-from ._base import AttnNet, FeatureInfo, feature_take_indices, run_stage, stage_attn_kwargs, stage_blocks
+from ._base import AttnNet, AttnStage, FeatureInfo, feature_take_indices, run_stage, stage_attn_kwargs, stage_blocks
 from ._registry import register_model, register_model_family
 from .vit import block_bridge, drop_path_rates, init_transformer_weights, tokens_to_nchw, transformer_attn_level
 
@@ -169,30 +169,9 @@ class PVTBlock(nn.Module):
         return self.merge(*self.forward_branch(x, size))
 
 
-class PVTStage(nn.Module):
-    """The blocks of one stage (children ``0, 1, ...`` as the official ``nn.ModuleList``), with an optional shared
-    stage-level unit ``attn`` (DIA) whose state starts at zero on every call.
-
-    Args:
-        blocks: the stage's blocks.
-        attn: stage-level attention shared by the blocks, or ``None``.
-    """
-
-    def __init__(self, blocks: list[PVTBlock], attn: StageAttention | None = None) -> None:
-        super().__init__()
-        for i, block in enumerate(blocks):
-            self.add_module(str(i), block)
-        self.depth = len(blocks)
-        self.attn = attn
-
-    def __len__(self) -> int:
-        return self.depth
-
-    def __getitem__(self, idx: int) -> PVTBlock:
-        return self._modules[str(idx % self.depth)]
-
-    def __iter__(self) -> Iterator[PVTBlock]:
-        return (self._modules[str(i)] for i in range(self.depth))
+class PVTStage(AttnStage):
+    """An :class:`~plugattn.models._base.AttnStage` whose blocks also take the token grid ``size`` (children ``0, 1,
+    ...`` as the official ``nn.ModuleList``; ``attn``: the shared DIA unit or ``None``)."""
 
     def forward_checkpointed(self, x: Tensor, size: Size) -> Tensor:
         """:meth:`forward` with every block under activation checkpointing."""
