@@ -4,12 +4,11 @@ backbone's padding elsewhere), BAv2/DIA placement, the timm model API and export
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from test_official import randomize_
 
 import plugattn
 from plugattn.layers import BridgeAttentionV2, DIAUnit
@@ -22,23 +21,6 @@ HAS_ONNX = all(importlib.util.find_spec(m) for m in ('onnx', 'onnxruntime'))
 def tiny(attn: str | None = None, **kw) -> CSWinTransformer:
     torch.manual_seed(0)
     return CSWinTransformer(attn=attn, **{**TINY, 'num_classes': 5, **kw})
-
-
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights (and BN statistics of BAv2) with O(1) activations, so a misplaced key or a wrong window
-    shows in the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.dtype.is_floating_point:
-                continue
-            if name.endswith('running_var'):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.ndim > 1:
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.2 + (1.0 if name.endswith('.weight') else 0.0))
-    return model.eval()
 
 
 def count(name: str) -> tuple[int, int]:
