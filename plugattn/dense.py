@@ -86,12 +86,12 @@ def _freeze_layers(features: nn.Module, modules: list[str], trainable_layers: in
         raise PlugattnError(f'trainable_layers must be in 0..{num} for this backbone, got {trainable_layers}')
     params = [p for _, p in features.named_parameters()]
     index = {id(p): i for i, p in enumerate(params)}
-    ends = []
+    ends, first = [], []
     for name in modules:
         own = [index[id(p)] for p in features.get_submodule(_qualified(features, name)).parameters()]
+        first = first if ends else own
         ends.append(max(own) if own else (ends[-1] if ends else -1))
     # the stem is everything up to the first stage's parameters; stage k ends at its module's last parameter
-    first = [index[id(p)] for p in features.get_submodule(_qualified(features, modules[0])).parameters()]
     stem_end = (min(first) - 1) if first else -1
     bounds = [stem_end, *ends]
     for i, p in enumerate(params):

@@ -149,9 +149,11 @@ def _plugattn_submodels(model: nn.Module) -> list[nn.Module]:
     if any(f.matches(model) for f in families()):
         return []
     out: list[nn.Module] = []
+    inside: set[int] = set()  # the modules of the models found so far
     for _, m in model.named_modules():
-        if _is_plugattn(m) and not any(m in set(o.modules()) for o in out):
+        if _is_plugattn(m) and id(m) not in inside:
             out.append(m)
+            inside.update(id(sub) for sub in m.modules())
     return out if out and _family_of_blocks(model) is None else []
 
 

@@ -296,14 +296,19 @@ class _TappedBlock:
             for tap, module in zip(ctx.plan.bridge, tapped):
                 handles.append(module.register_forward_hook(_bridge_hook(inner, tap)))
             state_in = _stage_state_in(ctx, args[0] if args else None) if ctx.level == 'stage' else None
-            norm = _lean_norm(self, ctx, tapped[-1]) if tracer is None else None
-            conv = _lean_consumer(self, ctx) if tracer is None and norm is None else None
+            attn = _attention_of(self, ctx)
+            # eager, no hooks on the attention (they would see other tensors than its module call gives) and no
+            # warm start (its blend is applied by its own forward)
+            lean = tracer is None and ctx.plan.gate.layout == 'nchw' and not isinstance(attn, _WarmStart) \
+                and use_fused_path(attn)
+            norm = _lean_norm(tapped[-1]) if lean else None
+            conv = _lean_consumer(self, ctx) if lean and norm is None else None
             if norm is not None:  # the norm's call computes the gated output (lean_gated_norm)
                 norm.__dict__['forward'] = functools.partial(
-                    _lean_gated_norm, norm, self, ctx, inner, state_in, applied)
+                    _lean_gated_norm, norm, attn, ctx, inner, state_in, applied)
             elif conv is not None:  # the gate is computed on the tapped output and applied inside the conv's call
                 gated: list[Any] = []
-                handles.append(tapped[-1].register_forward_hook(_gate_factors_hook(self, ctx, gated, applied)))
+                handles.append(tapped[-1].register_forward_hook(_gate_factors_hook(attn, gated, applied)))
                 conv.__dict__['forward'] = functools.partial(_lean_gated_conv, conv, gated)
             else:
                 handles.append(tapped[-1].register_forward_hook(_gate_hook(self, ctx, inner, state_in, applied)))
@@ -411,31 +416,21 @@ def _attention_of(block: nn.Module, ctx: _TapCtx) -> nn.Module:
     return ctx.stage.attn if ctx.level == 'stage' else getattr(block, ctx.key)
 
 
-def _lean_norm(block: nn.Module, ctx: _TapCtx, gated: nn.Module) -> nn.BatchNorm2d | None:
-    """The plain BatchNorm2d whose output the block's attention gates, where the lean gating applies to it.
-
-    That is the gated submodule itself or, for a ``Sequential`` (conv + norm), its last child; in eager mode, with
-    no hooks on the norm or the attention (they would see other tensors than the module calls give) and not for a
-    warm-started module (its blend is applied by its own forward).
-    """
-    if ctx.plan.gate.layout != 'nchw':
-        return None
+def _lean_norm(gated: nn.Module) -> nn.BatchNorm2d | None:
+    """The plain, unhooked BatchNorm2d whose output the block's attention gates: the gated submodule itself or, for
+    a ``Sequential`` (conv + norm), its last child."""
     if isinstance(gated, nn.Sequential) and len(gated) and not is_hooked(gated):
         gated = gated[-1]
-    attn = _attention_of(block, ctx)
-    if type(gated) is not nn.BatchNorm2d or is_hooked(gated) or isinstance(attn, _WarmStart):
-        return None
-    return gated if use_fused_path(attn) else None
+    return gated if type(gated) is nn.BatchNorm2d and not is_hooked(gated) else None
 
 
-def _lean_gated_norm(norm: nn.BatchNorm2d, block: nn.Module, ctx: _TapCtx, inner: list[Tensor], state_in: Any,
+def _lean_gated_norm(norm: nn.BatchNorm2d, attn: nn.Module, ctx: _TapCtx, inner: list[Tensor], state_in: Any,
                      applied: list[bool], z: Tensor) -> Tensor:
     """The gated norm output ``norm(z) * gate``, computed as plugattn's own blocks compute it before their residual
     merge: in training the result overwrites the norm output and backward recomputes that output from ``z`` (which
     the norm keeps anyway), so the attached block keeps as many full-size tensors as the host's block; without a
     gradient the gate is applied in the norm output's memory."""
     applied.append(True)
-    attn = _attention_of(block, ctx)
     if torch.is_grad_enabled() and z.requires_grad:
         y, rec = batch_norm_with_recompute(norm, z)
     else:
@@ -453,12 +448,11 @@ def _lean_gated_norm(norm: nn.BatchNorm2d, block: nn.Module, ctx: _TapCtx, inner
 
 def _lean_consumer(block: nn.Module, ctx: _TapCtx) -> nn.Conv2d | None:
     """The plan's consumer conv, where a gate-level attention can be applied inside its call (see
-    :class:`BlockPlan`): eager mode, no hooks on it or the attention, a bias-free undilated zero-padded ``Conv2d``."""
-    if ctx.plan.consumer is None or ctx.level != 'gate' or ctx.plan.gate.layout != 'nchw':
+    :class:`BlockPlan`): an unhooked, bias-free, undilated, zero-padded ``Conv2d``."""
+    if ctx.plan.consumer is None or ctx.level != 'gate':
         return None
     conv = block.get_submodule(ctx.plan.consumer)
-    attn = _attention_of(block, ctx)
-    if type(conv) is not nn.Conv2d or is_hooked(conv) or isinstance(attn, _WarmStart) or not use_fused_path(attn):
+    if type(conv) is not nn.Conv2d or is_hooked(conv):
         return None
     if conv.bias is not None or conv.dilation != (1, 1) or conv.padding_mode != 'zeros' \
             or isinstance(conv.padding, str):
@@ -466,10 +460,10 @@ def _lean_consumer(block: nn.Module, ctx: _TapCtx) -> nn.Conv2d | None:
     return conv
 
 
-def _gate_factors_hook(block: nn.Module, ctx: _TapCtx, gated: list[Any], applied: list[bool]) -> Callable:
+def _gate_factors_hook(attn: nn.Module, gated: list[Any], applied: list[bool]) -> Callable:
     def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
         applied.append(True)
-        gated[:] = [output, _attention_of(block, ctx).gate_factors(output)]
+        gated[:] = [output, attn.gate_factors(output)]
 
     return hook
 
@@ -491,13 +485,14 @@ def _gate_hook(block: nn.Module, ctx: _TapCtx, inner: list[Tensor], state_in: An
     def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
         applied.append(True)
         x = to_map(output, ctx.plan.gate.layout)
+        attn = _attention_of(block, ctx)
         if ctx.level == 'stage':
-            y, state = ctx.stage.attn(x, state_in)
+            y, state = attn(x, state_in)
             ctx.stage.__dict__['_plugattn_state'] = None if ctx.last else state
         elif ctx.level == 'block':
-            y = getattr(block, ctx.key)(list(inner), x)
+            y = attn(list(inner), x)
         else:
-            y = getattr(block, ctx.key)(x)
+            y = attn(x)
         return from_map(y, ctx.plan.gate.layout)
 
     return hook

@@ -62,10 +62,15 @@ def _move_weights(model: nn.Module, twin: nn.Module, attn: str) -> None:
     (initialised as ``create_model`` does: the attention modules, PreResNet DIA's extra norm); plain keys the twin
     lacks are native modules the attention replaces (RegNet-Y's SE), which a warning names."""
     rename = _plain_keys(model, twin)
+
+    def plain_name(name: str) -> str:  # a twin key or module name under the plain model's block names
+        dotted = name + '.'
+        return next(((v + dotted[len(k):])[:-1] for k, v in rename.items() if dotted.startswith(k)), name)
+
     source = model.state_dict()
     state = {}
     for key, value in twin.state_dict().items():
-        plain = next((v + key[len(k):] for k, v in rename.items() if key.startswith(k)), key)
+        plain = plain_name(key)
         if plain in source:
             if source[plain].shape != value.shape:
                 raise PlugattnError(
@@ -76,8 +81,7 @@ def _move_weights(model: nn.Module, twin: nn.Module, attn: str) -> None:
     twin.load_state_dict(state, strict=False)
     if source:
         dropped = sum(t.numel() for t in source.values())
-        kept = {next((v + n[len(k):] for k, v in rename.items() if (n + '.').startswith(k)), n)
-                for n, _ in twin.named_modules()}
+        kept = {plain_name(n) for n, _ in twin.named_modules()}
         names = sorted({_first_missing(key, kept) for key in source})
         warnings.warn(
             f'plugattn.attach: {attn} replaces {len(names)} native modules of this {type(model).__name__} '
