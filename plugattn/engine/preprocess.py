@@ -118,7 +118,10 @@ class Preprocessing:
 
         if not isinstance(image, Image.Image):
             image = Image.fromarray(image)
-        img = to_mode(image, self.color_mode)  # 16-bit, float and palette images as the loaders read them
+        return self._to_input(to_mode(image, self.color_mode))  # 16-bit, float and palette images as the loaders
+
+    def _to_input(self, img: Any) -> Tensor:
+        """A PIL image already in :attr:`color_mode` -> the normalised float32 input ``(C, H, W)``."""
         _, h, w = self.input_size
         if self.resize_mode == 'shorter':
             from torchvision.transforms.v2 import InterpolationMode
@@ -155,10 +158,10 @@ class Preprocessing:
         from ..data.images import read_image
 
         try:
-            image = read_image(path, self.color_mode)
+            image = read_image(path, self.color_mode)  # in color_mode already
         except DataError as e:  # the one wording of cam and the loaders
             raise EngineError(e.problem, e.fix) from None
-        return self(image)
+        return self._to_input(image)
 
 
 def preprocessing_from_meta(meta: Mapping[str, Any], model: nn.Module | None = None) -> Preprocessing:
