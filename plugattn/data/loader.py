@@ -65,6 +65,7 @@ from .info import (
 from .sources import load_split
 
 __all__ = [
+    "STOP_SIGNALS",
     "InMemoryLoader",
     "Loader",
     "StreamingLoader",
@@ -424,12 +425,16 @@ def _worker_message(exc: BaseException) -> str:
     return tail if sep and head.rsplit(".", 1)[-1].endswith("Error") else last
 
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1")
+"""Signals that stop a training run cleanly (schedulers send SIGTERM, or SIGUSR1 ahead of a time limit; SIGHUP: the
+terminal closed); the main process handles them and DataLoader workers ignore them. Those the platform lacks are
+skipped."""
+_STOP_SIGNALS = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
 
 
 @contextlib.contextmanager
 def _stop_signals_blocked(active: bool) -> Iterator[None]:
-    """SIGINT/SIGTERM blocked in the main thread while DataLoader workers are started.
+    """The stop signals blocked in the main thread while DataLoader workers are started.
 
     A worker signalled after the fork but before :func:`_worker_init` ignores the signal would die of it, and the
     main process would fail with 'DataLoader worker killed by signal' instead of stopping cleanly. Blocked, the
@@ -449,8 +454,8 @@ def _stop_signals_blocked(active: bool) -> Iterator[None]:
 
 def _worker_init(worker_id: int) -> None:
     """Seed numpy and ``random`` in a worker from torch's per-worker seed (for third-party code), and leave
-    SIGINT/SIGTERM to the main process, which stops at its next safe point (Ctrl-C and schedulers signal the whole
-    process group; a worker dying of it would turn that stop into a DataLoader error)."""
+    the stop signals to the main process, which stops at its next safe point (Ctrl-C, schedulers and a closed
+    terminal signal the whole process group; a worker dying of it would turn that stop into a DataLoader error)."""
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # forked with them blocked (_stop_signals_blocked): a pending one is dropped

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.loader import STOP_SIGNALS
 from ..errors import summarise_cause
 from .builder import build_model, check_config
 from .checkpoint import (
@@ -104,12 +105,6 @@ def amp_settings(cfg_train: Mapping[str, Any], device: torch.device) -> tuple[bo
         raise EngineError('float16 AMP needs CUDA', 'use --set train.amp_dtype=bfloat16 (or auto) on the CPU')
     dtype = torch.float16 if name == 'float16' else torch.bfloat16
     return True, dtype, dtype == torch.float16
-
-
-
-STOP_SIGNALS = ('SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1')
-"""Signals that stop a run cleanly (schedulers send SIGTERM, or SIGUSR1 ahead of a time limit; SIGHUP: the terminal
-closed); those the platform lacks are skipped."""
 
 
 class _Stop(Exception):
@@ -281,6 +276,8 @@ class _Trainer:
                     self.thread_note = (f'{threads} CPU thread{"s" if threads > 1 else ""}, as the run trained with '
                                         '(so it continues bit for bit); --threads N sets the count')
                     return
+        if torch.get_num_threads() <= 1:  # nothing to lower: no need to measure the load (half a second)
+            return
         threads, self.thread_note = choose_threads(torch.get_num_threads(), busy_cores())
         torch.set_num_threads(threads)
 
@@ -476,8 +473,9 @@ class _Trainer:
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Any:
-        """:data:`STOP_SIGNALS` request a stop at the next safe point (installed in the main thread only; a signal
-        the process was started to ignore, e.g. SIGHUP under ``nohup``, stays ignored)."""
+        """The stop signals (:data:`plugattn.data.loader.STOP_SIGNALS`) request a stop at the next safe point
+        (installed in the main thread only; a signal the process was started to ignore, e.g. SIGHUP under ``nohup``,
+        stays ignored)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
