@@ -17,7 +17,7 @@ ORDER = (
     ('models', 'data'),
     ('attach',),
     ('hub',),
-    ('engine', 'dense'),
+    ('engine', 'dense', 'yolo'),
     ('analysis', 'export', 'demos'),
     ('experiments',),
     ('cli',),
@@ -129,8 +129,8 @@ def test_every_package_is_in_the_order():
 
 
 def test_readme_states_the_order():
-    assert README_ORDER == ('`errors`/`version` < `layers` < `models`, `data` < `attach` < `hub` < `engine`, `dense` < '
-                            '`analysis`, `export`, `demos` < `experiments` < `cli`')
+    assert README_ORDER == ('`errors`/`version` < `layers` < `models`, `data` < `attach` < `hub` < `engine`, `dense`, '
+                            '`yolo` < `analysis`, `export`, `demos` < `experiments` < `cli`')
     assert README_ORDER in ' '.join((ROOT / 'README.md').read_text(encoding='utf-8').split())
 
 

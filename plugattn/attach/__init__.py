@@ -54,6 +54,7 @@ from ..errors import PlugattnError
 from ..layers import attn_level, list_attn
 from ._core import (
     _LOADERS,
+    _WHEN_IMPORTED,
     BlockPlan,
     Family,
     Tap,
@@ -84,7 +85,14 @@ def _load_timm() -> None:
     tm.register()
 
 
+def _load_ultralytics() -> None:
+    from . import ultralytics as ul
+
+    ul.register()
+
+
 _LOADERS.extend([_load_timm, _load_torchvision])
+_WHEN_IMPORTED['ultralytics'] = _load_ultralytics
 
 
 def _is_plugattn(model: nn.Module) -> bool:

@@ -109,6 +109,9 @@ class Family:
         cam: ``cam(model) -> (layer name, reshape)``: the Grad-CAM target layer of a token model and the transform
             of its output to ``(B, C, h, w)`` maps (``None``: the last block of the last stage, no reshape).
         note: one line on where the attention goes, for messages and docs.
+        prepare: ``prepare(model, options) -> Family``: the family specialised to one model and the attach options
+            (a placement option such as ultralytics' ``where=``), called once per :func:`attach_module`; it also
+            rejects options the family does not know.
     """
 
     name: str
@@ -123,6 +126,7 @@ class Family:
     match: Callable[[nn.Module], bool] | None = None
     cam: Callable[[nn.Module], tuple[str, Callable[[Tensor], Tensor] | None]] | None = None
     note: str = ''
+    prepare: Callable[[nn.Module, dict[str, Any]], Family] | None = None
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, self.model_types) and (self.match is None or self.match(model))
@@ -130,6 +134,9 @@ class Family:
 
 _FAMILIES: list[Family] = []
 _LOADERS: list[Callable[[], None]] = []
+# host library -> loader of its families, run once the library has been imported by the user (a model of it can
+# only exist then), so that plugattn itself never imports it
+_WHEN_IMPORTED: dict[str, Callable[[], None]] = {}
 
 
 def register_family(family: Family) -> Family:
@@ -142,6 +149,8 @@ def families() -> list[Family]:
     """Every registered family, built-in host libraries loaded on first use."""
     while _LOADERS:
         _LOADERS.pop(0)()
+    for name in [n for n in _WHEN_IMPORTED if n in sys.modules]:
+        _WHEN_IMPORTED.pop(name)()
     return list(_FAMILIES)
 
 
@@ -716,6 +725,8 @@ def attach_module(
     options = {'keep_se': False, **options, '_attn': attn}
     if warm_start:
         options['keep_se'] = True  # removing the native SE would change the function
+    if fam.prepare is not None:
+        fam = fam.prepare(model, options)
     key = attn if isinstance(attn, str) else None
     defaults = dict(fam.defaults.get(key, {})) if key else {}
     stage_list = fam.stages(model) if fam.stages is not None else []
