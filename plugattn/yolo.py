@@ -34,7 +34,8 @@ from .attach.ultralytics import WHERE, yolo_root
 from .errors import PlugattnError
 from .layers import list_attn
 
-__all__ = ['DEFAULTS', 'attach_yolo', 'export', 'load', 'predict', 'train', 'val']
+__all__ = ['DEFAULTS', 'attach_yolo', 'attached_spec', 'attaching_trainer', 'export', 'load', 'offline', 'predict',
+           'train', 'trainer_class', 'val']
 
 INSTALL = "pip install 'plugattn[yolo]'"
 # ultralytics arguments plugattn sets unless given: no plots (they fetch a font when it is missing)
@@ -170,9 +171,17 @@ def _yolo(model: Any, spec: dict[str, Any] | None) -> Any:
     return yolo
 
 
-def _attaching_trainer(base: type, spec: dict[str, Any] | None) -> type:
-    """The task's ultralytics trainer class whose ``get_model`` attaches ``spec`` (or the attention a loaded
-    checkpoint holds) to the model it builds, before loading the weights into it."""
+def trainer_class(model: Any, attn: str | None, *, warm_start: bool = True, where: str = 'csp',
+                  attn_kwargs: dict[str, Any] | None = None) -> type:
+    """The ultralytics trainer class of ``model``'s task (a ``YOLO`` object) that attaches ``attn`` to the model it
+    builds, for ``YOLO(...).train(trainer=..., ...)`` as ultralytics users call it (:func:`train` does this)."""
+    return attaching_trainer(model._smart_load('trainer'), _spec(attn, warm_start, where, attn_kwargs))
+
+
+def attaching_trainer(base: type, spec: dict[str, Any] | None) -> type:
+    """The ultralytics trainer class ``base`` with a ``get_model`` that attaches ``spec`` (or the attention a loaded
+    checkpoint holds) to the model it builds, before loading the weights into it, so that the optimizer and the EMA
+    copy, made afterwards, hold the attention."""
 
     def get_model(self: Any, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         model = base.get_model(self, cfg=cfg, weights=None, verbose=verbose)
@@ -212,12 +221,16 @@ def train(model: str | Path | Any = 'yolov8n.yaml', attn: str | None = 'ca', *, 
     data = _check_data(data)
     import_ultralytics()
     yolo = _yolo(model, None)  # the trainer attaches, to the model it builds
+    have = attached_spec(yolo.model)
+    if have is None and hasattr(yolo.model, 'attention_modules'):
+        raise PlugattnError('this YOLO model has attention attached by plugattn.attach, which the trainer cannot '
+                            'rebuild', 'pass the plain model and attn= to plugattn.yolo.train')
     if spec is None:
-        spec = attached_spec(yolo.model)
-    elif attached_spec(yolo.model) is not None and attached_spec(yolo.model)['attn'] != spec['attn']:
-        raise PlugattnError(f"this checkpoint already holds {attached_spec(yolo.model)['attn']} attention",
+        spec = have
+    elif have is not None and have['attn'] != spec['attn']:
+        raise PlugattnError(f"this checkpoint already holds {have['attn']} attention",
                             'drop attn= or start from the plain model')
-    trainer = _attaching_trainer(yolo._smart_load('trainer'), spec)
+    trainer = attaching_trainer(yolo._smart_load('trainer'), spec)
     with offline():
         yolo.train(trainer=trainer, data=data, **{**DEFAULTS, **ultralytics_args})
     return yolo

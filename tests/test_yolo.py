@@ -36,6 +36,7 @@ def built():
     return {
         'yolov8n': DetectionModel('yolov8n.yaml', nc=2, verbose=False),
         'yolo11n': DetectionModel('yolo11n.yaml', nc=2, verbose=False),
+        'yolov5n': DetectionModel('yolov5n.yaml', nc=2, verbose=False),  # v5-style C3 blocks
         'yolov8n-seg': SegmentationModel('yolov8n-seg.yaml', nc=2, verbose=False),
         'yolov8n-cls': ClassificationModel('yolov8n-cls.yaml', nc=3, verbose=False),
     }
@@ -135,8 +136,9 @@ def test_placements(built):
 
 
 @pytest.mark.parametrize('name, attn, count', [('yolov8n-seg', 'ca', 10), ('yolov8n-cls', 'bav2', 4),
-                                               ('yolov8n-cls', 'se', 1)])
-def test_segmentation_and_classification_models(built, name, attn, count):
+                                               ('yolov8n-cls', 'se', 1), ('yolov5n', 'bav2', 8),
+                                               ('yolov5n', 'dia', 8)])
+def test_other_tasks_and_c3_models(built, name, attn, count):
     plain = copy.deepcopy(built[name]).eval()
     model = copy.deepcopy(plain)
     plugattn.attach(model, attn, warm_start=True, **({'where': 'backbone_end'} if attn == 'se' else {}))
@@ -220,7 +222,30 @@ def test_train_validate_reload_offline(tmp_path, no_network):
     assert yolo.attached_spec(loaded.model) == {'attn': 'ca', 'warm_start': True, 'where': 'csp', 'attn_kwargs': {}}
     metrics = yolo.val(best, data=data, imgsz=64, batch=4, workers=0, device='cpu', verbose=False)
     assert math.isfinite(metrics.box.map) and 0.0 <= metrics.box.map <= 1.0
+    results = yolo.predict(best, tmp_path / 'yolo' / 'images' / 'val', imgsz=64, device='cpu', verbose=False)
+    assert len(results) == 8
     assert not no_network, f'network access attempted: {no_network}'
+
+
+def test_onnx_export_holds_the_attention(tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    onnx = pytest.importorskip('onnx')
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.patches import torch_save
+
+    torch.manual_seed(0)
+    model = DetectionModel('yolov8n.yaml', nc=2, verbose=False)
+    yolo.attach_yolo(model, {'attn': 'ca', 'warm_start': False, 'where': 'csp', 'attn_kwargs': {}})
+    torch_save({'model': model, 'train_args': {}}, tmp_path / 'ca.pt')
+    onnx_file = yolo.export(tmp_path / 'ca.pt', imgsz=64, device='cpu')  # ultralytics' exporter (fuses, traces)
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    session = ort.InferenceSession(onnx_file)
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(x))[0].numpy()
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-3
+    graph = onnx.load(onnx_file).graph  # CA's h-swish, found nowhere else in YOLOv8: one per attached module
+    assert sum(node.op_type == 'HardSwish' for node in graph.node) == len(model.attention_modules()) == 10
 
 
 def test_errors_name_the_fix(tmp_path):
@@ -253,3 +278,26 @@ def test_plugattn_does_not_import_ultralytics():
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**env, 'PYTHONPATH':
                                                                                           str(ROOT)}, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_trainer_attaches_before_loading_a_checkpoint(built):
+    """The trainer's get_model (what ultralytics calls for ``YOLO('x.pt').train``): attention attached, then the
+    plain checkpoint loaded into it by key, so every original weight arrives and the function is the checkpoint's."""
+    from types import SimpleNamespace
+
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    checkpoint = copy.deepcopy(built['yolov8n']).eval()
+    for p in checkpoint.parameters():  # weights unlike a fresh build's
+        p.data.add_(torch.randn_like(p) * 0.01)
+    cls = yolo.attaching_trainer(DetectionTrainer, {'attn': 'eca', 'warm_start': True, 'where': 'csp',
+                                                    'attn_kwargs': {}})
+    trainer = cls.__new__(cls)
+    trainer.data, trainer.args = {'nc': 2, 'channels': 3, 'names': {0: 'a', 1: 'b'}}, SimpleNamespace(cls_remap=True)
+    model = trainer.get_model(cfg=checkpoint.yaml, weights=checkpoint, verbose=False).eval()
+    assert len(model.attention_modules()) == 10 and yolo.attached_spec(model)['attn'] == 'eca'
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in checkpoint.state_dict().items())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(_flat(checkpoint(x)), _flat(model(x)), strict=True))
