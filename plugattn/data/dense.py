@@ -272,6 +272,7 @@ class CocoDense(torch.utils.data.Dataset):
     def _masks(self, anns: list[dict[str, Any]], height: int, width: int, image_id: int) -> np.ndarray:
         mask_utils = _pycocotools_mask()
         out = np.zeros((len(anns), height, width), dtype=np.uint8)
+        rles, slots = [], []
         for i, ann in enumerate(anns):
             seg = ann['seg']
             if not seg:
@@ -281,13 +282,16 @@ class CocoDense(torch.utils.data.Dataset):
             try:
                 rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg, list) or isinstance(
                     seg.get('counts'), list) else seg
-                if isinstance(rle, list):
-                    rle = mask_utils.merge(rle)
-                out[i] = mask_utils.decode(rle)
+                rles.append(mask_utils.merge(rle) if isinstance(rle, list) else rle)
             except Exception as exc:  # pycocotools raises TypeError, ValueError, IndexError for broken outlines
                 raise DataError(f'{self.ann_file}: a segmentation of image id {image_id} cannot be decoded '
                                 f'({type(exc).__name__})', 'give polygons [[x, y, ...]] or an RLE {size, counts}') \
                     from None
+            slots.append(i)
+        if rles:
+            with warnings.catch_warnings():  # pycocotools' own use of numpy 2 (np.array(copy=False) on its RLEs)
+                warnings.filterwarnings('ignore', message='__array__ implementation', category=DeprecationWarning)
+                out[slots] = mask_utils.decode(rles).transpose(2, 0, 1)
         return out
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
@@ -596,7 +600,8 @@ def dense_transforms(
         if crop_size is None:
             raise DataError('segmentation training transforms need crop_size', 'pass crop_size, e.g. 480 for VOC')
         base = min_size or crop_size
-        steps.append(v2.RandomResize(max(1, int(base * scale_range[0])), max(2, int(base * scale_range[1]))))
+        low = max(1, round(base * scale_range[0]))
+        steps.append(v2.RandomResize(low, max(low + 1, round(base * scale_range[1]) + 1)))  # upper bound exclusive
         if hflip > 0:
             steps.append(v2.RandomHorizontalFlip(hflip))
         steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Mask: IGNORE_INDEX,

@@ -23,6 +23,7 @@ one copy survives.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -55,6 +56,7 @@ MIN_VISIBLE = 30
 _MAX_TRIES = 20
 
 
+@dataclasses.dataclass(frozen=True)
 class ScenesConfig:
     """The generator's parameters (all of them enter the fingerprint).
 
@@ -68,29 +70,26 @@ class ScenesConfig:
         seed: Seed of the whole data set.
     """
 
-    def __init__(
-            self,
-            num_train: int = 1000,
-            num_val: int = 200,
-            canvas_size: int = 128,
-            max_objects: int = 4,
-            min_scale: int = 28,
-            max_scale: int = 64,
-            seed: int = 0,
-    ) -> None:
-        values = dict(num_train=num_train, num_val=num_val, canvas_size=canvas_size, max_objects=max_objects,
-                      min_scale=min_scale, max_scale=max_scale, seed=seed)
-        for name, value in values.items():
+    num_train: int = 1000
+    num_val: int = 200
+    canvas_size: int = 128
+    max_objects: int = 4
+    min_scale: int = 28
+    max_scale: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value in self.as_dict().items():
             lowest = 0 if name == 'seed' else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise DataError(f'scenes {name} must be an int >= {lowest}, got {value!r}')
-        if not min_scale <= max_scale <= canvas_size:
+        if not self.min_scale <= self.max_scale <= self.canvas_size:
             raise DataError(f'scenes scales must satisfy min_scale <= max_scale <= canvas_size, got '
-                            f'{min_scale}, {max_scale}, {canvas_size}', 'pass a smaller max_scale or a larger canvas')
-        self.__dict__.update(values)
+                            f'{self.min_scale}, {self.max_scale}, {self.canvas_size}',
+                            'pass a smaller max_scale or a larger canvas')
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
         """12 hex digits of the hash of the generator version and the parameters."""

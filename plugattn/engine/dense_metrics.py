@@ -38,6 +38,15 @@ def _cpu(x: Any) -> torch.Tensor:
     return torch.as_tensor(x).detach().cpu()
 
 
+def _pycocotools() -> Any:
+    """pycocotools' mask module, or one clear line on how to install it."""
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        raise EngineError('detection metrics need pycocotools', "pip install 'plugattn[dense]'") from None
+    return mask_utils
+
+
 def _coco_eval(gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: list[int]) -> list[float]:
     """pycocotools' 12 summary numbers for ``results`` on the images ``image_ids`` of ``gt``."""
     from pycocotools.coco import COCO
@@ -95,8 +104,6 @@ class DetectionMetric:
                 coordinates, ``scores`` (N,), ``labels`` (N,) and for Mask R-CNN ``masks`` (N, 1, H, W) probabilities.
             targets: The matching targets; ``image_id`` is read (and all of it when no ``coco_gt`` was given).
         """
-        from pycocotools import mask as mask_utils
-
         if len(outputs) != len(targets):
             raise EngineError(f'DetectionMetric.update got {len(outputs)} outputs for {len(targets)} targets',
                               'pass one output per target')
@@ -111,6 +118,7 @@ class DetectionMetric:
                 for (x0, y0, x1, y1), score, label in zip(boxes.tolist(), scores, labels)
             ]
             if 'masks' in output:
+                mask_utils = _pycocotools()
                 masks = (_cpu(output['masks']).float() > self.mask_threshold).to(torch.uint8)
                 masks = masks.reshape(-1, *masks.shape[-2:]).numpy()
                 rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
@@ -147,10 +155,7 @@ class DetectionMetric:
 
         Mask keys appear when the outputs carried masks and the ground truth has a segmentation for every object.
         """
-        try:
-            import pycocotools  # noqa: F401
-        except ImportError:
-            raise EngineError('detection metrics need pycocotools', "pip install 'plugattn[dense]'") from None
+        _pycocotools()
         boxes, masks, targets = self._gathered()
         result: dict[str, float] = {}
         if not _distributed() or torch.distributed.get_rank() == 0:
