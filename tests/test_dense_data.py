@@ -164,6 +164,8 @@ def test_coco_semantic_mask_and_ground_truth(tmp_path):
     gt = coco_ground_truth(build_dense_dataset('coco', tmp_path, 'train', 'detection'))
     assert sorted(gt.getCatIds()) == [1, 2] and sorted(gt.getImgIds()) == [11, 12]
     assert [a['category_id'] for a in gt.loadAnns(gt.getAnnIds(imgIds=[11]))] == [1, 2]
+    subset = torch.utils.data.Subset(build_dense_dataset('coco', tmp_path, 'train', 'detection'), [1])
+    assert sorted(coco_ground_truth(subset).getImgIds()) == [11, 12]
 
 
 # ----------------------------------------------------------------------------------------- VOC

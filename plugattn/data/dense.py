@@ -683,8 +683,11 @@ def coco_ground_truth(dataset: torch.utils.data.Dataset) -> Any:
         dataset: A data set from :func:`build_dense_dataset` (or any detection data set of ``(image, target)``).
 
     Returns:
-        The ``COCO`` object whose image ids are the targets' ``image_id``.
+        The ``COCO`` object whose image ids are the targets' ``image_id``. For a ``Subset`` it is the whole data
+        set's: :class:`~plugattn.engine.dense_metrics.DetectionMetric` scores only the images it was given.
     """
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
     if isinstance(dataset, CocoDense):
         if dataset.category_ids == list(range(1, len(dataset.category_ids) + 1)):
             return dataset.coco

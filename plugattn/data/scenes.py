@@ -46,7 +46,7 @@ __all__ = [
     'scenes_root',
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump whenever the generator's output changes, so cached copies are regenerated."""
 
 SCENES_CLASSES = tuple(FASHION_MNIST_CLASSES)
@@ -118,7 +118,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     base = rng.uniform(30, 100)
     coarse = (base + rng.uniform(-25, 25, size=(8, 8, 3))).clip(0, 255).astype(np.uint8)
     field = np.asarray(Image.fromarray(coarse, 'RGB').resize((size, size), Image.BILINEAR), dtype=np.float32)
-    return field + rng.normal(0.0, 6.0, size=field.shape).astype(np.float32)
+    return field + rng.standard_normal(field.shape, dtype=np.float32) * 6.0
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
