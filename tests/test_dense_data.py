@@ -236,6 +236,11 @@ def test_scenes_deterministic_boxes_inside_masks_agree(tmp_path, scenes_cfg):
         assert (first / rel).read_bytes() == (second / rel).read_bytes()
     stamp = (first / 'scenes.json').stat().st_mtime_ns
     assert ensure_scenes(tmp_path / 'a', scenes_cfg) == first and (first / 'scenes.json').stat().st_mtime_ns == stamp
+    clash = tmp_path / 'c' / first.name  # a folder in the way that is not a finished copy: one line, no leftovers
+    (clash / 'train2017').mkdir(parents=True)
+    with pytest.raises(DataError, match='remove that folder'):
+        ensure_scenes(tmp_path / 'c', scenes_cfg)
+    assert [p.name for p in (tmp_path / 'c').iterdir()] == [first.name]
     other = ScenesConfig(**{**scenes_cfg.as_dict(), 'seed': 6})
     assert other.fingerprint() != scenes_cfg.fingerprint()
 
@@ -431,6 +436,8 @@ def test_coco_bad_input_messages(tmp_path):
         lambda d: d['annotations'][1].update(category_id=5))
     assert 'annotation 2 has a mask of size [10, 10], its image a.png is 30x40' in broken(
         lambda d: d['annotations'][1].update(segmentation=_rle(np.ones((10, 10)))))
+    assert "an image or category entry lacks a 'height' field" in broken(lambda d: d['images'][0].pop('height'))
+    assert 'lists a category id or an image id twice' in broken(lambda d: d['categories'][1].update(id=3))
     assert 'annotation 1 refers to image id 99' in broken(lambda d: d['annotations'][0].update(image_id=99))
 
     document = _coco_document()

@@ -205,15 +205,17 @@ class CocoDense(torch.utils.data.Dataset):
             categories = sorted(document['categories'], key=lambda c: int(c['id']))
             self.category_ids = [int(c['id']) for c in categories]
             self.class_names = [str(c['name']) for c in categories]
-            images = {int(im['id']): im for im in document['images']}
-            for im in images.values():
-                im['_size'] = (int(im['height']), int(im['width']))
-                str(im['file_name'])
+            # id -> (file name, (height, width)); the document itself stays as read, for the metric
+            images = {int(im['id']): (str(im['file_name']), (int(im['height']), int(im['width'])))
+                      for im in document['images']}
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f'{where}: an image or category entry lacks a valid {exc} field',
+            what = f'a {exc} field' if isinstance(exc, KeyError) else 'a valid id, file_name, height, width or name'
+            raise DataError(f'{where}: an image or category entry lacks {what}',
                             'give every image id, file_name, height, width and every category id, name') from None
         if not self.category_ids:
             raise DataError(f'{where} lists no categories', 'add the categories the annotations use')
+        if len(set(self.category_ids)) < len(self.category_ids) or len(images) < len(document['images']):
+            raise DataError(f'{where} lists a category id or an image id twice', 'give each entry its own id')
         self.num_classes = len(self.class_names) + 1
         label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self._label_of = label_of
@@ -234,11 +236,11 @@ class CocoDense(torch.utils.data.Dataset):
                 raise DataError(f'{where}: annotation {ann_id} has category id {category_id}, not in categories '
                                 f'{self.category_ids[:20]}{"..." if len(self.category_ids) > 20 else ""}',
                                 'fix the annotation or add the category')
-            height, width = images[image_id]['_size']
+            height, width = images[image_id][1]
             seg = ann.get('segmentation')
             if isinstance(seg, dict) and [int(s) for s in seg.get('size', ())] != [height, width]:
                 raise DataError(f'{where}: annotation {ann_id} has a mask of size {seg.get("size")}, its image '
-                                f'{images[image_id]["file_name"]} is {height}x{width}',
+                                f'{images[image_id][0]} is {height}x{width}',
                                 'fix the annotation (RLE size is [height, width])')
             box = _clip_box(x, y, w, h, width, height)
             if box is None:
@@ -250,7 +252,7 @@ class CocoDense(torch.utils.data.Dataset):
         self.skipped_boxes = skipped
         self.ids = sorted(images)
         for image_id in self.ids:
-            path = self.image_dir / images[image_id]['file_name']
+            path = self.image_dir / images[image_id][0]
             if not path.is_file():
                 raise DataError(f'image {path} listed in {where} (id {image_id}) not found',
                                 'restore the file or remove its entry')
@@ -298,10 +300,9 @@ class CocoDense(torch.utils.data.Dataset):
         from torchvision import tv_tensors
 
         image_id = self.ids[index]
-        entry = self._images[image_id]
-        path = self.image_dir / entry['file_name']
+        file_name, (height, width) = self._images[image_id]
+        path = self.image_dir / file_name
         image = _read_image(path)
-        height, width = entry['_size']
         if tuple(image.shape[-2:]) != (height, width):
             raise DataError(f'image {path} is {image.shape[-2]}x{image.shape[-1]} but {self.ann_file} says '
                             f'{height}x{width}', 'fix height and width of its entry')

@@ -260,9 +260,10 @@ def ensure_scenes(root: str | Path | None = None, cfg: ScenesConfig | None = Non
         generate_scenes(work / 'data', cfg, fashion_dir)
         try:
             os.rename(work / 'data', final)
-        except OSError:
+        except OSError as exc:
             if not (final / 'scenes.json').is_file():  # not a concurrent writer's finished copy: a real failure
-                raise
+                raise DataError(f'cannot move the generated scenes data set to {final} ({exc.strerror or exc})',
+                                'remove that folder; it is generated again') from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
