@@ -301,3 +301,16 @@ def test_trainer_attaches_before_loading_a_checkpoint(built):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(_flat(checkpoint(x)), _flat(model(x)), strict=True))
+
+
+def test_cli_data_scenes_is_converted_once(tmp_path, monkeypatch):
+    import plugattn.data.scenes as scenes
+    from plugattn.cli.yolo import scenes_yaml
+
+    _write_coco(tmp_path / 'scenes-x', images=2)
+    monkeypatch.setattr(scenes, 'ensure_scenes', lambda: tmp_path / 'scenes-x')
+    data = scenes_yaml()
+    assert data == tmp_path / 'scenes-x-yolo' / 'data.yaml' and data.is_file()
+    assert len(list((tmp_path / 'scenes-x-yolo' / 'labels' / 'train').glob('*.txt'))) == 2
+    stamp = data.stat().st_mtime_ns
+    assert scenes_yaml() == data and data.stat().st_mtime_ns == stamp  # the converted copy is reused

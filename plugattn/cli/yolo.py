@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,7 @@ def scenes_yaml() -> Path:
     if (out / 'data.yaml').is_file():
         return out / 'data.yaml'
     tmp = coco.parent / f'.{coco.name}-yolo.tmp'
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted conversion
     data = coco_to_yolo(coco, tmp)
     tmp.rename(out)  # complete or absent, never half-written
     return out / data.name
