@@ -222,7 +222,7 @@ def train(model: str | Path | Any = 'yolov8n.yaml', attn: str | None = 'ca', *, 
     import_ultralytics()
     yolo = _yolo(model, None)  # the trainer attaches, to the model it builds
     have = attached_spec(yolo.model)
-    if have is None and hasattr(yolo.model, 'attention_modules'):
+    if have is None and any('_plugattn_tap' in m.__dict__ for m in yolo.modules()):
         raise PlugattnError('this YOLO model has attention attached by plugattn.attach, which the trainer cannot '
                             'rebuild', 'pass the plain model and attn= to plugattn.yolo.train')
     if spec is None:

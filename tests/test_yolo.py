@@ -255,6 +255,13 @@ def test_errors_name_the_fix(tmp_path):
         yolo.train('yolov8n.yaml', 'ca', data=tmp_path / 'data.yaml')
     with pytest.raises(PlugattnError, match='plugattn does not download weights'):
         yolo.val(tmp_path / 'yolov8n.pt')
+    from ultralytics import YOLO
+
+    wrapper = plugattn.attach(YOLO('yolov8n.yaml', verbose=False), 'ca')  # the YOLO object: its .model gets it
+    assert len(wrapper.attention_modules()) == 10 and 'model.model.2.m.0.attn' in wrapper.attention_modules()
+    (tmp_path / 'data.yaml').write_text('names: {0: a}\n')
+    with pytest.raises(PlugattnError, match='which the trainer cannot rebuild'):  # its trainer would drop it
+        yolo.train(wrapper, 'ca', data=tmp_path / 'data.yaml')
 
 
 def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
