@@ -277,10 +277,13 @@ def load(path: str | Path) -> Any:
 
     try:
         return YOLO(path)
-    except Exception as err:  # ultralytics wraps unpickling errors in several types
-        if os.environ.get('ULTRALYTICS_SAFE_LOAD') and 'plugattn' in str(err):
-            raise PlugattnError(f'{path} holds plugattn attention, which ULTRALYTICS_SAFE_LOAD refuses',
-                                'unset ULTRALYTICS_SAFE_LOAD to load this file you trust') from err
+    except Exception as err:  # ultralytics reports a refused class as a TypeError of its own wording
+        from ultralytics.nn import tasks
+
+        if getattr(tasks, 'SAFE_LOAD', False):
+            raise PlugattnError(f'{path} could not be loaded with ULTRALYTICS_SAFE_LOAD set, which refuses the classes '
+                                f'of plugattn attention ({err})',
+                                'unset ULTRALYTICS_SAFE_LOAD to load a file you trust') from err
         raise
 
 

@@ -321,3 +321,16 @@ def test_cli_data_scenes_is_converted_once(tmp_path, monkeypatch):
     assert len(list((tmp_path / 'scenes-x-yolo' / 'labels' / 'train').glob('*.txt'))) == 2
     stamp = data.stat().st_mtime_ns
     assert scenes_yaml() == data and data.stat().st_mtime_ns == stamp  # the converted copy is reused
+
+
+def test_safe_load_refusal_names_the_fix(tmp_path, monkeypatch):
+    from ultralytics.nn import tasks
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.patches import torch_save
+
+    model = DetectionModel('yolov8n.yaml', nc=2, verbose=False)
+    yolo.attach_yolo(model, {'attn': 'se', 'warm_start': True, 'where': 'backbone_end', 'attn_kwargs': {}})
+    torch_save({'model': model, 'train_args': {}}, tmp_path / 'se.pt')
+    monkeypatch.setattr(tasks, 'SAFE_LOAD', True)  # as ULTRALYTICS_SAFE_LOAD=1 at import
+    with pytest.raises(PlugattnError, match='unset ULTRALYTICS_SAFE_LOAD to load a file you trust'):
+        yolo.load(tmp_path / 'se.pt')
