@@ -88,11 +88,11 @@ def test_attach_detection_and_segmentation(name: str, attn: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # keep_se: nothing of the host is replaced
         plugattn.attach(model, attn, keep_se=True)
-    keys = set(model.state_dict())
-    added = keys - set(original)
-    assert set(original) <= keys and added
+    state = model.state_dict()
+    added = set(state) - set(original)
+    assert set(original) <= set(state) and added
     assert all('.attn.' in k for k in added), sorted(added)[:3]
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in original.items())  # nothing of the host changed
+    assert all(torch.equal(state[k], v) for k, v in original.items())  # the host is unchanged
     resnet = name not in MOBILENET_V3 and name != 'ssd300'
     prefix = 'backbone.body.' if name in DETECTORS and resnet else 'backbone.'
     assert all(k.startswith(prefix) for k in added)
