@@ -1,5 +1,5 @@
-"""VGG for :func:`plugattn.attach`: torchvision's ``vgg11`` … ``vgg19_bn`` and the VGG16 feature extractor of SSD300 /
-SSD512 (``torchvision.models.detection.ssd300_vgg16``).
+"""VGG for :func:`plugattn.attach`: torchvision's ``vgg11`` … ``vgg19_bn`` and SSD's VGG16 feature extractor
+(``SSDFeatureExtractorVGG``: ``torchvision.models.detection.ssd300_vgg16``, whole or its ``backbone``).
 
 A VGG has no blocks: its ``features`` is one flat ``Sequential`` of ``Conv2d`` [``BatchNorm2d``] ``ReLU`` layers and
 max-pools. A **conv stage** is a run of consecutive conv layers (conv, optional norm, ReLU) between two other modules
@@ -23,16 +23,19 @@ Placement (ours: none of the papers of the attached modules puts its module in a
   layers, gates every ReLU output of the stage with the recurrent state passed from layer to layer and reset at the
   stage's start, as DIA shares its unit by the blocks of one resolution. DIA's unit needs one width for all the
   layers it gates, so it goes to the stages whose conv layers share one (every VGG stage, SSD's ``fc6…fc7``), not to
-  SSD's extra blocks. Sharing one unit across stages of the same width (VGG16's conv4 and conv5) would cross a
-  max-pool, which DIA never does. Reduction 16 on these ImageNet widths (specs D9).
+  SSD's extra blocks. Sharing one unit across stages of the same width (VGG16's conv4 and conv5) would gate maps
+  of two resolutions with one unit and one state, which DIA never does. Reduction 16 on these ImageNet widths
+  (specs D9).
 
 The attention module of a stage is registered on the stage's last ReLU, whose output it gates (``features.29.attn``
 for VGG16's conv5, ``backbone.extra.0.7.4.attn`` for SSD's fc7): every original key stays, so ImageNet or COCO
 weights load with only attention keys missing. The ``Sequential`` that holds the stages gets a subclass whose
-``forward`` is the original one with forward hooks on the stages' ReLUs installed for the call (found by their
-place among the children at every call, so slices such as ``features[:23]`` keep their stages' attention);
-running the children one by one outside the ``Sequential`` bypasses them. :func:`plugattn.attach.found_blocks`
-lists the conv layers (by their ReLU) as ``blocks`` and the stages (by their last ReLU) as ``stages``.
+``forward`` is the original one with forward hooks on the stages' ReLUs installed for the call, as the other
+families' blocks have (found by their place among the children at every call, so copies, pickles, torch.fx graphs
+and slices such as ``features[:23]`` keep their stages' attention); running the children one by one outside the
+``Sequential`` bypasses it. ``warm_start=True`` gives exactly the original function, as for every family.
+:func:`plugattn.attach.found_blocks` lists the conv layers (by their ReLU) as ``blocks`` and the stages (by their
+last ReLU) as ``stages``.
 """
 from __future__ import annotations
 
