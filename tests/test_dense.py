@@ -245,7 +245,7 @@ def test_vgg_placements_and_warm_start() -> None:
         model.train()
         model(x).sum().backward()
         assert all(m.blend.grad is not None and m.blend.grad.abs() > 0 for m in model.attention_modules().values())
-    with pytest.raises(PlugattnError, match=r'no stage of this torchvision vgg .* takes dia'):
+    with pytest.raises(PlugattnError, match=r'takes dia \(a stage-level unit needs one width for all conv layers'):
         plugattn.attach(_tiny_vgg([8, 16, 'M']), 'dia')  # one stage, two widths
     with pytest.raises(PlugattnError, match='already has attention'):
         plugattn.attach(plugattn.attach(_tiny_vgg(VGG_CFG), 'se'), 'eca')

@@ -286,9 +286,11 @@ def attach_vgg(
         if p is not None:
             planned.append((sname, seq, relus, p, {**_DEFAULTS.get(attn, {}), **per_stage[i]}))
     if not planned:
+        why = ('a stage-level unit needs one width for all conv layers of its stage' if level == 'stage' else
+               'bridge attention needs a stage of two or more conv layers')
         ok = [a for a in list_attn() if attn_level(a) != level]
-        raise PlugattnError(f'no stage of this {NAME} model takes {attn} (a stage-level unit needs one width for the '
-                            f'conv layers of a stage, bridge attention two conv layers); try {", ".join(ok)}')
+        raise PlugattnError(f'no selected stage of this {NAME} model takes {attn} ({why}); select other stages or '
+                            f'attach one of {", ".join(ok)}')
     dd = {'device': next(model.parameters()).device}
     attn_names = []
     for sname, seq, relus, p, kwargs in planned:
