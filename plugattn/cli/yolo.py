@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
                          required=action != 'train',
                          help='model YAML (yolov8n.yaml, yolo11n-seg.yaml, ...) or local *.pt checkpoint')
         sub.add_argument('--attn', default='ca' if action == 'train' else None,
-                         help="attention (plugattn list-models --attn); 'none' for none; with val/predict/export "
-                              'it is attached to a plain model (a plugattn checkpoint keeps its own)')
+                         help="attention: se, eca, cbam, ca, ela_t/s/b/l, bav1, bav2, dia; 'none' for none; with "
+                              'val/predict/export it is attached to a plain model (a plugattn checkpoint has its own)')
         sub.add_argument('--where', default='csp', choices=('csp', 'backbone', 'block', 'backbone_end'),
                          help='placement (docs/yolo.md)')
         sub.add_argument('--cold-start', action='store_true',
