@@ -231,7 +231,7 @@ def train(model: str | Path | Any = 'yolov8n.yaml', attn: str | None = 'ca', *, 
         raise PlugattnError(f"this checkpoint already holds {have['attn']} attention",
                             'drop attn= or start from the plain model')
     trainer = attaching_trainer(yolo._smart_load('trainer'), spec)
-    with offline():
+    with offline(), _dataset_errors():
         yolo.train(trainer=trainer, data=data, **{**DEFAULTS, **ultralytics_args})
     return yolo
 
@@ -244,7 +244,7 @@ def val(model: str | Path | Any, *, data: str | Path | None = None, attn: str | 
     args = {**DEFAULTS, **ultralytics_args}
     if data is not None:
         args['data'] = _check_data(data)
-    with offline():
+    with offline(), _dataset_errors():
         return yolo.val(**args)
 
 
@@ -285,6 +285,18 @@ def load(path: str | Path) -> Any:
                                 f'of plugattn attention ({err})',
                                 'unset ULTRALYTICS_SAFE_LOAD to load a file you trust') from err
         raise
+
+
+@contextlib.contextmanager
+def _dataset_errors() -> Iterator[None]:
+    """ultralytics' dataset check failures (a RuntimeError ``Dataset '...' error ...``) as one-line user errors."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = ' '.join(str(err).replace('❌', '').split())
+        if not text.startswith('Dataset '):
+            raise
+        raise PlugattnError(text, 'check the paths and names in the dataset YAML') from err
 
 
 def _check_data(data: str | Path) -> str:

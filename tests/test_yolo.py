@@ -182,6 +182,7 @@ def test_coco_to_yolo(tmp_path):
     spec = yaml.safe_load(data.read_text())
     assert spec['names'] == {0: 'red: box', 1: 'green box'} and spec['nc'] == 2
     assert (spec['train'], spec['val']) == ('images/train', 'images/val')
+    assert 'path' not in spec  # ultralytics takes the file's folder as the root: the folder can be moved
     coco = json.loads((root / 'annotations' / 'instances_train2017.json').read_text())
     x, y, w, h = coco['annotations'][0]['bbox']  # image 0, category 7 -> class 1; the crowd box is left out
     row = (tmp_path / 'yolo' / 'labels' / 'train' / '0.txt').read_text().split()
@@ -262,6 +263,9 @@ def test_errors_name_the_fix(tmp_path):
     (tmp_path / 'data.yaml').write_text('names: {0: a}\n')
     with pytest.raises(PlugattnError, match='which the trainer cannot rebuild'):  # its trainer would drop it
         yolo.train(wrapper, 'ca', data=tmp_path / 'data.yaml')
+    (tmp_path / 'data.yaml').write_text('train: images/train\nval: images/val\nnames: {0: a}\n')
+    with pytest.raises(PlugattnError, match=r"^Dataset .* images not found.*; check the paths and names"):
+        yolo.train('yolov8n.yaml', 'ca', data=tmp_path / 'data.yaml', device='cpu')
 
 
 def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys):

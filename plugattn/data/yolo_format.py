@@ -5,7 +5,7 @@ folders, e.g. ``train2017/`` and ``val2017/``) and writes::
 
     out_dir/images/<train|val>/<file>      (hard links where the file system allows, else copies)
     out_dir/labels/<train|val>/<stem>.txt  (one line "class cx cy w h" per box, normalised to [0, 1])
-    out_dir/data.yaml                      (path, train, val, nc, names)
+    out_dir/data.yaml                      (train, val, nc, names; no path: the root is the file's folder)
 
 Class indices follow the order of the categories' ids (COCO ids 1..N become 0..N-1, gaps closed); crowd boxes and
 boxes without area are left out; an image without boxes gets an empty label file (ultralytics: a background image).
@@ -37,9 +37,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _yaml_text(out_dir: Path, splits: dict[str, str], names: list[str]) -> str:
+def _yaml_text(splits: dict[str, str], names: list[str]) -> str:
+    # no 'path': ultralytics then takes the folder of this file as the data set root, so the folder can move;
     # JSON strings are valid YAML scalars: names with colons, quotes or non-ASCII stay intact
-    lines = [f'path: {json.dumps(str(out_dir.resolve()))}']
+    lines = ['# YOLO data set written by plugattn.data.yolo_format.coco_to_yolo; root: the folder of this file']
     lines += [f'{key}: {json.dumps(value)}' for key, value in splits.items()]
     lines.append(f'nc: {len(names)}')
     lines.append('names:')
@@ -126,5 +127,5 @@ def coco_to_yolo(coco_root: str | Path, out_dir: str | Path) -> Path:
                **{k: v for k, v in splits.items() if k not in ('train', 'val')}}
     out.mkdir(parents=True, exist_ok=True)
     yaml_path = out / 'data.yaml'
-    yaml_path.write_text(_yaml_text(out, ordered, names or []), encoding='utf-8')
+    yaml_path.write_text(_yaml_text(ordered, names or []), encoding='utf-8')
     return yaml_path
