@@ -126,7 +126,8 @@ def attach(
         stages: indices of the stages that get attention (default: all).
         warm_start: start from exactly the original function (a learned blend at 0, see the module docstring).
         **options: family options: ``keep_se=True`` keeps a native SE that the attention would replace (RegNet-Y,
-            SE-ResNets, MobileNetV3, EfficientNet); ``attn_position='hidden'|'output'`` on MobileNetV2.
+            SE-ResNets, MobileNetV3, EfficientNet); ``attn_position='hidden'|'output'`` on MobileNetV2;
+            ``where=`` on ultralytics YOLO models (:mod:`plugattn.attach.ultralytics`).
 
     Raises:
         ValueError: an unsupported model (the message names the supported families), an attention the family does
