@@ -28,7 +28,7 @@ from plugattn.layers.fused import (
     strip_means,
 )
 from plugattn.models import create_model
-from plugattn.models._base import AttnStage
+from plugattn.models._base import AttnStage, gated_norm
 from plugattn.models.mobilenetv2 import InvertedResidual
 from plugattn.models.preact_resnet import PreActBottleneck, PreActResNet, WideBasic
 from plugattn.models.regnet import RegNetBottleneck
@@ -74,10 +74,18 @@ def _ref_mbv2(block: InvertedResidual, x: torch.Tensor) -> torch.Tensor:
     return x + h if block.use_res_connect else h
 
 
+def _ref_branch(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The block's body, then its gated norm as a module call: the branch output before gating, the shortcut and the
+    pooled inner features."""
+    z, shortcut, inner = block.body(x)
+    norm = gated_norm(block)
+    return (z if norm is None else norm(z)), shortcut, inner
+
+
 def _ref_stage(stage: AttnStage, x: torch.Tensor) -> torch.Tensor:
     state = None
     for block in stage:
-        branch, shortcut = block.forward_branch(x)
+        branch, shortcut, _ = _ref_branch(block, x)
         a, state = stage.attn.gate(branch, state)
         x = _ref_merge(block, branch * a, shortcut)
     return x
@@ -89,7 +97,14 @@ def _ref_merge(block: nn.Module, branch: torch.Tensor, shortcut: torch.Tensor) -
 
 
 def _ref_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return _ref_merge(block, *block.forward_branch(x))
+    # a gate before RegNet-Y's conv3 runs inside the body; the reference copy's gate modules then take the plain
+    # path (their patched forward counts as a hook)
+    branch, shortcut, inner = _ref_branch(block, x)
+    if block.attn_level == 'block':
+        branch = block.attn(inner, branch)
+    elif block.attn is not None and not isinstance(block, RegNetBottleneck):
+        branch = block.attn(branch)
+    return _ref_merge(block, branch, shortcut)
 
 
 def reference_copy(model: nn.Module) -> nn.Module:

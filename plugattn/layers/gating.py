@@ -1,0 +1,135 @@
+"""The one place that decides how a block's gate is applied: plain module calls, fused inference or lean training.
+
+Every gated block of plugattn's CNNs ends in one call to :func:`gated_merge` (a DIA stage's blocks in one call to
+:func:`staged_merge`, made by the stage runner): the block hands over the input ``z`` of the layer whose output is
+gated (a BatchNorm, or a conv-norm-activation), its shortcut, its attention and the pooled inner features bridge
+attention takes. The decision is made here, once per call:
+
+* **plain** (TorchScript, tracing, FX, ONNX, ``torch.export``, hooks on the attention or on the layer that consumes
+  the gated map): the layer, the attention and the consumer are called as modules, then ``(+ shortcut, ReLU)``;
+* **fused inference** (no autograd, a gate that only pools its input): the gate is applied in the gated map's memory;
+* **lean training**: the BatchNorm runs through :func:`~plugattn.layers.fused.batch_norm_for_gating` and the gate and
+  merge through :func:`~plugattn.layers.fused.gated_residual` (or, when a conv consumes the gated map,
+  :func:`~plugattn.layers.fused.gated_conv`), which keep the norm's input instead of its output for backward.
+
+The outputs are the same in every mode (up to the rounding of one fused multiply-add in training).
+
+No ``from __future__ import annotations`` here: TorchScript reads the signature annotations as real types.
+"""
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import AttnState, BlockAttention
+from .fused import batch_norm_for_gating, gated_conv, gated_residual, hook_safe, use_fused_path
+
+__all__ = ['GateModule', 'LayerModule', 'gated_merge', 'module_call', 'staged_merge']
+
+
+class _LayerModule(nn.Module):
+    """What TorchScript needs of the gated layer and of the consumer conv: ``forward`` as ``nn.BatchNorm2d`` and
+    ``nn.Conv2d`` declare it (TorchScript passes a module to a function only through an interface)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        pass
+
+
+class _GateModule(nn.Module):
+    """What TorchScript needs of a gate- or block-level attention module: its ``gated`` method."""
+
+    def gated(self, x: Tensor, inner: list[Tensor]) -> Tensor:
+        pass
+
+
+with warnings.catch_warnings():  # torch.jit.interface announces its deprecation at every use, import time here
+    warnings.simplefilter('ignore', FutureWarning)
+    LayerModule = torch.jit.interface(_LayerModule)
+    GateModule = torch.jit.interface(_GateModule)
+
+
+def gated_merge(
+        norm: LayerModule | None,
+        z: Tensor,
+        shortcut: Tensor | None = None,
+        attn: GateModule | None = None,
+        inner: list[Tensor] | None = None,
+        relu: bool = False,
+        consumer: LayerModule | None = None,
+) -> Tensor:
+    """``relu?(attn(norm(z)) + shortcut)``, or ``consumer(attn(norm(z)))``: the tail of every gated block.
+
+    Args:
+        norm: the layer whose output the attention gates (a BatchNorm2d gets the lean recomputation), called on
+            ``z``; ``None``: ``z`` itself is gated.
+        z: the input of ``norm``.
+        shortcut: added after gating (in place, as torchvision's blocks), or ``None``.
+        attn: gate-level or block-level (bridge) attention, or ``None`` (the plain merge).
+        inner: the pooled inner features of a block-level attention.
+        relu: end with a ReLU (post-activation blocks).
+        consumer: a conv that takes the gated map instead of a residual merge (MobileNetV2's hidden-width gate,
+            RegNet-Y's gate before conv3): the result is ``consumer(gated map)``, ``shortcut`` and ``relu`` unused.
+    """
+    if torch.jit.is_scripting():  # the plain module calls
+        y = z if norm is None else norm.forward(z)
+        if attn is not None:
+            y = attn.gated(y, torch.jit.annotate(list[Tensor], []) if inner is None else inner)
+        if consumer is not None:
+            return consumer.forward(y)
+        return _merge(y, shortcut, relu)
+    return _gate(norm, z, shortcut, attn, inner, None, False, relu, consumer, True)[0]
+
+
+def staged_merge(
+        norm: Any, z: Tensor, shortcut: Tensor | None, attn: Any, state: AttnState | None, *,
+        relu: bool = False, fused: bool = True,
+) -> tuple[Tensor, AttnState]:
+    """:func:`gated_merge` with a stage-level unit shared by a stage's blocks: ``attn(norm(z), state)`` gates, and
+    the unit's next state comes back with the merged output. ``fused=False`` keeps the module calls (activation
+    checkpointing; raw ScriptModules of a scripted model, which this Python call then receives)."""
+    return _gate(norm, z, shortcut, attn, None, state, True, relu, None, fused)
+
+
+def module_call(module: Any) -> Any:
+    """``module`` itself (hooks run), or its ``forward`` when a Python call inside a scripted model receives the raw
+    ``torch._C.ScriptModule``, which is not callable."""
+    return module if isinstance(module, nn.Module) else module.forward
+
+
+def _merge(y: Tensor, shortcut: Tensor | None, relu: bool) -> Tensor:
+    if shortcut is not None:
+        y += shortcut  # in place, as torchvision: nothing keeps the branch output for backward
+    return y.relu_() if relu else y
+
+
+def _gate(norm: Any, z: Tensor, shortcut: Tensor | None, attn: Any, inner: list[Tensor] | None,
+          state: AttnState | None, staged: bool, relu: bool, consumer: Any, fused: bool,
+          ) -> tuple[Tensor, AttnState | None]:
+    """The eager gated merge (see the module docstring); the decision is taken once, here."""
+    if attn is None:
+        y = z if norm is None else module_call(norm)(z)
+        return (_merge(y, shortcut, relu) if consumer is None else consumer(y)), state
+    if not (fused and use_fused_path(attn, consumer)):  # the module calls: tracing, export, hooks see them
+        y = z if norm is None else module_call(norm)(z)
+        if staged:
+            y, state = module_call(attn)(y, state)
+        else:
+            y = attn(inner, y) if isinstance(attn, BlockAttention) else attn(y)
+        y = hook_safe(y, attn)
+        return (_merge(y, shortcut, relu) if consumer is None else consumer(y)), state
+    y, rec = (z, None) if norm is None else batch_norm_for_gating(norm, z)
+    if staged:
+        a, state = attn.gate(y, state)
+        gates: tuple[Tensor, ...] = (a,)
+    elif isinstance(attn, BlockAttention):
+        gates = (attn.gate(inner, y),)
+    elif attn.merge_in_place and not torch.is_grad_enabled() and (consumer is None or norm is not None):
+        # inference: the gate applied in y's memory (CBAM also reuses y * a_c); a hook on norm keeps its own copy
+        y = attn.forward_inplace(y if norm is None else hook_safe(y, norm))
+        return (_merge(y, shortcut, relu) if consumer is None else consumer(y)), state
+    else:
+        gates = attn.gate_factors(y, rec)
+    if consumer is not None:  # the gated map is not kept: the conv's backward recomputes it from y
+        return gated_conv(y, gates, consumer), state
+    return gated_residual(y, gates, shortcut, relu=relu, recompute=rec, inplace=attn.merge_in_place), state
