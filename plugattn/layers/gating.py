@@ -116,8 +116,11 @@ def _gate(norm: Any, z: Tensor, shortcut: Tensor | None, attn: Any, inner: list[
             y, state = module_call(attn)(y, state)
         else:
             y = attn(inner, y) if isinstance(attn, BlockAttention) else attn(y)
-        y = hook_safe(y, attn)
-        return (_merge(y, shortcut, relu) if consumer is None else consumer(y)), state
+        if consumer is not None:
+            return consumer(y), state
+        if shortcut is not None or relu:  # the in-place merge would change the output the hooks have just seen
+            y = hook_safe(y, attn)
+        return _merge(y, shortcut, relu), state
     y, rec = (z, None) if norm is None else batch_norm_for_gating(norm, z)
     if staged:
         a, state = attn.gate(y, state)
