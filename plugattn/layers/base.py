@@ -84,12 +84,6 @@ class GateAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(x)
 
-    @torch.jit.export
-    def gated(self, x: Tensor, inner: list[Tensor]) -> Tensor:
-        """``self(x)``; the call the blocks' gated merge makes under TorchScript, where gate- and block-level
-        modules share one interface (``inner`` is for block-level modules)."""
-        return self(x)
-
 
 class StripGateAttention(GateAttention):
     """A gate that is the product of a row and a column gate (CA, ELA): ``x * a_h * a_w``.
@@ -148,11 +142,6 @@ class BlockAttention(nn.Module):
 
     def forward(self, inner: list[Tensor], x: Tensor) -> Tensor:
         return x * self.gate(inner, x)
-
-    @torch.jit.export
-    def gated(self, x: Tensor, inner: list[Tensor]) -> Tensor:
-        """``self(inner, x)`` (see :meth:`GateAttention.gated`)."""
-        return self(inner, x)
 
 
 class StageAttention(nn.Module):

@@ -22,14 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import AttnState, BlockAttention
+from .base import AttnState
 from .fused import batch_norm_for_gating, gated_conv, gated_residual, hook_safe, use_fused_path
 
-__all__ = ['GateModule', 'LayerModule', 'gated_merge', 'module_call', 'staged_merge']
+__all__ = ['BridgeModule', 'GateModule', 'LayerModule', 'gated_merge', 'module_call', 'staged_merge']
 
 
 class _LayerModule(nn.Module):
-    """What TorchScript needs of the gated layer and of the consumer conv: ``forward`` as ``nn.BatchNorm2d`` and
+    """The gated layer and the consumer conv as TorchScript sees them: ``forward`` as ``nn.BatchNorm2d`` and
     ``nn.Conv2d`` declare it (TorchScript passes a module to a function only through an interface)."""
 
     def forward(self, input: Tensor) -> Tensor:
@@ -37,9 +37,16 @@ class _LayerModule(nn.Module):
 
 
 class _GateModule(nn.Module):
-    """What TorchScript needs of a gate- or block-level attention module: its ``gated`` method."""
+    """A gate-level attention module as TorchScript sees it."""
 
-    def gated(self, x: Tensor, inner: list[Tensor]) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
+        pass
+
+
+class _BridgeModule(nn.Module):
+    """A block-level (bridge) attention module as TorchScript sees it."""
+
+    def forward(self, inner: list[Tensor], x: Tensor) -> Tensor:
         pass
 
 
@@ -47,6 +54,7 @@ with warnings.catch_warnings():  # torch.jit.interface announces its deprecation
     warnings.simplefilter('ignore', FutureWarning)
     LayerModule = torch.jit.interface(_LayerModule)
     GateModule = torch.jit.interface(_GateModule)
+    BridgeModule = torch.jit.interface(_BridgeModule)
 
 
 def gated_merge(
@@ -54,31 +62,40 @@ def gated_merge(
         z: Tensor,
         shortcut: Tensor | None = None,
         attn: GateModule | None = None,
+        bridge: BridgeModule | None = None,
         inner: list[Tensor] | None = None,
         relu: bool = False,
         consumer: LayerModule | None = None,
 ) -> Tensor:
-    """``relu?(attn(norm(z)) + shortcut)``, or ``consumer(attn(norm(z)))``: the tail of every gated block.
+    """``relu?(gate(norm(z)) + shortcut)``, or ``consumer(gate(norm(z)))``: the tail of every gated block.
+
+    A block passes its attention as ``attn`` (gate level) or ``bridge`` (block level; TorchScript types the two
+    calls apart), the other one ``None``.
 
     Args:
-        norm: the layer whose output the attention gates (a BatchNorm2d gets the lean recomputation), called on
-            ``z``; ``None``: ``z`` itself is gated.
+        norm: the layer whose output is gated (a BatchNorm2d gets the lean recomputation), called on ``z``;
+            ``None``: ``z`` itself is gated.
         z: the input of ``norm``.
         shortcut: added after gating (in place, as torchvision's blocks), or ``None``.
-        attn: gate-level or block-level (bridge) attention, or ``None`` (the plain merge).
-        inner: the pooled inner features of a block-level attention.
+        attn: gate-level attention, ``attn(y)``, or ``None``.
+        bridge: block-level attention, ``bridge(inner, y)``, or ``None``.
+        inner: the pooled inner features ``bridge`` takes.
         relu: end with a ReLU (post-activation blocks).
         consumer: a conv that takes the gated map instead of a residual merge (MobileNetV2's hidden-width gate,
-            RegNet-Y's gate before conv3): the result is ``consumer(gated map)``, ``shortcut`` and ``relu`` unused.
+            RegNet-Y's gate before conv3): the result is ``consumer(gated map)``; ``shortcut`` and ``relu`` unused.
     """
     if torch.jit.is_scripting():  # the plain module calls
         y = z if norm is None else norm.forward(z)
         if attn is not None:
-            y = attn.gated(y, torch.jit.annotate(list[Tensor], []) if inner is None else inner)
+            y = attn.forward(y)
+        if bridge is not None:
+            y = bridge.forward(torch.jit.annotate(list[Tensor], []) if inner is None else inner, y)
         if consumer is not None:
             return consumer.forward(y)
         return _merge(y, shortcut, relu)
-    return _gate(norm, z, shortcut, attn, inner, None, False, relu, consumer, True)[0]
+    if bridge is not None:
+        return _gate(norm, z, shortcut, bridge, 'block', inner, None, relu, consumer, True)[0]
+    return _gate(norm, z, shortcut, attn, 'gate', None, None, relu, consumer, True)[0]
 
 
 def staged_merge(
@@ -88,7 +105,7 @@ def staged_merge(
     """:func:`gated_merge` with a stage-level unit shared by a stage's blocks: ``attn(norm(z), state)`` gates, and
     the unit's next state comes back with the merged output. ``fused=False`` keeps the module calls (activation
     checkpointing; raw ScriptModules of a scripted model, which this Python call then receives)."""
-    return _gate(norm, z, shortcut, attn, None, state, True, relu, None, fused)
+    return _gate(norm, z, shortcut, attn, 'stage', None, state, relu, None, fused)
 
 
 def module_call(module: Any) -> Any:
@@ -103,29 +120,29 @@ def _merge(y: Tensor, shortcut: Tensor | None, relu: bool) -> Tensor:
     return y.relu_() if relu else y
 
 
-def _gate(norm: Any, z: Tensor, shortcut: Tensor | None, attn: Any, inner: list[Tensor] | None,
-          state: AttnState | None, staged: bool, relu: bool, consumer: Any, fused: bool,
-          ) -> tuple[Tensor, AttnState | None]:
-    """The eager gated merge (see the module docstring); the decision is taken once, here."""
+def _gate(norm: Any, z: Tensor, shortcut: Tensor | None, attn: Any, level: str, inner: list[Tensor] | None,
+          state: AttnState | None, relu: bool, consumer: Any, fused: bool) -> tuple[Tensor, AttnState | None]:
+    """The eager gated merge for an attention of ``level`` (see the module docstring); the decision is taken once,
+    here."""
     if attn is None:
         y = z if norm is None else module_call(norm)(z)
         return (_merge(y, shortcut, relu) if consumer is None else consumer(y)), state
     if not (fused and use_fused_path(attn, consumer)):  # the module calls: tracing, export, hooks see them
         y = z if norm is None else module_call(norm)(z)
-        if staged:
+        if level == 'stage':
             y, state = module_call(attn)(y, state)
         else:
-            y = attn(inner, y) if isinstance(attn, BlockAttention) else attn(y)
+            y = attn(inner, y) if level == 'block' else attn(y)
         if consumer is not None:
             return consumer(y), state
         if shortcut is not None or relu:  # the in-place merge would change the output the hooks have just seen
             y = hook_safe(y, attn)
         return _merge(y, shortcut, relu), state
     y, rec = (z, None) if norm is None else batch_norm_for_gating(norm, z)
-    if staged:
+    if level == 'stage':
         a, state = attn.gate(y, state)
         gates: tuple[Tensor, ...] = (a,)
-    elif isinstance(attn, BlockAttention):
+    elif level == 'block':
         gates = (attn.gate(inner, y),)
     elif attn.merge_in_place and not torch.is_grad_enabled() and (consumer is None or norm is not None):
         # inference: the gate applied in y's memory (CBAM also reuses y * a_c); a hook on norm keeps its own copy

@@ -158,7 +158,7 @@ class InvertedResidual(nn.Module):
                 inner.append(pooled(h))
         if self.at_hidden:
             if self.bridge:  # BAv1's MobileNetV3 design: the depthwise BN output is gated before its ReLU6
-                h = self.conv[-3][2](gated_merge(self.conv[-3][1], self.conv[-3][0](h), attn=self.attn, inner=inner))
+                h = self.conv[-3][2](gated_merge(self.conv[-3][1], self.conv[-3][0](h), bridge=self.attn, inner=inner))
                 z = self.conv[-2](h)
             else:  # the gate is applied inside the projection conv's call
                 z = gated_merge(self.conv[-3], h, attn=self.attn, consumer=self.conv[-2])
@@ -166,7 +166,8 @@ class InvertedResidual(nn.Module):
         h = self.conv[-3](h)
         if self.bridge:
             inner.append(pooled(h))
-        return gated_merge(self.conv[-1], self.conv[-2](h), shortcut, attn=self.attn, inner=inner)
+        return gated_merge(self.conv[-1], self.conv[-2](h), shortcut, attn=None if self.bridge else self.attn,
+                           bridge=self.attn if self.bridge else None, inner=inner)
 
 
 class MobileNetV2(AttnNet):

@@ -56,7 +56,8 @@ class _PreActBlock(GatedBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         z, shortcut, inner = self.body(x)
-        return gated_merge(self.bn_additional, z, shortcut, attn=self.attn, inner=inner)
+        return gated_merge(self.bn_additional, z, shortcut, attn=None if self.bridge else self.attn,
+                           bridge=self.attn if self.bridge else None, inner=inner)
 
 
 class PreActBottleneck(_PreActBlock):

@@ -181,7 +181,7 @@ class RegNetBottleneck(GatedBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         z, shortcut, inner = self.body(x)
-        return gated_merge(self.conv3.bn, z, shortcut, attn=self.attn if self.bridge else None, inner=inner,
+        return gated_merge(self.conv3.bn, z, shortcut, bridge=self.attn if self.bridge else None, inner=inner,
                            relu=True)
 
 

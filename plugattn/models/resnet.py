@@ -138,7 +138,8 @@ class BasicBlock(GatedBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         z, shortcut, inner = self.body(x)
-        return gated_merge(self.bn2, z, shortcut, attn=self.attn, inner=inner, relu=True)
+        return gated_merge(self.bn2, z, shortcut, attn=None if self.bridge else self.attn,
+                           bridge=self.attn if self.bridge else None, inner=inner, relu=True)
 
 
 class Bottleneck(GatedBlock):
@@ -204,7 +205,8 @@ class Bottleneck(GatedBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         z, shortcut, inner = self.body(x)
-        return gated_merge(self.bn3, z, shortcut, attn=self.attn, inner=inner, relu=True)
+        return gated_merge(self.bn3, z, shortcut, attn=None if self.bridge else self.attn,
+                           bridge=self.attn if self.bridge else None, inner=inner, relu=True)
 
 
 class ResNet(AttnNet):
