@@ -240,18 +240,20 @@ def _scripting_case(name: str) -> nn.Module:
         return RegNet(RegNetCfg((1, 2, 1, 1), (16, 32, 48, 64), 8), attn='ca', keep_se=True, num_classes=5)
     if name == 'preact_dia_no_extra_bn':  # a stage unit gating the last conv's output itself
         return PreActResNet(PreActBottleneck, (2, 2), (16, 32), num_classes=5, attn='dia', extra_bn=False)
+    if name == 'frozen_norms':  # plugattn.freeze_bn's FrozenBatchNorm2d as the gated norm
+        return plugattn.freeze_bn(ResNet(BasicBlock, (1, 1), widths=(16, 32), num_classes=5, attn='se', stem='cifar'))
     return ResNet(Bottleneck, (2, 1), widths=(16, 32), num_classes=5, attn='cbam', stem='cifar')
 
 
 @pytest.mark.filterwarnings('ignore::FutureWarning')  # torch.jit.script's deprecation notice
 @pytest.mark.parametrize('name', ['mbv2_output_bridge', 'mbv2_hidden_bridge', 'regnet_gate_before_conv3',
-                                  'preact_dia_no_extra_bn', 'resnet_cbam'])
+                                  'preact_dia_no_extra_bn', 'frozen_norms', 'resnet_cbam'])
 def test_torchscript_runs_the_gating_place_plain_path(name: str):
     """Scripted models take gated_merge's one TorchScript branch (and the stage runner's module calls), with the
     eager outputs; under a hook-free eager run the same models take the fused path, so the two paths are compared."""
     model = _scripting_case(name).eval()
     for m in model.modules():  # non-trivial running statistics, so the norms are not the identity
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, (nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     x = torch.randn(2, 3, 32, 32)
