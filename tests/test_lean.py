@@ -28,10 +28,10 @@ from plugattn.layers.fused import (
     strip_means,
 )
 from plugattn.models import create_model
-from plugattn.models._base import AttnStage
-from plugattn.models.mobilenetv2 import InvertedResidual
+from plugattn.models._base import AttnStage, gated_norm
+from plugattn.models.mobilenetv2 import InvertedResidual, MobileNetV2
 from plugattn.models.preact_resnet import PreActBottleneck, PreActResNet, WideBasic
-from plugattn.models.regnet import RegNetBottleneck
+from plugattn.models.regnet import RegNet, RegNetBottleneck, RegNetCfg
 from plugattn.models.resnet import BasicBlock, Bottleneck, ResNet
 
 # --------------------------------------------------------------------------------------------- reference forwards
@@ -74,10 +74,18 @@ def _ref_mbv2(block: InvertedResidual, x: torch.Tensor) -> torch.Tensor:
     return x + h if block.use_res_connect else h
 
 
+def _ref_branch(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The block's body, then its gated norm as a module call: the branch output before gating, the shortcut and the
+    pooled inner features."""
+    z, shortcut, inner = block.body(x)
+    norm = gated_norm(block)
+    return (z if norm is None else norm(z)), shortcut, inner
+
+
 def _ref_stage(stage: AttnStage, x: torch.Tensor) -> torch.Tensor:
     state = None
     for block in stage:
-        branch, shortcut = block.forward_branch(x)
+        branch, shortcut, _ = _ref_branch(block, x)
         a, state = stage.attn.gate(branch, state)
         x = _ref_merge(block, branch * a, shortcut)
     return x
@@ -89,7 +97,14 @@ def _ref_merge(block: nn.Module, branch: torch.Tensor, shortcut: torch.Tensor) -
 
 
 def _ref_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return _ref_merge(block, *block.forward_branch(x))
+    # a gate before RegNet-Y's conv3 runs inside the body; the reference copy's gate modules then take the plain
+    # path (their patched forward counts as a hook)
+    branch, shortcut, inner = _ref_branch(block, x)
+    if block.attn_level == 'block':
+        branch = block.attn(inner, branch)
+    elif block.attn is not None and not isinstance(block, RegNetBottleneck):
+        branch = block.attn(branch)
+    return _ref_merge(block, branch, shortcut)
 
 
 def reference_copy(model: nn.Module) -> nn.Module:
@@ -213,6 +228,37 @@ def test_transformer_blocks_unchanged_numbers():
     torch.manual_seed(0)
     model = create_model('bav2_deit_tiny', img_size=32, num_classes=5)
     assert_same_numbers(model, torch.randn(2, 3, 32, 32))
+
+
+def _scripting_case(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == 'mbv2_output_bridge':  # the bridge on the projection BN (an output-position merge)
+        return MobileNetV2(width_mult=0.25, attn='bav2', attn_position='output', num_classes=5)
+    if name == 'mbv2_hidden_bridge':  # the depthwise BN gated before its ReLU6
+        return MobileNetV2(width_mult=0.25, attn='bav1', num_classes=5)
+    if name == 'regnet_gate_before_conv3':  # the gate applied inside conv3's conv call (consumer)
+        return RegNet(RegNetCfg((1, 2, 1, 1), (16, 32, 48, 64), 8), attn='ca', keep_se=True, num_classes=5)
+    if name == 'preact_dia_no_extra_bn':  # a stage unit gating the last conv's output itself
+        return PreActResNet(PreActBottleneck, (2, 2), (16, 32), num_classes=5, attn='dia', extra_bn=False)
+    if name == 'frozen_norms':  # plugattn.freeze_bn's FrozenBatchNorm2d as the gated norm
+        return plugattn.freeze_bn(ResNet(BasicBlock, (1, 1), widths=(16, 32), num_classes=5, attn='se', stem='cifar'))
+    return ResNet(Bottleneck, (2, 1), widths=(16, 32), num_classes=5, attn='cbam', stem='cifar')
+
+
+@pytest.mark.filterwarnings('ignore::FutureWarning')  # torch.jit.script's deprecation notice
+@pytest.mark.parametrize('name', ['mbv2_output_bridge', 'mbv2_hidden_bridge', 'regnet_gate_before_conv3',
+                                  'preact_dia_no_extra_bn', 'frozen_norms', 'resnet_cbam'])
+def test_torchscript_runs_the_gating_place_plain_path(name: str):
+    """Scripted models take gated_merge's one TorchScript branch (and the stage runner's module calls), with the
+    eager outputs; under a hook-free eager run the same models take the fused path, so the two paths are compared."""
+    model = _scripting_case(name).eval()
+    for m in model.modules():  # non-trivial running statistics, so the norms are not the identity
+        if isinstance(m, (nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(model)(x), model(x), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------- the building blocks

@@ -210,14 +210,14 @@ def test_regnet_bav2_bridges_conv1_conv2_and_gates_conv3():
     block = model.s2.b1
     assert block.se is None and block.attn.inner_channels == (104, 104) and block.attn.channels == 104
     seen = {}
-    for key in ('conv1', 'conv2', 'conv3', 'attn'):
-        _record(getattr(block, key), seen, key)
+    for key in ('conv1', 'conv2', 'conv3.bn', 'attn'):
+        _record(block.get_submodule(key), seen, key)
     with torch.no_grad():
         model(torch.randn(2, 3, 64, 64))
     (inner, x), _ = seen['attn']
     torch.testing.assert_close(inner[0], pooled(seen['conv1'][1]))
     torch.testing.assert_close(inner[1], pooled(seen['conv2'][1]))
-    assert x is seen['conv3'][1]
+    assert x is seen['conv3.bn'][1]
     # keep_se: the native SE stays after conv2, the bridge still gates conv3
     kept = plugattn.create_model('bav2_regnety_400mf', keep_se=True)
     se_params = sum(p.numel() for m in kept.modules() if isinstance(m, RegNetSE) for p in m.parameters())
@@ -230,11 +230,11 @@ def test_regnet_gate_attention_replaces_se():
     blocks = [m for m in model.modules() if isinstance(m, RegNetBottleneck)]
     assert len(blocks) == 16 and all(b.se is None and isinstance(b.attn, EfficientChannelAttention) for b in blocks)
     block, seen = model.s3.b2, {}
-    for key in ('conv2', 'attn', 'conv3'):
-        _record(getattr(block, key), seen, key)
+    for key in ('conv2', 'attn', 'conv3.conv'):
+        _record(block.get_submodule(key), seen, key)
     with torch.no_grad():
         model(torch.randn(2, 3, 64, 64))
-    assert seen['attn'][0][0] is seen['conv2'][1] and seen['conv3'][0][0] is seen['attn'][1]
+    assert seen['attn'][0][0] is seen['conv2'][1] and seen['conv3.conv'][0][0] is seen['attn'][1]
 
 
 def test_regnet_dia_one_unit_per_stage():

@@ -2,7 +2,7 @@
 
 Uses the ``grad-cam`` package (jacobgil/pytorch-grad-cam; optional extra ``plugattn[viz]``). The default target
 layer is the last block of the last stage (``model.stages()[-1][-1]``), the layer Grad-CAM is usually shown for on
-ResNets. In a DIA stage the blocks are driven by the stage (``forward_branch`` + shared unit + ``merge``) rather
+ResNets. In a DIA stage the blocks are driven by the stage (each block's ``body``, then the shared unit's merge) rather
 than called, so hooks on them never fire: there the default is the stage itself, whose output *is* its last block's
 output.
 

@@ -160,8 +160,9 @@ def nhwc_gates(x: Tensor, a_h: Tensor, a_w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def is_hooked(m: nn.Module) -> bool:
-    """Hooks on ``m`` (or an instance-level ``forward``) that a fused path, which skips ``m(...)``, would bypass."""
-    return bool(m._forward_hooks or m._forward_pre_hooks or 'forward' in vars(m))
+    """Hooks on ``m`` (or an instance-level ``forward``) that a fused path, which skips ``m(...)``, would bypass.
+    The raw ScriptModules a Python call inside a scripted model receives carry none."""
+    return isinstance(m, nn.Module) and bool(m._forward_hooks or m._forward_pre_hooks or 'forward' in vars(m))
 
 
 def hook_safe(out: Tensor, module: nn.Module) -> Tensor:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d as _TvFrozenBatchNorm2d
 
 from .base import BlockAttention, GateAttention, StageAttention
 
-__all__ = ['FrozenBatchNorm1d', 'freeze_bn']
+__all__ = ['FrozenBatchNorm1d', 'FrozenBatchNorm2d', 'freeze_bn']
 
 
 class FrozenBatchNorm1d(nn.Module):
@@ -57,10 +58,18 @@ class FrozenBatchNorm1d(nn.Module):
         return f'{self.weight.shape[0]}, eps={self.eps}'
 
 
+class FrozenBatchNorm2d(_TvFrozenBatchNorm2d):
+    """torchvision's ``FrozenBatchNorm2d`` whose ``forward`` names its argument as ``nn.BatchNorm2d`` does: a
+    scripted block passes it to its gated merge as the norm it replaces (TorchScript interfaces match names)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return input * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+
 def _frozen(bn: nn.Module) -> nn.Module:
     """The frozen copy of one BatchNorm (its current statistics and affine)."""
-    from torchvision.ops import FrozenBatchNorm2d
-
     c = bn.num_features
     ref = bn.running_mean if bn.running_mean is not None else bn.weight
     dd = {'device': ref.device if ref is not None else None}

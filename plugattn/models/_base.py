@@ -2,7 +2,7 @@
 
 No ``from __future__ import annotations`` here: TorchScript reads class and signature annotations as real types.
 """
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -14,13 +14,13 @@ from ..errors import PlugattnError, check_out_indices
 from ..layers import BlockAttention, GateAttention, StageAttention, attn_level, create_attn
 from ..layers._typecheck import checked_init
 from ..layers.base import AttnState
-from ..layers.fused import gated_residual, hook_safe, use_fused_path
+from ..layers.gating import module_call, staged_merge
 from ..layers.registry import AttnSpec
 
 __all__ = [
-    'AttnNet', 'AttnStage', 'FeatureInfo', 'LeanResidualBlock', 'block_attn', 'check_input', 'checkpoint_seq',
-    'feature_take_indices', 'gated_block_forward', 'init_attn_modules', 'is_fx_proxy', 'module_call', 'run_stage',
-    'stage_attn_kwargs', 'stage_blocks', 'stage_step', 'staged_block_forward',
+    'AttnNet', 'AttnStage', 'FeatureInfo', 'GatedBlock', 'block_attn', 'check_input', 'checkpoint_seq',
+    'feature_take_indices', 'gated_norm', 'init_attn_modules', 'is_fx_proxy', 'module_call', 'run_stage',
+    'stage_attn_kwargs', 'stage_blocks', 'stage_step',
 ]
 
 
@@ -79,67 +79,37 @@ def init_attn_modules(model: nn.Module) -> None:
             m.reset_parameters()
 
 
-def gated_block_forward(block: nn.Module, x: Tensor, *, relu: bool) -> Tensor:
-    """A residual block's forward with its own attention's gate fused into the residual merge.
+class GatedBlock(nn.Module):
+    """A residual block whose branch ends in one gated merge (:func:`~plugattn.layers.gating.gated_merge`).
 
-    ``block._pre_gate(x, gated)`` returns the last norm's output ``y``, the shortcut, the pooled inner features
-    (bridge attention) and the norm's recomputation recipe (``gated``: an attention will gate ``y``). The result is
-    ``relu?(y * gate + shortcut)`` through :func:`~plugattn.layers.fused.gated_residual`, which in training keeps the
-    norm's input instead of ``y``; without attention it is the block's in-place ``merge``.
+    ``body(x) -> (z, shortcut, inner)`` is the block up to the layer its attention gates: that layer's input, the
+    shortcut and the pooled inner features bridge attention takes. ``forward`` ends in one ``gated_merge`` with the
+    block's own attention; in a stage with a shared unit (DIA) :func:`stage_step` runs ``body`` and merges with the
+    stage's unit. Class constants: ``gate_norm`` names the gated norm (``''`` or a ``None`` attribute: the branch
+    output itself is gated), ``merge_relu`` says whether the merge ends with a ReLU (post-activation blocks).
     """
-    gated = block.attn is not None and block.attn_level in ('gate', 'block')
-    fused = gated and use_fused_path(block.attn)
-    y, shortcut, inner, rec = block._pre_gate(x, fused)
-    if not fused:
-        if gated:  # the module call (tracing, export, hooks): the plain formulation
-            y = block.attn(inner, y) if block.attn_level == 'block' else block.attn(y)
-            y = hook_safe(y, block.attn)
-        return block.merge(y, shortcut)
-    if block.attn_level == 'gate' and block.attn.merge_in_place and not torch.is_grad_enabled():
-        # inference: the gate applied in y's memory (CBAM also reuses y * a_c), then the block's in-place merge
-        return block.merge(block.attn.forward_inplace(y), shortcut)
-    gates = block.attn.gate(inner, y) if block.attn_level == 'block' else block.attn.gate_factors(y, rec)
-    return gated_residual(y, gates, shortcut, relu=relu, recompute=rec, inplace=block.attn.merge_in_place)
 
-
-def staged_block_forward(
-        block: nn.Module, x: Tensor, attn: StageAttention, state: AttnState | None, *, relu: bool,
-) -> tuple[Tensor, AttnState]:
-    """One block of a shared-attention stage: ``attn.gate(y, state)`` fused into the block's residual merge."""
-    y, shortcut, _, rec = block._pre_gate(x, True)
-    a, state = attn.gate(y, state)
-    return gated_residual(y, a, shortcut, relu=relu, recompute=rec, inplace=attn.merge_in_place), state
-
-
-class LeanResidualBlock(nn.Module):
-    """The forward every gated residual block shares: the lean fused merge in eager mode, plain module calls under
-    TorchScript. Subclasses define ``forward_branch``, ``merge`` and ``_pre_gate``; ``merge_relu`` says whether the
-    merge ends with a ReLU (post-activation blocks) or not (pre-activation blocks)."""
-
+    __constants__ = ['bridge', 'gate_norm', 'merge_relu']
+    gate_norm = ''
     merge_relu = True
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():  # TorchScript compiles the plain module calls
-            branch, shortcut = self.forward_branch(x)
-            return self.merge(branch, shortcut)
-        return self._forward_lean(x)
 
-    @torch.jit.unused
-    def _forward_lean(self, x: Tensor) -> Tensor:
-        return gated_block_forward(self, x, relu=self.merge_relu)
-
-    def forward_staged(self, x: Tensor, attn: nn.Module, state: AttnState | None) -> tuple[Tensor, AttnState]:
-        """The block inside a shared-attention stage: gate with ``attn(., state)``, fused with the merge."""
-        return staged_block_forward(self, x, attn, state, relu=self.merge_relu)
+def gated_norm(block: Any) -> Any:
+    """The layer a :class:`GatedBlock` gates (``None``: the branch output), found by ``block.gate_norm``, also on
+    the raw ScriptModule a Python call inside a scripted model receives."""
+    m = block
+    for name in filter(None, block.gate_norm.split('.')):
+        m = getattr(m, name)
+    return None if m is block else m
 
 
 class AttnStage(nn.Module):
     """A stage of blocks that share one stage-level attention unit (DIA), or none (``attn=None``: the blocks in order).
 
     Blocks are registered as ``0, 1, ...`` so state_dict keys match an ``nn.Sequential`` stage
-    (``layer1.0.conv1.weight``); the shared unit sits at ``attn``. Every block must provide
-    ``forward_branch(x) -> (branch, shortcut)`` and ``merge(branch, shortcut)``; :func:`run_stage` runs them (as it
-    runs every stage with a shared unit: Swin, PVT, CSWin, ViT, the diffusion UNet's levels).
+    (``layer1.0.conv1.weight``); the shared unit sits at ``attn``. Every block is a :class:`GatedBlock`;
+    :func:`run_stage` runs them (as it runs every stage with a shared unit: Swin, PVT, CSWin, ViT, the diffusion
+    UNet's levels).
 
     TorchScript cannot iterate a custom container, so a scripted model runs this stage as a Python call
     (``torch.jit.ignore``): ``torch.jit.script`` works and gives the eager outputs, but ``torch.jit.save`` of a DIA
@@ -171,12 +141,6 @@ class AttnStage(nn.Module):
         return run_stage(stage_blocks(self), self.attn, x, checkpointing=True)
 
 
-def module_call(module: Any) -> Callable[..., Any]:
-    """``module`` itself (hooks run), or its ``forward`` when a Python call inside a scripted model receives the raw
-    ``torch._C.ScriptModule``, which is not callable."""
-    return module if isinstance(module, nn.Module) else module.forward
-
-
 def stage_blocks(stage: Any, depth: int | None = None) -> list[Any]:
     """The blocks of a stage registered as children ``0, 1, ...`` (``depth`` of them, default ``stage.depth``),
     fetched by name: inside a scripted model the stage is a raw ScriptModule, which cannot be iterated."""
@@ -188,20 +152,20 @@ def stage_step(
 ) -> tuple[Tensor, AttnState | None]:
     """One block of a stage whose blocks share the stage-level unit ``attn`` (``None``: the plain block call).
 
-    The block's branch is gated by ``attn(branch, state)`` before the block's merge, or, where the block has a
-    ``forward_staged`` and :func:`use_fused_path` allows it, in the block's fused lean merge. ``args`` are the
-    block's extra inputs (PVT's token grid size, the diffusion UNet's time embedding).
+    A :class:`GatedBlock` runs its ``body`` and merges through :func:`~plugattn.layers.gating.staged_merge` (the
+    lean merge where it applies); a transformer block (or the diffusion UNet's) gates its ``forward_branch`` output
+    with the unit's module call before its ``merge``. ``args`` are the block's extra inputs (PVT's token grid size,
+    the diffusion UNet's time embedding).
     """
     if attn is None:
         return module_call(block)(x, *args), state
-    # a raw ScriptModule unit: this runs as a Python call inside a scripted model (no fused path, no hooks there)
-    scripted = not isinstance(attn, nn.Module)
-    if fused and not scripted and hasattr(block, 'forward_staged') and use_fused_path(attn):
-        return block.forward_staged(x, attn, state, *args)
+    # a raw ScriptModule unit: this runs as a Python call inside a scripted model (module calls, no hooks there)
+    fused = fused and isinstance(attn, nn.Module)
+    if hasattr(block, 'body'):
+        z, shortcut, _ = block.body(x, *args)
+        return staged_merge(gated_norm(block), z, shortcut, attn, state, relu=block.merge_relu, fused=fused)
     branch, shortcut = block.forward_branch(x, *args)
-    branch, state = module_call(attn)(branch, state)
-    if not scripted:
-        branch = hook_safe(branch, attn)
+    branch, state = staged_merge(None, branch, None, attn, state, fused=False)
     return block.merge(branch, shortcut), state
 
 

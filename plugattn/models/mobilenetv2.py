@@ -47,7 +47,7 @@ from torchvision.ops import Conv2dNormActivation
 from ..errors import PlugattnError
 from ..layers import EfficientChannelAttention, attn_level, get_attn
 from ..layers.base import pooled
-from ..layers.fused import batch_norm_for_gating, gated_conv, gated_residual, hook_safe, use_fused_path
+from ..layers.gating import gated_merge
 from ..layers.registry import AttnSpec
 from ._base import (
     AttnNet,
@@ -146,81 +146,28 @@ class InvertedResidual(nn.Module):
             self.attn, self.attn_level = block_attn(attn, oup, inner, attn_kwargs)
             self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
-    def _branch(self, x: Tensor) -> Tensor:
-        """The block's output before the residual addition, with plain module calls (TorchScript)."""
-        # nested tests on the constants `bridge` / `at_hidden`, so TorchScript compiles only the calls taken
-        inner: list[Tensor] = []
-        if self.expand:
-            x = self.conv[0](x)
-            if self.bridge:
-                inner.append(pooled(x))
-        # conv[-3] depthwise ConvBNReLU, conv[-2] projection, conv[-1] its BN (indexed in place: TorchScript)
-        if self.bridge:
-            if self.at_hidden:
-                # BAv1's MobileNetV3 design: gate the depthwise BN output, then apply its activation.
-                x = self.conv[-3][2](self.attn(inner, self.conv[-3][1](self.conv[-3][0](x))))
-            else:
-                x = self.conv[-3](x)
-                inner.append(pooled(x))
-        else:
-            x = self.conv[-3](x)
-            if self.at_hidden and self.attn is not None:
-                x = self.attn(x)
-        x = self.conv[-1](self.conv[-2](x))
-        if not self.at_hidden:
-            if self.bridge:
-                x = self.attn(inner, x)
-            elif self.attn is not None:
-                x = self.attn(x)
-        return x
-
-    @torch.jit.unused
-    def _branch_lean(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
-        """The block's output; ``shortcut`` is added in place, fused with an output-position gate."""
-        bridge = self.attn_level == 'block'
-        inner: list[Tensor] = []
-        if self.expand:
-            x = self.conv[0](x)
-            if bridge:
-                inner.append(pooled(x))
-        dw, proj, bn = self.conv[-3], self.conv[-2], self.conv[-1]
-        hidden = self.attn_position == 'hidden'
-        if hidden and bridge:
-            # BAv1's MobileNetV3 design: gate the depthwise BN output, then apply its activation.
-            x = dw[2](self.attn(inner, dw[1](dw[0](x))))
-        elif hidden and self.attn is not None and use_fused_path(self.attn, proj):
-            # the gate fused with the projection conv: only the ReLU6 output (which ReLU6 keeps) is kept
-            x = dw(x)
-            if self.attn.merge_in_place and not torch.is_grad_enabled():  # inference: gated in the ReLU6 output
-                return self._merge(bn(proj(self.attn.forward_inplace(hook_safe(x, dw)))), shortcut)
-            return self._merge(bn(gated_conv(x, self.attn.gate_factors(x), proj)), shortcut)
-        else:
-            x = dw(x)
-            if hidden and self.attn is not None:  # the module call (tracing, export, hooks)
-                x = self.attn(x)
-            elif bridge:
-                inner.append(pooled(x))
-        if not hidden and self.attn is not None and not use_fused_path(self.attn, bn):
-            x = bn(proj(x))
-            return self._merge(self.attn(inner, x) if bridge else self.attn(x), shortcut)
-        if not hidden and self.attn is not None:
-            y, rec = batch_norm_for_gating(bn, proj(x))
-            gates = self.attn.gate(inner, y) if bridge else self.attn.gate_factors(y, rec)
-            return gated_residual(y, gates, shortcut, recompute=rec, inplace=self.attn.merge_in_place)
-        return self._merge(bn(proj(x)), shortcut)
-
-    @staticmethod
-    @torch.jit.unused
-    def _merge(x: Tensor, shortcut: Tensor | None) -> Tensor:
-        if shortcut is not None:
-            x += shortcut  # in place, as torchvision: nothing keeps the BN output for backward
-        return x
-
     def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting():
-            out = self._branch(x)
-            return x + out if self.use_res_connect else out
-        return self._branch_lean(x, x if self.use_res_connect else None)
+        # conv[-3] depthwise ConvBNReLU, conv[-2] projection, conv[-1] its BN (indexed in place: TorchScript); the
+        # nested tests on the constants `bridge` / `at_hidden` let TorchScript compile only the calls taken
+        shortcut = x if self.use_res_connect else None
+        inner: list[Tensor] = []
+        h = x
+        if self.expand:
+            h = self.conv[0](h)
+            if self.bridge:
+                inner.append(pooled(h))
+        if self.at_hidden:
+            if self.bridge:  # BAv1's MobileNetV3 design: the depthwise BN output is gated before its ReLU6
+                h = self.conv[-3][2](gated_merge(self.conv[-3][1], self.conv[-3][0](h), bridge=self.attn, inner=inner))
+                z = self.conv[-2](h)
+            else:  # the gate is applied inside the projection conv's call
+                z = gated_merge(self.conv[-3], h, attn=self.attn, consumer=self.conv[-2])
+            return gated_merge(self.conv[-1], z, shortcut)
+        h = self.conv[-3](h)
+        if self.bridge:
+            inner.append(pooled(h))
+        return gated_merge(self.conv[-1], self.conv[-2](h), shortcut, attn=None if self.bridge else self.attn,
+                           bridge=self.attn if self.bridge else None, inner=inner)
 
 
 class MobileNetV2(AttnNet):

@@ -28,13 +28,13 @@ from torch import Tensor, nn
 from ..errors import PlugattnError
 from ..layers import attn_level, create_attn
 from ..layers.base import pooled
-from ..layers.fused import BNRecompute, batch_norm_for_gating
+from ..layers.gating import gated_merge
 from ..layers.registry import AttnSpec
 from ._base import (
     AttnNet,
     AttnStage,
     FeatureInfo,
-    LeanResidualBlock,
+    GatedBlock,
     block_attn,
     init_attn_modules,
     stage_attn_kwargs,
@@ -44,37 +44,20 @@ from ._registry import register_model, register_model_family
 __all__ = ['PreActBottleneck', 'PreActResNet', 'WideBasic']
 
 
-class _PreActBlock(LeanResidualBlock):
-    """Shared tail of the pre-activation blocks: optional extra BN, the block's attention, plain addition."""
+class _PreActBlock(GatedBlock):
+    """The merge of the pre-activation blocks: optional extra BN, the block's attention, plain addition (no ReLU).
 
+    Subclasses set ``attn`` (module or None), ``attn_level``, ``bridge`` and ``bn_additional`` (module or None);
+    not annotated here, as TorchScript would read the annotations as attribute types.
+    """
+
+    gate_norm = 'bn_additional'  # None without the extra BN: the last conv's output is gated
     merge_relu = False  # pre-activation: the sum is not activated
 
-    __constants__ = ['bridge']
-
-    # Subclasses set ``attn`` (module or None), ``attn_level``, ``bridge`` and ``bn_additional`` (module or None);
-    # not annotated here, as TorchScript would read the annotations as attribute types.
-
-    def _attend(self, inner: list[Tensor], out: Tensor) -> Tensor:
-        if self.bn_additional is not None:
-            out = self.bn_additional(out)
-        if self.bridge:
-            return self.attn(inner, out)
-        if self.attn is not None:
-            return self.attn(out)
-        return out
-
-    def merge(self, branch: Tensor, shortcut: Tensor) -> Tensor:
-        branch += shortcut  # in place: nothing keeps the branch output for backward
-        return branch
-
-    def _last(self, out: Tensor, gated: bool) -> tuple[Tensor, BNRecompute | None]:
-        """The branch output (after the extra BN) and, when gated, the extra BN's recomputation recipe."""
-        if self.bn_additional is None:
-            return out, None  # a conv output: the gated merge keeps it (no cheap recomputation)
-        if gated:
-            return batch_norm_for_gating(self.bn_additional, out)
-        return self.bn_additional(out), None
-
+    def forward(self, x: Tensor) -> Tensor:
+        z, shortcut, inner = self.body(x)
+        return gated_merge(self.bn_additional, z, shortcut, attn=None if self.bridge else self.attn,
+                           bridge=self.attn if self.bridge else None, inner=inner)
 
 
 class PreActBottleneck(_PreActBlock):
@@ -119,7 +102,8 @@ class PreActBottleneck(_PreActBlock):
         self.attn, self.attn_level = block_attn(attn, outplanes, (planes, planes), attn_kwargs)
         self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
-    def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def body(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """conv3 output, shortcut and the pooled inner features (bridge attention)."""
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.conv1(self.relu(self.bn1(x)))
         out = self.relu(self.bn2(out))
@@ -127,18 +111,7 @@ class PreActBottleneck(_PreActBlock):
         out = self.relu(self.bn3(self.conv2(out)))
         if self.bridge:
             inner.append(pooled(out))
-        return self._attend(inner, self.conv3(out)), shortcut
-
-    def _pre_gate(self, x: Tensor, gated: bool) -> tuple[Tensor, Tensor, list[Tensor], BNRecompute | None]:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.conv1(self.relu(self.bn1(x)))
-        out = self.relu(self.bn2(out))
-        inner = [pooled(out)] if self.attn_level == 'block' else []
-        out = self.relu(self.bn3(self.conv2(out)))
-        if self.attn_level == 'block':
-            inner.append(pooled(out))
-        y, rec = self._last(self.conv3(out), gated)
-        return y, shortcut, inner, rec
+        return self.conv3(out), shortcut, inner
 
 
 class WideBasic(_PreActBlock):
@@ -180,7 +153,8 @@ class WideBasic(_PreActBlock):
         self.attn, self.attn_level = block_attn(attn, planes, (planes,), attn_kwargs)
         self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
-    def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def body(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """conv2 output, shortcut and the pooled inner features (bridge attention)."""
         act = self.relu(self.bn1(x))
         # As the reference: a projecting block's shortcut takes the activated input, an identity one the raw input.
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(act)
@@ -188,17 +162,7 @@ class WideBasic(_PreActBlock):
         inner = [pooled(out)] if self.bridge else []
         if self.drop_rate > 0.0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
-        return self._attend(inner, self.conv2(out)), shortcut
-
-    def _pre_gate(self, x: Tensor, gated: bool) -> tuple[Tensor, Tensor, list[Tensor], BNRecompute | None]:
-        act = self.relu(self.bn1(x))
-        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(act)
-        out = self.relu(self.bn2(self.conv1(act)))
-        inner = [pooled(out)] if self.attn_level == 'block' else []
-        if self.drop_rate > 0.0:
-            out = F.dropout(out, p=self.drop_rate, training=self.training)
-        y, rec = self._last(self.conv2(out), gated)
-        return y, shortcut, inner, rec
+        return self.conv2(out), shortcut, inner
 
 
 class PreActResNet(AttnNet):

@@ -36,20 +36,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import PlugattnError
 from ..layers import GateAttention, attn_level, create_attn
 from ..layers.base import pooled
-from ..layers.fused import BNRecompute, batch_norm_for_gating, gated_residual, hook_safe, use_fused_path
+from ..layers.gating import gated_merge
 from ..layers.registry import AttnSpec
 from ._base import (
     AttnNet,
     AttnStage,
     FeatureInfo,
-    LeanResidualBlock,
+    GatedBlock,
     block_attn,
     init_attn_modules,
     stage_attn_kwargs,
@@ -121,7 +120,7 @@ class RegNetSE(GateAttention):
         return self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
 
 
-class RegNetBottleneck(LeanResidualBlock):
+class RegNetBottleneck(GatedBlock):
     """RegNet-Y block (bottleneck ratio 1): conv1 1x1 -> conv2 grouped 3x3 (stride) -> [SE] -> conv3 1x1 -> + shortcut.
 
     Args:
@@ -136,7 +135,7 @@ class RegNetBottleneck(LeanResidualBlock):
         project: keep the shortcut projection even at stride 1 and equal widths (a dilated stage's first block).
     """
 
-    __constants__ = ['bridge']
+    gate_norm = 'conv3.bn'
 
     def __init__(
             self,
@@ -157,63 +156,33 @@ class RegNetBottleneck(LeanResidualBlock):
         self.se = RegNetSE(cout, hidden_channels=round(cin * se_ratio)) if se_ratio > 0 else None
         self.conv3 = ConvBNAct(cout, cout, 1, act=False)
         self.downsample = ConvBNAct(cin, cout, 1, stride, act=False) if stride != 1 or project or cin != cout else None
-        self.act3 = nn.ReLU(inplace=True)
         self.attn, self.attn_level = block_attn(attn, cout, (cout, cout), attn_kwargs)
         self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.bn.weight)
 
-    def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Residual-branch output (gated by the block's own attention) and the shortcut."""
+    def body(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """conv3's conv output (its BN's input), shortcut and the pooled inner features (bridge attention).
+
+        A gate-level attention sits at SE's place, before conv3: it is applied inside conv3's conv call.
+        """
         shortcut = x if self.downsample is None else self.downsample(x)
-        bridge = self.bridge
         out = self.conv1(x)
-        inner = [pooled(out)] if bridge else []
+        inner = [pooled(out)] if self.bridge else []
         out = self.conv2(out)
-        if bridge:
-            inner.append(pooled(out))
-        if self.se is not None:
-            out = self.se(out)
-        if not self.bridge:  # noqa: SIM102  (nested: TorchScript prunes only a test on the constant alone)
-            if self.attn is not None:  # gate level, in place of SE
-                out = self.attn(out)
-        out = self.conv3(out)
         if self.bridge:
-            out = self.attn(inner, out)
-        return out, shortcut
-
-    def merge(self, branch: Tensor, shortcut: Tensor) -> Tensor:
-        branch += shortcut  # in place, as torchvision: nothing keeps the branch output for backward
-        return self.act3(branch)
-
-    def _pre_gate(self, x: Tensor, gated: bool) -> tuple[Tensor, Tensor, list[Tensor], BNRecompute | None]:
-        """conv3's BN output (gate-level attention already applied before conv3), shortcut, inner features."""
-        shortcut = x if self.downsample is None else self.downsample(x)
-        bridge = self.attn_level == 'block'
-        out = self.conv1(x)
-        inner = [pooled(out)] if bridge else []
-        out = self.conv2(out)
-        if bridge:
             inner.append(pooled(out))
         if self.se is not None:
             out = self.se(out)
-        if self.attn_level == 'gate':
-            out = self.attn(out)
-        if not gated:
-            return self.conv3(out), shortcut, inner, None
-        y, rec = batch_norm_for_gating(self.conv3.bn, self.conv3.conv(out))
-        return self.conv3.act(y), shortcut, inner, rec
+        if self.bridge:
+            return self.conv3.conv(out), shortcut, inner
+        return gated_merge(None, out, attn=self.attn, consumer=self.conv3.conv), shortcut, inner
 
-    @torch.jit.unused
-    def _forward_lean(self, x: Tensor) -> Tensor:
-        # only bridge attention is fused with the merge: a gate sits before conv3 here, not on the merged branch
-        bridge = self.attn_level == 'block'
-        fused = bridge and use_fused_path(self.attn, self.conv3)
-        y, shortcut, inner, rec = self._pre_gate(x, fused)
-        if not fused:
-            return self.merge(hook_safe(self.attn(inner, y), self.attn) if bridge else y, shortcut)
-        return gated_residual(y, self.attn.gate(inner, y), shortcut, relu=True, recompute=rec)
+    def forward(self, x: Tensor) -> Tensor:
+        z, shortcut, inner = self.body(x)
+        return gated_merge(self.conv3.bn, z, shortcut, bridge=self.attn if self.bridge else None, inner=inner,
+                           relu=True)
 
 
 class RegNet(AttnNet):

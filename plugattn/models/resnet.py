@@ -39,13 +39,13 @@ from torch import Tensor, nn
 from ..errors import PlugattnError
 from ..layers import CBAM, attn_level, create_attn, get_attn
 from ..layers.base import pooled
-from ..layers.fused import BNRecompute, batch_norm_for_gating
+from ..layers.gating import gated_merge
 from ..layers.registry import AttnSpec
 from ._base import (
     AttnNet,
     AttnStage,
     FeatureInfo,
-    LeanResidualBlock,
+    GatedBlock,
     block_attn,
     init_attn_modules,
     stage_attn_kwargs,
@@ -84,7 +84,7 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
 
 
-class BasicBlock(LeanResidualBlock):
+class BasicBlock(GatedBlock):
     """Two 3x3 convs. Bridged features: [post-ReLU conv1]; gated: bn2 output.
 
     Args:
@@ -99,9 +99,8 @@ class BasicBlock(LeanResidualBlock):
             keeps the previous stage's dilation there, as timm.
     """
 
-    __constants__ = ['bridge']
-
     expansion = 1
+    gate_norm = 'bn2'
 
     def __init__(
             self,
@@ -130,33 +129,20 @@ class BasicBlock(LeanResidualBlock):
         self.attn, self.attn_level = block_attn(attn, planes, (planes,), attn_kwargs)
         self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
-    def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Residual-branch output (gated by the block's own attention) and the shortcut."""
+    def body(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """conv2 output (bn2's input), shortcut and the pooled inner features (bridge attention)."""
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         inner = [pooled(out)] if self.bridge else []
-        out = self.bn2(self.conv2(out))
-        if self.bridge:
-            out = self.attn(inner, out)
-        elif self.attn is not None:
-            out = self.attn(out)
-        return out, shortcut
+        return self.conv2(out), shortcut, inner
 
-    def merge(self, branch: Tensor, shortcut: Tensor) -> Tensor:
-        branch += shortcut  # in place, as torchvision: nothing keeps the branch output for backward
-        return self.relu(branch)
-
-    def _pre_gate(self, x: Tensor, gated: bool) -> tuple[Tensor, Tensor, list[Tensor], BNRecompute | None]:
-        """bn2 output, shortcut, pooled inner features (bridge attention) and the bn2 recomputation recipe."""
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        inner = [pooled(out)] if self.attn_level == 'block' else []
-        y, rec = batch_norm_for_gating(self.bn2, self.conv2(out)) if gated else (self.bn2(self.conv2(out)), None)
-        return y, shortcut, inner, rec
+    def forward(self, x: Tensor) -> Tensor:
+        z, shortcut, inner = self.body(x)
+        return gated_merge(self.bn2, z, shortcut, attn=None if self.bridge else self.attn,
+                           bridge=self.attn if self.bridge else None, inner=inner, relu=True)
 
 
-
-class Bottleneck(LeanResidualBlock):
+class Bottleneck(GatedBlock):
     """1x1 -> 3x3 (grouped for ResNeXt) -> 1x1 (x4). Bridged: [post-ReLU conv1, post-ReLU conv2]; gated: bn3 output.
 
     Args:
@@ -175,9 +161,8 @@ class Bottleneck(LeanResidualBlock):
             previous stage's dilation, as timm and torchvision).
     """
 
-    __constants__ = ['bridge']
-
     expansion = 4
+    gate_norm = 'bn3'
 
     def __init__(
             self,
@@ -208,38 +193,20 @@ class Bottleneck(LeanResidualBlock):
         self.attn, self.attn_level = block_attn(attn, outplanes, (width, width), attn_kwargs)
         self.bridge = self.attn_level == 'block'  # a constant: TorchScript then compiles only the call taken
 
-    def forward_branch(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Residual-branch output (gated by the block's own attention) and the shortcut."""
+    def body(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """conv3 output (bn3's input), shortcut and the pooled inner features (bridge attention)."""
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        bridge = self.bridge
-        inner = [pooled(out)] if bridge else []
+        inner = [pooled(out)] if self.bridge else []
         out = self.relu(self.bn2(self.conv2(out)))
-        if bridge:
-            inner.append(pooled(out))
-        out = self.bn3(self.conv3(out))
         if self.bridge:
-            out = self.attn(inner, out)
-        elif self.attn is not None:
-            out = self.attn(out)
-        return out, shortcut
-
-    def merge(self, branch: Tensor, shortcut: Tensor) -> Tensor:
-        branch += shortcut  # in place, as torchvision: nothing keeps the branch output for backward
-        return self.relu(branch)
-
-    def _pre_gate(self, x: Tensor, gated: bool) -> tuple[Tensor, Tensor, list[Tensor], BNRecompute | None]:
-        """bn3 output, shortcut, pooled inner features (bridge attention) and the bn3 recomputation recipe."""
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        bridge = self.attn_level == 'block'
-        inner = [pooled(out)] if bridge else []
-        out = self.relu(self.bn2(self.conv2(out)))
-        if bridge:
             inner.append(pooled(out))
-        y, rec = batch_norm_for_gating(self.bn3, self.conv3(out)) if gated else (self.bn3(self.conv3(out)), None)
-        return y, shortcut, inner, rec
+        return self.conv3(out), shortcut, inner
 
+    def forward(self, x: Tensor) -> Tensor:
+        z, shortcut, inner = self.body(x)
+        return gated_merge(self.bn3, z, shortcut, attn=None if self.bridge else self.attn,
+                           bridge=self.attn if self.bridge else None, inner=inner, relu=True)
 
 
 class ResNet(AttnNet):
