@@ -279,9 +279,9 @@ class DenseTask:
         d, dense = self.cfg['data'], self.cfg['dense']
         scenes = None
         if d['name'] == 'scenes':
-            scenes = ScenesConfig(num_train=dense['scenes_train'], num_val=dense['scenes_val'],
-                                  canvas_size=dense['scenes_size'], max_scale=min(64, dense['scenes_size']),
-                                  min_scale=min(28, dense['scenes_size']))
+            size = dense['scenes_size']  # garments of 28-64 px on 128 px canvases, scaled with the canvas
+            scenes = ScenesConfig(num_train=dense['scenes_train'], num_val=dense['scenes_val'], canvas_size=size,
+                                  min_scale=max(1, size * 28 // 128), max_scale=max(1, size // 2))
         return build_dense_dataset(d['name'], d['data_dir'], split, self.name, self._transforms(train),
                                    with_masks=self.cfg['model']['name'].startswith('maskrcnn'), scenes=scenes)
 
