@@ -285,29 +285,44 @@ class DenseTask:
         return build_dense_dataset(d['name'], d['data_dir'], split, self.name, self._transforms(train),
                                    with_masks=self.cfg['model']['name'].startswith('maskrcnn'), scenes=scenes)
 
-    def loaders(self, seed: int) -> tuple[DenseLoader, DenseLoader, DenseInfo]:
-        """``(train loader, test loader, info)``."""
+    def info(self, dataset: Any) -> DenseInfo:
+        """What the engine reports about a data set of this task."""
+        d, dense = self.cfg['data'], self.cfg['dense']
+        size = dense['crop_size'] or dense['min_size'] or (dense['scenes_size'] if d['name'] == 'scenes' else 512)
+        return DenseInfo(name=d['name'], task=self.name, classes=list(dataset.class_names),
+                         num_classes=int(dataset.num_classes), image_size=(size, size))
+
+    def test_loader(self, seed: int = 0, batch_size: int | None = None) -> DenseLoader:
+        """The validation split, sharded over the processes without padding (sets the COCO ground truth)."""
         from ..data.dense import detection_collate, segmentation_collate
 
-        tc, d, dense = self.cfg['train'], self.cfg['data'], self.cfg['dense']
-        train_set = self.dataset('train', True)
+        tc = self.cfg['train']
         test_set = self.dataset('val', False)
-        size = dense['crop_size'] or dense['min_size'] or (dense['scenes_size'] if d['name'] == 'scenes' else 512)
-        info = DenseInfo(name=d['name'], task=self.name, classes=list(train_set.class_names),
-                         num_classes=int(train_set.num_classes), image_size=(size, size))
-        if list(test_set.class_names) != info.classes:
-            raise EngineError(f'the train and val splits of {d["name"]} have different classes',
-                              'use the annotation files of one data set')
         collate = detection_collate if self.name == 'detection' else segmentation_collate
-        common = dict(seed=seed, rank=self.ctx.rank, world_size=self.ctx.world_size, num_workers=d['num_workers'])
-        train = DenseLoader(train_set, info, collate, batch_size=tc['batch_size'], train=True, drop_last=True,
-                            **common)
-        test = DenseLoader(test_set, info, collate, batch_size=tc['eval_batch_size'] or tc['batch_size'],
-                           train=False, drop_last=False, **common)
         if self.name == 'detection':
             from ..data.dense import coco_ground_truth
 
             self.coco_gt = coco_ground_truth(test_set)
+        return DenseLoader(test_set, self.info(test_set), collate,
+                           batch_size=batch_size or tc['eval_batch_size'] or tc['batch_size'], train=False,
+                           drop_last=False, seed=seed, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                           num_workers=self.cfg['data']['num_workers'])
+
+    def loaders(self, seed: int) -> tuple[DenseLoader, DenseLoader, DenseInfo]:
+        """``(train loader, test loader, info)``."""
+        from ..data.dense import detection_collate, segmentation_collate
+
+        tc = self.cfg['train']
+        train_set = self.dataset('train', True)
+        info = self.info(train_set)
+        test = self.test_loader(seed)
+        if test.info.classes != info.classes:
+            raise EngineError(f'the train and val splits of {info.name} have different classes',
+                              'use the annotation files of one data set')
+        collate = detection_collate if self.name == 'detection' else segmentation_collate
+        train = DenseLoader(train_set, info, collate, batch_size=tc['batch_size'], train=True, drop_last=True,
+                            seed=seed, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                            num_workers=self.cfg['data']['num_workers'])
         return train, test, info
 
     # ----------------------------------------------------------------------------------------- model

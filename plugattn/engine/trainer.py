@@ -572,7 +572,7 @@ class _Trainer:
         }
         if self.dense is not None:  # classification checkpoints keep their fields as they were
             meta.update(task=cfg['task'], backbone=cfg['model']['backbone'],
-                        attn=cfg['model']['kwargs'].get('attn'), primary_metric=self.primary)
+                        attn=cfg['model']['kwargs'].get('attn'), primary_metric=self.primary, dense=cfg['dense'])
         return meta
 
     def _run_info(self, status: str) -> dict[str, Any]:
