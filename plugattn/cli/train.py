@@ -204,7 +204,7 @@ def _check_paths(cfg: dict[str, Any]) -> None:
     init = cfg['model'].get('init_checkpoint')
     if init and not Path(init).expanduser().exists():
         raise EngineError(f'weights file {init} does not exist', 'pass a .safetensors, .pth or .bin state_dict file')
-    if canonical_name(cfg['data']['name']) == 'imagefolder':
+    if cfg['task'] == 'classification' and canonical_name(cfg['data']['name']) == 'imagefolder':
         scan_imagefolder(cfg['data'].get('data_dir'))  # the root, train/ and val/ with class folders
 
 
