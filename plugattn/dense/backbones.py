@@ -131,8 +131,8 @@ def fpn_backbone(
         returned_layers: stages fed to the FPN, 1-based over the stages of stride 4, 8, 16, 32 (torchvision's
             ``layer1..4``); default all of them.
         trainable_layers: how many of [stem, stage 1, ..., stage N] of the host train, counted from the last
-            (torchvision's rule: 3 trains the last three stages, 0 freezes the host backbone, ``None`` trains all); the attention
-            modules always train (they start from scratch, also inside frozen stages).
+            (torchvision's rule: 3 trains the last three stages, 0 freezes the host backbone, ``None`` trains all);
+            the attention modules always train (they start from scratch, also inside frozen stages).
         out_channels: channels of the FPN outputs.
         extra_blocks: torchvision's FPN extra block (default ``LastLevelMaxPool``, the ``'pool'`` level).
         frozen_bn: freeze every BatchNorm of the backbone (:func:`plugattn.freeze_bn`), as torchvision does for

@@ -17,6 +17,7 @@ fails with one line); detection and segmentation weights are never fetched.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -151,7 +152,7 @@ class SSDLiteFeatures(nn.Module):
         super().__init__()
         self.body = FeatureDict(features, indices, ['c4', 'c5'])
         widths = [channels[-1], 512, 256, 256, 128]
-        self.extra = nn.ModuleList(_DepthwiseBlock(a, b, norm_layer) for a, b in zip(widths[:-1], widths[1:]))
+        self.extra = nn.ModuleList(_DepthwiseBlock(a, b, norm_layer) for a, b in itertools.pairwise(widths))
         self.out_channels = [*channels, *widths[1:]]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -241,6 +241,9 @@ def predict_dense(
     model, meta, _ = load_dense_model(checkpoint, which)
     dev = resolve_device(device)
     model.to(dev)
+    for owner in (model, getattr(model, 'roi_heads', None)):  # the model's own filter must not hide what is asked
+        if owner is not None and isinstance(getattr(owner, 'score_thresh', None), float):
+            owner.score_thresh = min(owner.score_thresh, score_thresh)
     names = ['background', *(meta.get('classes') or [])]
     colours = _palette(max(len(names), 2))
     task = meta['task']
@@ -259,7 +262,7 @@ def predict_dense(
         result = DensePrediction(str(item))
         if task == 'detection':
             out = model([x.to(dev)])[0]
-            keep = out['scores'] >= score_thresh
+            keep = (out['scores'] >= score_thresh) & (out['labels'] > 0)  # one-stage heads may score the background
             boxes, scores, labels = out['boxes'][keep].cpu(), out['scores'][keep].cpu(), out['labels'][keep].cpu()
             result.detections = [
                 {'class': names[int(j)] if int(j) < len(names) else str(int(j)), 'label': int(j),

@@ -411,7 +411,8 @@ _DENSE_LABELS = {'map': 'AP', 'map_50': 'AP50', 'map_75': 'AP75', 'miou': 'mIoU'
 
 
 def _split_entry(entry: str) -> tuple[str | None, str | None]:
-    """``'fcos+ca'`` -> ``('fcos', 'ca')``; ``'ca'`` or ``'+ca'`` -> ``(None, 'ca')``; ``'none'`` -> ``(None, None)``."""
+    """``'fcos+ca'`` -> ``('fcos', 'ca')``; ``'ca'`` or ``'+ca'`` -> ``(None, 'ca')``; ``'none'`` -> ``(None,
+    None)``."""
     from ..dense import dense_model_names
 
     name, _, attn = entry.partition('+')
