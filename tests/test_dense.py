@@ -2,6 +2,8 @@
 modules (blocks found inside any module), plugattn.freeze_bn, and plugattn.dense's FPN and segmentation backbones."""
 from __future__ import annotations
 
+import copy
+import functools
 import warnings
 
 import pytest
@@ -22,13 +24,19 @@ SMALL = {'min_size': 64, 'max_size': 64}
 RCNN = {**SMALL, 'rpn_pre_nms_top_n_train': 32, 'rpn_post_nms_top_n_train': 8, 'rpn_pre_nms_top_n_test': 32,
         'rpn_post_nms_top_n_test': 8, 'box_batch_size_per_image': 8, 'box_detections_per_img': 4}
 
+# every detection and segmentation builder torchvision ships with a ResNet-50, MobileNetV3 or VGG16 backbone
 DETECTORS = {
     'fasterrcnn': lambda: D.fasterrcnn_resnet50_fpn(num_classes=3, **NONE, **RCNN),
+    'fasterrcnn_v2': lambda: D.fasterrcnn_resnet50_fpn_v2(num_classes=3, **NONE, **RCNN),
     'fasterrcnn_mbv3': lambda: D.fasterrcnn_mobilenet_v3_large_fpn(num_classes=3, **NONE, **RCNN),
+    'fasterrcnn_mbv3_320': lambda: D.fasterrcnn_mobilenet_v3_large_320_fpn(num_classes=3, **NONE, **RCNN),
     'maskrcnn': lambda: D.maskrcnn_resnet50_fpn(num_classes=3, **NONE, **RCNN),
+    'maskrcnn_v2': lambda: D.maskrcnn_resnet50_fpn_v2(num_classes=3, **NONE, **RCNN),
     'keypointrcnn': lambda: D.keypointrcnn_resnet50_fpn(num_classes=2, num_keypoints=3, **NONE, **RCNN),
     'retinanet': lambda: D.retinanet_resnet50_fpn(num_classes=3, **NONE, **SMALL),
+    'retinanet_v2': lambda: D.retinanet_resnet50_fpn_v2(num_classes=3, **NONE, **SMALL),
     'fcos': lambda: D.fcos_resnet50_fpn(num_classes=3, **NONE, **SMALL),
+    'ssd300': lambda: D.ssd300_vgg16(num_classes=3, **NONE),  # resizes to 300 px (its extra layers need ~260)
     'ssdlite': lambda: D.ssdlite320_mobilenet_v3_large(num_classes=3, **NONE),
 }
 SEGMENTERS = {
@@ -37,18 +45,29 @@ SEGMENTERS = {
     'deeplabv3_mbv3': lambda: S.deeplabv3_mobilenet_v3_large(num_classes=3, **NONE),
     'lraspp': lambda: S.lraspp_mobilenet_v3_large(num_classes=3, **NONE),
 }
-# every model with one attention, every plug level (gate, block, stage) on Faster R-CNN and DeepLabV3
-CASES = [('fasterrcnn', 'se'), ('fasterrcnn', 'bav2'), ('fasterrcnn', 'dia'), ('fasterrcnn_mbv3', 'eca'),
-         ('maskrcnn', 'bav2'), ('keypointrcnn', 'dia'), ('retinanet', 'ca'), ('fcos', 'bav2'), ('ssdlite', 'bav2'),
-         ('fcn', 'dia'), ('deeplabv3', 'se'), ('deeplabv3', 'bav2'), ('deeplabv3', 'dia'),
-         ('deeplabv3_mbv3', 'ca'), ('lraspp', 'bav2')]
+# one gate, one block and one stage attention per model (gates and BA versions vary across the models)
+GATES = {'fasterrcnn': 'se', 'fasterrcnn_v2': 'ca', 'fasterrcnn_mbv3': 'eca', 'fasterrcnn_mbv3_320': 'se',
+         'maskrcnn': 'cbam', 'maskrcnn_v2': 'eca', 'keypointrcnn': 'se', 'retinanet': 'ca', 'retinanet_v2': 'se',
+         'fcos': 'ela_s', 'ssd300': 'ca', 'ssdlite': 'ca', 'fcn': 'se', 'deeplabv3': 'ca', 'deeplabv3_mbv3': 'se',
+         'lraspp': 'eca'}
+BLOCKS = {'fasterrcnn_v2': 'bav1', 'retinanet_v2': 'bav1', 'ssd300': 'bav1'}
+MOBILENET_V3 = {'fasterrcnn_mbv3', 'fasterrcnn_mbv3_320', 'ssdlite', 'deeplabv3_mbv3', 'lraspp'}  # takes no DIA
+MATRIX = [(name, attn) for name in (*DETECTORS, *SEGMENTERS)
+          for attn in (GATES[name], BLOCKS.get(name, 'bav2'), 'dia')]
+
+
+@functools.lru_cache(maxsize=2)
+def _pristine(name: str) -> nn.Module:
+    """The model as torchvision builds it, built once per worker (the tests attach to copies)."""
+    torch.manual_seed(0)
+    return (DETECTORS.get(name) or SEGMENTERS[name])()
 
 
 def _targets(name: str) -> list[dict[str, torch.Tensor]]:
     out = []
     for _ in range(2):
         t = {'boxes': torch.tensor([[4.0, 6.0, 40.0, 50.0]]), 'labels': torch.tensor([1])}
-        if name == 'maskrcnn':
+        if name.startswith('maskrcnn'):
             t['masks'] = torch.zeros(1, 64, 64, dtype=torch.uint8)
             t['masks'][:, 6:50, 4:40] = 1
         if name == 'keypointrcnn':
@@ -57,22 +76,33 @@ def _targets(name: str) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-@pytest.mark.parametrize('name,attn', CASES)
+@pytest.mark.parametrize('name,attn', MATRIX, ids=[f'{n}-{a}' for n, a in MATRIX])
 def test_attach_detection_and_segmentation(name: str, attn: str) -> None:
+    model = copy.deepcopy(_pristine(name))
+    if attn == 'dia' and name in MOBILENET_V3:
+        with pytest.raises(PlugattnError, match=r'^torchvision mobilenet_v3 takes no stage-level attention \(dia\)'):
+            plugattn.attach(model, attn)
+        return
+    original = model.state_dict()
     torch.manual_seed(0)
-    model = (DETECTORS.get(name) or SEGMENTERS[name])()
-    original = set(model.state_dict())
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # keep_se: nothing of the host is replaced
         plugattn.attach(model, attn, keep_se=True)
-    keys = set(model.state_dict())
-    added = keys - original
-    assert original <= keys and added
+    state = model.state_dict()
+    added = set(state) - set(original)
+    assert set(original) <= set(state) and added
     assert all('.attn.' in k for k in added), sorted(added)[:3]
-    prefix = 'backbone.body.' if name in DETECTORS and name != 'ssdlite' else 'backbone.'
+    assert all(torch.equal(state[k], v) for k, v in original.items())  # the host is unchanged
+    resnet = name not in MOBILENET_V3 and name != 'ssd300'
+    prefix = 'backbone.body.' if name in DETECTORS and resnet else 'backbone.'
     assert all(k.startswith(prefix) for k in added)
-    if attn == 'dia':  # one unit per ResNet stage, at the classification model's key under the host's prefix
-        assert {k.split('.attn.')[0] for k in added} == {f'{prefix}layer{i}' for i in range(1, 5)}
+    units = {k.split('.attn.')[0] for k in added}
+    if attn == 'dia' and resnet:  # one unit per ResNet stage, at the classification model's key under the prefix
+        assert units == {f'{prefix}layer{i}' for i in range(1, 5)}
+    if name == 'ssd300':  # VGG16's conv1-conv5, fc6/fc7, and (not for DIA: two widths) the four extra blocks
+        vgg = {'backbone.features.3', 'backbone.features.8', 'backbone.features.15', 'backbone.features.22',
+               'backbone.extra.0.6', 'backbone.extra.0.7.4'}
+        assert units == vgg | ({f'backbone.extra.{i}.3' for i in range(1, 5)} if attn != 'dia' else set())
     attn_params = [p for n, p in model.named_parameters() if '.attn.' in n]
     model.train()
     x = torch.rand(2, 3, 64, 64)
@@ -86,11 +116,11 @@ def test_attach_detection_and_segmentation(name: str, attn: str) -> None:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in attn_params)  # the attention ran
     model.eval()
     with torch.no_grad():
-        out = model(list(x)) if name in DETECTORS else model(x)
+        out = model(list(x[:1])) if name in DETECTORS else model(x[:1])
     if name in DETECTORS:
-        assert len(out) == 2 and 'boxes' in out[0]
+        assert len(out) == 1 and {'boxes', 'labels', 'scores'} <= set(out[0])
     else:
-        assert out['out'].shape == (2, 3, 64, 64)
+        assert out['out'].shape == (1, 3, 64, 64)
 
 
 def test_imagenet_weights_load_into_attached_detector_body() -> None:
@@ -156,13 +186,124 @@ def test_blocks_found_in_feature_wrappers_and_user_modules() -> None:
 
 
 def test_module_without_supported_blocks_gets_one_error() -> None:
-    ssd = D.ssd300_vgg16(num_classes=3, **NONE)
-    for module in (ssd, nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())):
+    squeezenet = tv.models.squeezenet1_1(num_classes=3)
+    for module in (squeezenet, nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())):  # VGG-like layers, but no VGG
         with pytest.raises(PlugattnError, match='found no block of a supported family') as info:
             plugattn.attach(module, 'se')
         assert isinstance(info.value, ValueError)
     with pytest.raises(ValueError, match='found no block'):
-        plugattn.attachable(ssd)
+        plugattn.attachable(squeezenet)
+
+
+# ------------------------------------------------------------------------------------------------ VGG and SSD300
+
+
+def _tiny_vgg(cfg: list, batch_norm: bool = True) -> nn.Module:
+    """A torchvision VGG with narrow ``features`` (``make_layers(cfg)``) and a small head, built without the
+    25088 x 4096 classifier's cost."""
+    from torchvision.models.vgg import VGG, make_layers
+
+    with torch.device('meta'):
+        model = VGG(make_layers(cfg, batch_norm=batch_norm), num_classes=3)
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    model.classifier = nn.Linear(cfg[-2], 3)
+    model.to_empty(device='cpu')
+    for m in model.modules():
+        if hasattr(m, 'reset_parameters'):
+            m.reset_parameters()
+    return model
+
+
+VGG_CFG = [8, 'M', 16, 16, 'M', 16, 32, 'M']  # with BN: ReLUs at 2 | 6, 9 | 13, 16; pools at 3, 10, 17
+
+
+def test_vgg_placements_and_warm_start() -> None:
+    torch.manual_seed(0)
+    found = plugattn.attach.found_blocks(_tiny_vgg(VGG_CFG))
+    assert found == {'family': 'torchvision vgg (and SSD)', 'blocks': [f'features.{i}' for i in (2, 6, 9, 13, 16)],
+                     'stages': ['features.2', 'features.9', 'features.16']}
+    assert set(plugattn.attachable(_tiny_vgg(VGG_CFG))) >= {'se', 'ca', 'cbam', 'bav1', 'bav2', 'dia'}
+    x = torch.rand(2, 3, 16, 16)
+    # gate: every stage end; BA: the stages with two conv layers; DIA: the stages of one width (not 16 -> 32)
+    for attn, units, inner in (('se', (2, 9, 16), None), ('bav2', (9, 16), [(16,), (16,)]), ('dia', (2, 9), None)):
+        model = _tiny_vgg(VGG_CFG).eval()
+        with torch.no_grad():
+            ref = model(x)
+        original = set(model.state_dict())
+        plugattn.attach(model, attn, warm_start=True)
+        assert list(model.attention_modules()) == [f'features.{i}.attn' for i in units]
+        assert original <= set(model.state_dict())
+        assert all('.attn.' in k for k in set(model.state_dict()) - original)
+        if inner is not None:
+            assert [model.features[i].attn.inner_channels for i in units] == inner
+        with torch.no_grad():
+            assert torch.equal(model(x), ref)  # warm start: exactly the original function
+        with torch.no_grad():
+            for m in model.attention_modules().values():
+                m.blend.fill_(1.0)  # the paper's module: the output changes
+            assert not torch.allclose(model(x), ref)
+        model.train()
+        model(x).sum().backward()
+        assert all(m.blend.grad is not None and m.blend.grad.abs() > 0 for m in model.attention_modules().values())
+    with pytest.raises(PlugattnError, match=r'takes dia \(a stage-level unit needs one width for all conv layers'):
+        plugattn.attach(_tiny_vgg([8, 16, 'M']), 'dia')  # one stage, two widths
+    with pytest.raises(PlugattnError, match='already has attention'):
+        plugattn.attach(plugattn.attach(_tiny_vgg(VGG_CFG), 'se'), 'eca')
+
+
+def test_vgg_attention_survives_copies_tracing_slicing_and_frozen_norms() -> None:
+    import io
+
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    model = plugattn.attach(_tiny_vgg(VGG_CFG), 'ca')
+    model.train()
+    model(torch.rand(2, 3, 16, 16)).sum().backward()  # BN statistics move; the CA gates differ from 1
+    model.eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        gated = model.features[:10](x)  # a slice keeps its stages' attention
+        plain = model.features[9](model.features[:9](x))  # the ReLU alone: not gated
+        assert not torch.allclose(gated, plain)
+        assert torch.equal(copy.deepcopy(model)(x), ref)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        assert torch.equal(torch.load(buffer, weights_only=False)(x), ref)
+        graph = create_feature_extractor(model, {'features.9': 'stage2', 'classifier': 'out'})  # torch.fx
+        out = graph(x)
+        torch.testing.assert_close(out['stage2'], gated)
+        torch.testing.assert_close(out['out'], ref)
+        plugattn.freeze_bn(model)
+        torch.testing.assert_close(model(x), ref)  # frozen norms are still found between conv and ReLU
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_ssd300_coco_and_vgg_imagenet_weights_load_and_warm_start() -> None:
+    torch.manual_seed(0)
+    with torch.device('meta'):  # keys and shapes only: no memory, no init
+        state = tv.models.vgg11_bn().state_dict()  # the ImageNet layout
+        vgg = plugattn.attach(tv.models.vgg11_bn(), 'bav2')
+    result = vgg.load_state_dict(state, strict=False, assign=True)
+    attention = {k for k in vgg.state_dict() if '.attn.' in k and not k.endswith('num_batches_tracked')}
+    assert set(result.missing_keys) == attention and result.unexpected_keys == []
+    assert {k.split('.attn.')[0] for k in attention} == {'features.13', 'features.20', 'features.27'}
+    ssd = copy.deepcopy(_pristine('ssd300')).eval()  # the COCO layout
+    state = {k: v.clone() for k, v in ssd.state_dict().items()}
+    image = [torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        ref = ssd(image)[0]
+    plugattn.attach(ssd, 'bav2', warm_start=True)
+    result = ssd.load_state_dict(state, strict=False)
+    attention = {k for k in ssd.state_dict() if '.attn.' in k and not k.endswith('num_batches_tracked')}
+    assert set(result.missing_keys) == attention and result.unexpected_keys == [] and len(attention) > 0
+    assert ssd.backbone.extra[1][3].attn.inner_channels == (256,)  # conv8_1 bridged, conv8_2 gated
+    assert ssd.backbone.extra[0][7][4].attn.inner_channels == (1024,)  # fc6 bridged, fc7 gated
+    with torch.no_grad():
+        out = ssd(image)[0]
+    assert out.keys() == ref.keys() and all(torch.equal(out[k], ref[k]) for k in ref)
 
 
 def test_freeze_bn_trains_bridge_attention_at_batch_1() -> None:

@@ -11,7 +11,7 @@ Where plugattn builds the same network the result *is* plugattn's model: ``attac
 'bav2')`` has the parameter count, the state_dict keys and, with the same weights, the outputs of
 ``plugattn.create_model('bav2_resnet50')`` (likewise ResNet-18/34/101/152, ResNeXt, MobileNetV2 and every attention),
 so checkpoints move freely between the two. The placement of each family is written in
-:mod:`plugattn.attach.torchvision` and :mod:`plugattn.attach.timm`.
+:mod:`plugattn.attach.torchvision`, :mod:`plugattn.attach.vgg` (VGG and SSD300, ours) and :mod:`plugattn.attach.timm`.
 
 ``warm_start=True`` (ours, not from any paper) makes every attached module compute
 ``y = x * (1 + blend * (gate - 1))`` with one learned scalar ``blend`` per module, initialised at 0: at

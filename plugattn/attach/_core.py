@@ -109,6 +109,12 @@ class Family:
         cam: ``cam(model) -> (layer name, reshape)``: the Grad-CAM target layer of a token model and the transform
             of its output to ``(B, C, h, w)`` maps (``None``: the last block of the last stage, no reshape).
         note: one line on where the attention goes, for messages and docs.
+        blocks: ``blocks(model) -> [(qualified name, block, stage name, index in stage, stage length), ...]`` for a
+            family whose blocks are not modules of their own (VGG's conv layers are runs of children of a flat
+            ``Sequential``): replaces the search by ``block_types``, which then names the modules that hold them;
+            ``plan`` receives the family's own block descriptions, and ``stages`` too searches the whole tree.
+        attach: ``attach(model, attn, *, attn_kwargs, stages, warm_start, **options) -> model`` for a family that
+            inserts its attention itself instead of through block hooks (VGG, see :mod:`plugattn.attach.vgg`).
     """
 
     name: str
@@ -123,6 +129,8 @@ class Family:
     match: Callable[[nn.Module], bool] | None = None
     cam: Callable[[nn.Module], tuple[str, Callable[[Tensor], Tensor] | None]] | None = None
     note: str = ''
+    blocks: Callable[[nn.Module], list[tuple[str, Any, str | None, int, int]]] | None = None
+    attach: Callable[..., nn.Module] | None = None
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, self.model_types) and (self.match is None or self.match(model))
@@ -661,12 +669,15 @@ def _family_of_blocks(root: nn.Module) -> Family | None:
                     out[parent] = container
         return list(out.items())
 
+    own = best.blocks is not None  # the family finds its blocks and stages anywhere in a tree itself
     return dataclasses.replace(best, model_types=(), match=None, cam=None,
-                               stages=stages if best.stages is not None else None)
+                               stages=stages if best.stages is not None and not own else best.stages)
 
 
 def _blocks_of(fam: Family, model: nn.Module) -> list[tuple[str, nn.Module, str | None, int, int]]:
     """``(qualified name, block, stage name, index in stage, stage length)`` of every block of the family."""
+    if fam.blocks is not None:
+        return fam.blocks(model)
     out = []
     if fam.stages is not None:
         seen = set()
@@ -713,6 +724,8 @@ def attach_module(
         raise PlugattnError('this model already has attention attached; attach to a fresh copy of the original model')
     if level == 'stage' and fam.stages is None:
         raise PlugattnError(f'{fam.name} has no stages for stage-level attention ({attn})')
+    if fam.attach is not None:
+        return fam.attach(model, attn, attn_kwargs=attn_kwargs, stages=stages, warm_start=warm_start, **options)
     options = {'keep_se': False, **options, '_attn': attn}
     if warm_start:
         options['keep_se'] = True  # removing the native SE would change the function

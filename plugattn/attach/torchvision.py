@@ -25,6 +25,10 @@ Placements (each family's ``note``; "ours" marks a design without a paper or off
   ``attn`` is the self-attention) bridges the token means of the attention output and the MLP hidden and gates the
   MLP output before its residual addition; DIA one unit per stage (Swin) or for all blocks (ViT) on the MLP branch
   output, reduction 16. Gate-level modules have no placement in transformer blocks.
+* VGG (``vgg11`` … ``vgg19_bn``) and SSD's VGG16 extractor (ours, :mod:`plugattn.attach.vgg`): per conv stage (the
+  convs between two max-pools; SSD's fc6/fc7 and extra blocks), gates on the stage's last ReLU before its pool, BA
+  bridging the stage's earlier ReLU outputs, DIA one unit per stage of one width gating every conv layer; keys
+  ``<last ReLU>.attn`` (``features.29.attn``).
 """
 from __future__ import annotations
 
@@ -221,6 +225,10 @@ def register() -> None:
         defaults={'dia': {'reduction': 16}}, cam=vit_cam,
         note='as plugattn DeiT: BA on the MLP output bridging attention output and MLP hidden; one DIA unit',
     ))
+
+    from . import vgg
+
+    vgg.register()
 
 
 def mobilenetv2_plan(block: nn.Module, level: str, opts: dict[str, Any]) -> BlockPlan | None:

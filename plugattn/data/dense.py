@@ -205,15 +205,17 @@ class CocoDense(torch.utils.data.Dataset):
             categories = sorted(document['categories'], key=lambda c: int(c['id']))
             self.category_ids = [int(c['id']) for c in categories]
             self.class_names = [str(c['name']) for c in categories]
-            images = {int(im['id']): im for im in document['images']}
-            for im in images.values():
-                im['_size'] = (int(im['height']), int(im['width']))
-                str(im['file_name'])
+            # id -> (file name, (height, width)); the document itself stays as read, for the metric
+            images = {int(im['id']): (str(im['file_name']), (int(im['height']), int(im['width'])))
+                      for im in document['images']}
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f'{where}: an image or category entry lacks a valid {exc} field',
+            what = f'a {exc} field' if isinstance(exc, KeyError) else 'a valid id, file_name, height, width or name'
+            raise DataError(f'{where}: an image or category entry lacks {what}',
                             'give every image id, file_name, height, width and every category id, name') from None
         if not self.category_ids:
             raise DataError(f'{where} lists no categories', 'add the categories the annotations use')
+        if len(set(self.category_ids)) < len(self.category_ids) or len(images) < len(document['images']):
+            raise DataError(f'{where} lists a category id or an image id twice', 'give each entry its own id')
         self.num_classes = len(self.class_names) + 1
         label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self._label_of = label_of
@@ -234,11 +236,11 @@ class CocoDense(torch.utils.data.Dataset):
                 raise DataError(f'{where}: annotation {ann_id} has category id {category_id}, not in categories '
                                 f'{self.category_ids[:20]}{"..." if len(self.category_ids) > 20 else ""}',
                                 'fix the annotation or add the category')
-            height, width = images[image_id]['_size']
+            height, width = images[image_id][1]
             seg = ann.get('segmentation')
             if isinstance(seg, dict) and [int(s) for s in seg.get('size', ())] != [height, width]:
                 raise DataError(f'{where}: annotation {ann_id} has a mask of size {seg.get("size")}, its image '
-                                f'{images[image_id]["file_name"]} is {height}x{width}',
+                                f'{images[image_id][0]} is {height}x{width}',
                                 'fix the annotation (RLE size is [height, width])')
             box = _clip_box(x, y, w, h, width, height)
             if box is None:
@@ -250,7 +252,7 @@ class CocoDense(torch.utils.data.Dataset):
         self.skipped_boxes = skipped
         self.ids = sorted(images)
         for image_id in self.ids:
-            path = self.image_dir / images[image_id]['file_name']
+            path = self.image_dir / images[image_id][0]
             if not path.is_file():
                 raise DataError(f'image {path} listed in {where} (id {image_id}) not found',
                                 'restore the file or remove its entry')
@@ -272,6 +274,7 @@ class CocoDense(torch.utils.data.Dataset):
     def _masks(self, anns: list[dict[str, Any]], height: int, width: int, image_id: int) -> np.ndarray:
         mask_utils = _pycocotools_mask()
         out = np.zeros((len(anns), height, width), dtype=np.uint8)
+        rles, slots = [], []
         for i, ann in enumerate(anns):
             seg = ann['seg']
             if not seg:
@@ -281,23 +284,25 @@ class CocoDense(torch.utils.data.Dataset):
             try:
                 rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg, list) or isinstance(
                     seg.get('counts'), list) else seg
-                if isinstance(rle, list):
-                    rle = mask_utils.merge(rle)
-                out[i] = mask_utils.decode(rle)
+                rles.append(mask_utils.merge(rle) if isinstance(rle, list) else rle)
             except Exception as exc:  # pycocotools raises TypeError, ValueError, IndexError for broken outlines
                 raise DataError(f'{self.ann_file}: a segmentation of image id {image_id} cannot be decoded '
                                 f'({type(exc).__name__})', 'give polygons [[x, y, ...]] or an RLE {size, counts}') \
                     from None
+            slots.append(i)
+        if rles:
+            with warnings.catch_warnings():  # pycocotools' own use of numpy 2 (np.array(copy=False) on its RLEs)
+                warnings.filterwarnings('ignore', message='__array__ implementation', category=DeprecationWarning)
+                out[slots] = mask_utils.decode(rles).transpose(2, 0, 1)
         return out
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         from torchvision import tv_tensors
 
         image_id = self.ids[index]
-        entry = self._images[image_id]
-        path = self.image_dir / entry['file_name']
+        file_name, (height, width) = self._images[image_id]
+        path = self.image_dir / file_name
         image = _read_image(path)
-        height, width = entry['_size']
         if tuple(image.shape[-2:]) != (height, width):
             raise DataError(f'image {path} is {image.shape[-2]}x{image.shape[-1]} but {self.ann_file} says '
                             f'{height}x{width}', 'fix height and width of its entry')
@@ -596,7 +601,8 @@ def dense_transforms(
         if crop_size is None:
             raise DataError('segmentation training transforms need crop_size', 'pass crop_size, e.g. 480 for VOC')
         base = min_size or crop_size
-        steps.append(v2.RandomResize(max(1, int(base * scale_range[0])), max(2, int(base * scale_range[1]))))
+        low = max(1, round(base * scale_range[0]))
+        steps.append(v2.RandomResize(low, max(low + 1, round(base * scale_range[1]) + 1)))  # upper bound exclusive
         if hflip > 0:
             steps.append(v2.RandomHorizontalFlip(hflip))
         steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Mask: IGNORE_INDEX,
@@ -678,8 +684,11 @@ def coco_ground_truth(dataset: torch.utils.data.Dataset) -> Any:
         dataset: A data set from :func:`build_dense_dataset` (or any detection data set of ``(image, target)``).
 
     Returns:
-        The ``COCO`` object whose image ids are the targets' ``image_id``.
+        The ``COCO`` object whose image ids are the targets' ``image_id``. For a ``Subset`` it is the whole data
+        set's: :class:`~plugattn.engine.dense_metrics.DetectionMetric` scores only the images it was given.
     """
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
     if isinstance(dataset, CocoDense):
         if dataset.category_ids == list(range(1, len(dataset.category_ids) + 1)):
             return dataset.coco

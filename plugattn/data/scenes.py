@@ -23,6 +23,7 @@ one copy survives.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,7 +46,7 @@ __all__ = [
     'scenes_root',
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump whenever the generator's output changes, so cached copies are regenerated."""
 
 SCENES_CLASSES = tuple(FASHION_MNIST_CLASSES)
@@ -55,6 +56,7 @@ MIN_VISIBLE = 30
 _MAX_TRIES = 20
 
 
+@dataclasses.dataclass(frozen=True)
 class ScenesConfig:
     """The generator's parameters (all of them enter the fingerprint).
 
@@ -68,29 +70,26 @@ class ScenesConfig:
         seed: Seed of the whole data set.
     """
 
-    def __init__(
-            self,
-            num_train: int = 1000,
-            num_val: int = 200,
-            canvas_size: int = 128,
-            max_objects: int = 4,
-            min_scale: int = 28,
-            max_scale: int = 64,
-            seed: int = 0,
-    ) -> None:
-        values = dict(num_train=num_train, num_val=num_val, canvas_size=canvas_size, max_objects=max_objects,
-                      min_scale=min_scale, max_scale=max_scale, seed=seed)
-        for name, value in values.items():
+    num_train: int = 1000
+    num_val: int = 200
+    canvas_size: int = 128
+    max_objects: int = 4
+    min_scale: int = 28
+    max_scale: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value in self.as_dict().items():
             lowest = 0 if name == 'seed' else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise DataError(f'scenes {name} must be an int >= {lowest}, got {value!r}')
-        if not min_scale <= max_scale <= canvas_size:
+        if not self.min_scale <= self.max_scale <= self.canvas_size:
             raise DataError(f'scenes scales must satisfy min_scale <= max_scale <= canvas_size, got '
-                            f'{min_scale}, {max_scale}, {canvas_size}', 'pass a smaller max_scale or a larger canvas')
-        self.__dict__.update(values)
+                            f'{self.min_scale}, {self.max_scale}, {self.canvas_size}',
+                            'pass a smaller max_scale or a larger canvas')
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
         """12 hex digits of the hash of the generator version and the parameters."""
@@ -119,7 +118,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     base = rng.uniform(30, 100)
     coarse = (base + rng.uniform(-25, 25, size=(8, 8, 3))).clip(0, 255).astype(np.uint8)
     field = np.asarray(Image.fromarray(coarse, 'RGB').resize((size, size), Image.BILINEAR), dtype=np.float32)
-    return field + rng.normal(0.0, 6.0, size=field.shape).astype(np.float32)
+    return field + rng.standard_normal(field.shape, dtype=np.float32) * 6.0
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -261,9 +260,10 @@ def ensure_scenes(root: str | Path | None = None, cfg: ScenesConfig | None = Non
         generate_scenes(work / 'data', cfg, fashion_dir)
         try:
             os.rename(work / 'data', final)
-        except OSError:
+        except OSError as exc:
             if not (final / 'scenes.json').is_file():  # not a concurrent writer's finished copy: a real failure
-                raise
+                raise DataError(f'cannot move the generated scenes data set to {final} ({exc.strerror or exc})',
+                                'remove that folder; it is generated again') from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
