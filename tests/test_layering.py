@@ -130,8 +130,8 @@ def test_every_package_is_in_the_order():
 
 
 def test_readme_states_the_order():
-    assert README_ORDER == ('`errors`/`version` < `layers` < `models`, `data` < `attach` < `hub` < `dense` < `engine` < '
-                            '`analysis`, `export`, `demos` < `experiments` < `cli`')
+    assert README_ORDER == ('`errors`/`version` < `layers` < `models`, `data` < `attach` < `hub` < `dense` < '
+                            '`engine` < `analysis`, `export`, `demos` < `experiments` < `cli`')
     assert README_ORDER in ' '.join((ROOT / 'README.md').read_text(encoding='utf-8').split())
 
 

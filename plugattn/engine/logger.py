@@ -68,7 +68,7 @@ class RunLogger:
     def log_epoch(self, history: Sequence[dict[str, Any]]) -> None:
         """Rewrite ``summary.csv``/``metrics.jsonl``/``curves.png`` from ``history`` and add its last record to
         TensorBoard."""
-        from .tasks import task_columns
+        from .taskinfo import task_columns
 
         columns = task_columns(self.task)
         extra = [f'ema_{k}' for k in columns[2:-2] if any(f'ema_{k}' in r for r in history)]

@@ -77,7 +77,7 @@ def format_summary(result: TrainResult, cfg: Mapping[str, Any]) -> str:
     label = '{:<32}'.format
     task = cfg.get('task', 'classification')
     if task != 'classification':
-        from .tasks import metric_label, primary_metric, task_columns
+        from .taskinfo import metric_label, primary_metric, task_columns
 
         keys = task_columns(task)[2:-2]
         last = next((r for r in reversed(result.history) if r.get(keys[-1]) is not None), {})

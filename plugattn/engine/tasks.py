@@ -20,8 +20,7 @@ r, r + W, ...), and the metrics gather over the processes.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .distributed import DistContext, all_reduce_sum
 from .errors import EngineError
 from .logger import Progress
+from .taskinfo import CLASSIFICATION_COLUMNS, TASKS, primary_metric, task_columns
 
 __all__ = [
     'CLASSIFICATION_COLUMNS',
@@ -41,39 +41,15 @@ __all__ = [
     'DenseInfo',
     'DenseLoader',
     'DenseTask',
+    'build_task_model',
     'check_dense_config',
     'dense_task',
     'primary_metric',
+    'task_columns',
 ]
 
-TASKS = ('classification', 'detection', 'segmentation')
 DENSE_DATA = ('scenes', 'coco', 'voc')
 IGNORE_INDEX = 255
-CLASSIFICATION_COLUMNS = ('epoch', 'train_loss', 'test_loss', 'top1', 'top5', 'lr', 'seconds')
-# what each task writes per epoch (summary.csv columns) and the metric that picks best.safetensors
-_COLUMNS = {
-    'classification': CLASSIFICATION_COLUMNS,
-    'detection': ('epoch', 'train_loss', 'map', 'map_50', 'map_75', 'lr', 'seconds'),
-    'segmentation': ('epoch', 'train_loss', 'test_loss', 'miou', 'pixel_acc', 'lr', 'seconds'),
-}
-_PRIMARY = {'classification': 'top1', 'detection': 'map', 'segmentation': 'miou'}
-_LABELS = {'top1': 'top-1', 'top5': 'top-5', 'map': 'AP', 'map_50': 'AP50', 'map_75': 'AP75', 'miou': 'mIoU',
-           'pixel_acc': 'pixel acc', 'test_loss': 'test loss'}
-
-
-def primary_metric(task: str) -> str:
-    """The record key that picks the best checkpoint: ``top1``, ``map`` or ``miou``."""
-    return _PRIMARY[task]
-
-
-def task_columns(task: str) -> tuple[str, ...]:
-    """The ``summary.csv`` columns of a task."""
-    return _COLUMNS[task]
-
-
-def metric_label(key: str) -> str:
-    """How a metric key is printed (``map`` -> ``AP``)."""
-    return _LABELS.get(key, key)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -402,17 +378,6 @@ class DenseTask:
 def dense_task(cfg: Mapping[str, Any], ctx: DistContext) -> DenseTask | None:
     """The :class:`DenseTask` of a detection or segmentation config, ``None`` for classification."""
     return None if cfg['task'] == 'classification' else DenseTask(cfg, ctx)
-
-
-def format_metrics(record: Mapping[str, Any], keys: Sequence[str], prefix: str = '') -> list[str]:
-    """``['AP 0.123', ...]`` for the metrics of a record that are set (fractions with 4 decimals)."""
-    out = []
-    for key in keys:
-        value = record.get(prefix + key)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        out.append(f'{prefix.replace("ema_", "EMA ")}{metric_label(key)} {value:.4f}')
-    return out
 
 
 def build_task_model(name: str, kwargs: Mapping[str, Any], *, pretrained: bool | None = None) -> nn.Module:

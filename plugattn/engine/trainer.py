@@ -64,7 +64,8 @@ from .provenance import command_line, environment_info
 from .rundir import CONFIG_FILE, RunDirLock, new_run_dir, resume_command, unstarted_run
 from .scheduler import LRSchedule
 from .summary import TrainResult, human_count
-from .tasks import build_task_model, dense_task, format_metrics, primary_metric
+from .taskinfo import format_metrics, primary_metric
+from .tasks import build_task_model, dense_task
 from .threads import busy_cores, choose_threads
 
 __all__ = ['amp_settings', 'seed_everything', 'train']
