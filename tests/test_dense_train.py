@@ -207,3 +207,21 @@ def test_checkpoints_of_another_task_are_refused(det_run, tmp_path, capsys):
                            '--output', tmp_path / 'seg')
     assert_one_line_error(code, err, 'holds a detection model (fcos), not a segmentation model')
     assert not (tmp_path / 'cls').exists() and not (tmp_path / 'seg').exists()
+
+
+def test_compare_segmentation_tabulates_miou_and_refuses_what_cannot_be_built(tmp_path, capsys):
+    out = tmp_path / 'cmp'
+    code, stdout, err = run_cli(capsys, 'compare', '--task', 'segmentation', '--models', 'none', 'lraspp+ca',
+                                '--seeds', '1', '--epochs', '1', '--batch-size', '2', '--threads', '1', *SCENES,
+                                '--set', 'dense.crop_size=64', '--output', out, '--json', '--no-progress')
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert [(r['model'], r['attn']) for r in result['rows']] == [('none', 'none'), ('lraspp+ca', 'ca')]
+    for row, entry in zip(result['rows'], ('none', 'lraspp+ca')):
+        record = json.loads((out / entry / 'seed0' / 'metrics.jsonl').read_text())
+        assert row['miou_mean'] == pytest.approx(record['miou']) and row['miou_std'] == 0.0
+    assert '| mIoU (%) | pixel acc (%) |' in (out / 'results.md').read_text()
+    code, _, err = run_cli(capsys, 'compare', '--task', 'segmentation', '--models', 'none', 'dia', *SCENES,
+                           '--output', tmp_path / 'dia')
+    assert_one_line_error(code, err, 'DIA', 'MobileNetV2')
+    assert not (tmp_path / 'dia').exists()

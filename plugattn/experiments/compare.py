@@ -491,10 +491,8 @@ def compare_dense(
             cfg = resolve_config(recipe or TASK_RECIPES[task], [
                 *base, *overrides, *chosen, ('model.kwargs.attn', attn), ('train.seed', seed),
                 ('output.dir', str(out / entry)), ('output.name', f'seed{seed}')])
-            from ..engine.builder import check_config
-
-            check_config(cfg)
             plan.append((entry, seed, out / entry / f'seed{seed}', cfg))
+        _check_buildable(cfg)  # an attention the backbone cannot hold fails before any run trains
 
     runs: list[dict[str, Any]] = []
     trained = 0
@@ -552,6 +550,19 @@ def compare_dense(
              f'{n_epochs} epoch{"" if n_epochs == 1 else "s"}')
     result.files = _write_outputs(result, out, title, task)
     return result
+
+
+def _check_buildable(cfg: Mapping[str, Any]) -> None:
+    """Build a dense config's model on the meta device (no memory, no weights): unknown names, a model of the other
+    task or an attention the backbone cannot hold fail here, in one line."""
+    from ..engine.builder import check_config
+    from ..engine.tasks import build_task_model
+
+    check_config(cfg)
+    m = cfg['model']
+    with torch.device('meta'):
+        build_task_model(m['name'], {'num_classes': 2, 'backbone': m['backbone'], 'output_stride': m['output_stride'],
+                                     **m['kwargs']}, pretrained=False)
 
 
 def _last_metrics(run_dir: Path) -> dict[str, Any]:
