@@ -18,7 +18,7 @@ ORDER = (
     ('attach',),
     ('hub',),
     ('dense',),
-    ('engine',),
+    ('engine', 'yolo'),
     ('analysis', 'export', 'demos'),
     ('experiments',),
     ('cli',),
@@ -131,7 +131,7 @@ def test_every_package_is_in_the_order():
 
 def test_readme_states_the_order():
     assert README_ORDER == ('`errors`/`version` < `layers` < `models`, `data` < `attach` < `hub` < `dense` < '
-                            '`engine` < `analysis`, `export`, `demos` < `experiments` < `cli`')
+                            '`engine`, `yolo` < `analysis`, `export`, `demos` < `experiments` < `cli`')
     assert README_ORDER in ' '.join((ROOT / 'README.md').read_text(encoding='utf-8').split())
 
 

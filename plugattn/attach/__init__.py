@@ -54,6 +54,7 @@ from ..errors import PlugattnError
 from ..layers import attn_level, list_attn
 from ._core import (
     _LOADERS,
+    _WHEN_IMPORTED,
     BlockPlan,
     Family,
     Tap,
@@ -84,7 +85,14 @@ def _load_timm() -> None:
     tm.register()
 
 
+def _load_ultralytics() -> None:
+    from . import ultralytics as ul
+
+    ul.register()
+
+
 _LOADERS.extend([_load_timm, _load_torchvision])
+_WHEN_IMPORTED['ultralytics'] = _load_ultralytics
 
 
 def _is_plugattn(model: nn.Module) -> bool:
@@ -118,7 +126,8 @@ def attach(
         stages: indices of the stages that get attention (default: all).
         warm_start: start from exactly the original function (a learned blend at 0, see the module docstring).
         **options: family options: ``keep_se=True`` keeps a native SE that the attention would replace (RegNet-Y,
-            SE-ResNets, MobileNetV3, EfficientNet); ``attn_position='hidden'|'output'`` on MobileNetV2.
+            SE-ResNets, MobileNetV3, EfficientNet); ``attn_position='hidden'|'output'`` on MobileNetV2;
+            ``where=`` on ultralytics YOLO models (:mod:`plugattn.attach.ultralytics`).
 
     Raises:
         ValueError: an unsupported model (the message names the supported families), an attention the family does

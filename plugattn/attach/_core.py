@@ -115,6 +115,9 @@ class Family:
             ``plan`` receives the family's own block descriptions, and ``stages`` too searches the whole tree.
         attach: ``attach(model, attn, *, attn_kwargs, stages, warm_start, **options) -> model`` for a family that
             inserts its attention itself instead of through block hooks (VGG, see :mod:`plugattn.attach.vgg`).
+        prepare: ``prepare(model, options) -> Family``: the family specialised to one model and the attach options
+            (a placement option such as ultralytics' ``where=``), called once per :func:`attach_module`; it also
+            rejects options the family does not know.
     """
 
     name: str
@@ -131,6 +134,7 @@ class Family:
     note: str = ''
     blocks: Callable[[nn.Module], list[tuple[str, Any, str | None, int, int]]] | None = None
     attach: Callable[..., nn.Module] | None = None
+    prepare: Callable[[nn.Module, dict[str, Any]], Family] | None = None
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, self.model_types) and (self.match is None or self.match(model))
@@ -138,6 +142,9 @@ class Family:
 
 _FAMILIES: list[Family] = []
 _LOADERS: list[Callable[[], None]] = []
+# host library -> loader of its families, run once the library has been imported by the user (a model of it can
+# only exist then), so that plugattn itself never imports it
+_WHEN_IMPORTED: dict[str, Callable[[], None]] = {}
 
 
 def register_family(family: Family) -> Family:
@@ -150,6 +157,8 @@ def families() -> list[Family]:
     """Every registered family, built-in host libraries loaded on first use."""
     while _LOADERS:
         _LOADERS.pop(0)()
+    for name in [n for n in _WHEN_IMPORTED if n in sys.modules]:
+        _WHEN_IMPORTED.pop(name)()
     return list(_FAMILIES)
 
 
@@ -729,6 +738,8 @@ def attach_module(
     options = {'keep_se': False, **options, '_attn': attn}
     if warm_start:
         options['keep_se'] = True  # removing the native SE would change the function
+    if fam.prepare is not None:
+        fam = fam.prepare(model, options)
     key = attn if isinstance(attn, str) else None
     defaults = dict(fam.defaults.get(key, {})) if key else {}
     stage_list = fam.stages(model) if fam.stages is not None else []

@@ -19,7 +19,8 @@ __all__ = ['SUBCOMMANDS', 'build_parser', 'main']
 
 # Module names (relative to this package) of the subcommands, in help order.
 SUBCOMMANDS: tuple[str, ...] = (
-    'train', 'evaluate', 'list_models', 'predict', 'bench', 'cam', 'attn_corr', 'compare', 'export', 'diffusion_demo',
+    'train', 'evaluate', 'list_models', 'predict', 'bench', 'cam', 'attn_corr', 'compare', 'export', 'yolo',
+    'diffusion_demo',
 )
 
 EXIT_USER_ERROR = 2
