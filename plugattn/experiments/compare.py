@@ -395,8 +395,11 @@ def _write_outputs(result: CompareResult, out: Path, title: str, task: str = 'cl
         if dense:
             key = _DENSE_PRIMARY[task]
             label = 'COCO AP (pycocotools)' if task == 'detection' else 'mIoU'
-            files['figure'] = plot_compare(result.rows, out / 'results.png', title=f'{label}: {title}', metric=key,
-                                           ylabel=f'{label} after the last epoch (0-1)')
+            percent = [{**r, f'{key}_mean': None if r.get(f'{key}_mean') is None else 100 * r[f'{key}_mean'],
+                        f'{key}_std': None if r.get(f'{key}_std') is None else 100 * r[f'{key}_std']}
+                       for r in result.rows]
+            files['figure'] = plot_compare(percent, out / 'results.png', title=f'{label}: {title}', metric=key,
+                                           ylabel=f'{label} after the last epoch (%)')
         else:
             files['figure'] = plot_compare(result.rows, out / 'results.png', title=f'Test top-1: {title}',
                                            metric='top1', ylabel='test top-1 after the last epoch (%)')
