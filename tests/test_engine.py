@@ -182,7 +182,15 @@ def test_recipe_parses_validates_and_builds(name):
     cfg = resolve_config(name)
     assert cfg['version'] >= 1 and cfg['description'] and cfg['name'] == name
     with torch.device('meta'):
-        model = create_model(cfg['model']['name'], num_classes=10, in_chans=3)
+        if cfg['task'] == 'classification':
+            model = create_model(cfg['model']['name'], num_classes=10, in_chans=3)
+        else:  # detection and segmentation recipes: torchvision's model on its backbone, no weights fetched
+            from plugattn.engine.tasks import build_task_model
+
+            m = cfg['model']
+            model = build_task_model(m['name'], {'num_classes': 11, 'backbone': m['backbone'],
+                                                 'output_stride': m['output_stride'], **m['kwargs']},
+                                     pretrained=False)
     opt = create_optimizer(model, cfg['optim'])
     assert isinstance(opt, torch.optim.AdamW if cfg['optim']['name'] == 'adamw' else torch.optim.SGD)
     spe = 10

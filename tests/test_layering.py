@@ -17,7 +17,8 @@ ORDER = (
     ('models', 'data'),
     ('attach',),
     ('hub',),
-    ('engine', 'dense', 'yolo'),
+    ('dense',),
+    ('engine', 'yolo'),
     ('analysis', 'export', 'demos'),
     ('experiments',),
     ('cli',),
@@ -94,13 +95,13 @@ def test_no_import_climbs():
     ('models/_registry.py', 'def f():\n    from ..attach.build import x\n',
      'plugattn/models/_registry.py:2: models (layer 2) imports plugattn.attach.build, layer 3 (attach)'),
     ('attach/build.py', 'import plugattn.engine.checkpoint\n',
-     'plugattn/attach/build.py:1: attach (layer 3) imports plugattn.engine.checkpoint, layer 5 (engine)'),
+     'plugattn/attach/build.py:1: attach (layer 3) imports plugattn.engine.checkpoint, layer 6 (engine)'),
     ('models/__init__.py', 'from ..data import loader\n',  # sideways: same layer, another package
      'plugattn/models/__init__.py:1: models (layer 2) imports plugattn.data, layer 2 (data)'),
     ('layers/base.py', 'from .. import hub\n', 'plugattn/layers/base.py:1: layers (layer 1) imports plugattn.hub, '
                                                'layer 4 (hub)'),
     ('engine/x.py', 'import importlib\nm = importlib.import_module("plugattn.cli")\n',
-     'plugattn/engine/x.py:2: engine (layer 5) imports plugattn.cli, layer 8 (cli)'),
+     'plugattn/engine/x.py:2: engine (layer 6) imports plugattn.cli, layer 9 (cli)'),
     ('data/x.py', 'import plugattn\n', 'plugattn/data/x.py:1: data (layer 2) imports plugattn, the package top'),
 ])
 def test_checker_reports_climbs(rel, source, expected):
@@ -129,8 +130,8 @@ def test_every_package_is_in_the_order():
 
 
 def test_readme_states_the_order():
-    assert README_ORDER == ('`errors`/`version` < `layers` < `models`, `data` < `attach` < `hub` < `engine`, `dense`, '
-                            '`yolo` < `analysis`, `export`, `demos` < `experiments` < `cli`')
+    assert README_ORDER == ('`errors`/`version` < `layers` < `models`, `data` < `attach` < `hub` < `dense` < '
+                            '`engine`, `yolo` < `analysis`, `export`, `demos` < `experiments` < `cli`')
     assert README_ORDER in ' '.join((ROOT / 'README.md').read_text(encoding='utf-8').split())
 
 

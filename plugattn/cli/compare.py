@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from ._common import ArgumentParser, add_command, positive_int, stdout_is_tty
 
@@ -24,10 +25,18 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
                '  plugattn compare --models resnet20 se_resnet20 bav2_resnet20 dia_resnet20 --data fashion-mnist \\\n'
                '      --seeds 3 --output runs/cmp-fmnist\n'
                '  plugattn compare --models resnet20 eca_resnet20 --data digits --seeds 2 --epochs 5 '
-               '--set optim.lr=0.05',
+               '--set optim.lr=0.05\n'
+               '  plugattn compare --task detection --models none se ca ela_b bav2 dia --seeds 2   # FCOS-ResNet-18, '
+               'scenes\n'
+               '  plugattn compare --task segmentation --models none ca --seeds 2 --set model.output_stride=8',
     )
+    parser.add_argument('--task', choices=('classification', 'detection', 'segmentation'), default='classification',
+                        help='detection / segmentation: --models entries are MODEL+ATTN, MODEL or ATTN (none = '
+                             "plain) on the recipe's model (default recipe scenes-detection / scenes-segmentation), "
+                             'and the table gives COCO AP or mIoU')
     parser.add_argument('--models', nargs='+', required=True, metavar='NAME', help='model names (required)')
-    parser.add_argument('--data', required=True, metavar='NAME', help='data set (required)')
+    parser.add_argument('--data', default=None, metavar='NAME',
+                        help="data set (required for classification; detection/segmentation: the recipe's)")
     parser.add_argument('--seeds', type=positive_int, default=1, metavar='N', help='seeds 0..N-1 per model')
     parser.add_argument('--recipe', default=None, metavar='NAME|FILE', help='recipe (default: the engine default)')
     parser.add_argument('--epochs', type=positive_int, default=None, metavar='N',
@@ -59,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     def echo(line: str) -> None:  # with --json, stdout carries only the JSON object
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
+    if args.task != 'classification':
+        return _run_dense(args, echo, parse_set)
+    if args.data is None:
+        from ._common import CliError
+
+        raise CliError('the following arguments are required: --data', 'see "plugattn compare --help"')
     result = compare(
         args.models, args.data, args.seeds, recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
         output=args.output, data_dir=args.data_dir, device=args.device, threads=args.threads,
@@ -76,5 +91,32 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(dict(rows=result.rows, runs=result.runs, trained=result.trained, files=result.files)))
         return 0
     print(format_markdown(result, args.data).split('\n', 2)[2].rstrip())
+    print(f'trained or resumed {result.trained} run(s); files: {", ".join(result.files.values())}')
+    return 0
+
+
+def _run_dense(args: argparse.Namespace, echo: Any, parse_set: Any) -> int:
+    """``plugattn compare --task detection|segmentation``."""
+    import sys
+
+    from ..experiments.compare import compare_dense, format_markdown_dense
+
+    result = compare_dense(
+        args.task, args.models, args.seeds, recipe=args.recipe, data=args.data, epochs=args.epochs,
+        batch_size=args.batch_size, output=args.output, data_dir=args.data_dir, device=args.device,
+        threads=args.threads, overrides=[parse_set(s) for s in args.overrides],
+        progress=False if args.no_progress else stdout_is_tty() and not args.json, echo=echo,
+    )
+    if result.stop_signal is not None:
+        import signal
+
+        name = signal.Signals(result.stop_signal).name
+        print(f'plugattn: compare stopped by {name}; {result.runs[-1]["run_dir"]} saved its resume state; continue '
+              'by running the same plugattn compare command again', file=sys.stderr, flush=True)
+        return 128 + int(result.stop_signal)
+    if args.json:
+        print(json.dumps(dict(rows=result.rows, runs=result.runs, trained=result.trained, files=result.files)))
+        return 0
+    print(format_markdown_dense(result, '', args.task).split('\n', 2)[2].rstrip())
     print(f'trained or resumed {result.trained} run(s); files: {", ".join(result.files.values())}')
     return 0

@@ -7,7 +7,8 @@ import json
 from ._common import ArgumentParser, add_command, positive_int, stdout_is_tty
 
 NAME = 'eval'
-HELP = 'evaluate a checkpoint (run directory or .safetensors file): top-1, top-5, loss'
+HELP = ('evaluate a checkpoint (run directory or .safetensors file): top-1, top-5, loss; COCO AP (detection) or '
+        'mIoU (segmentation)')
 
 
 def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
@@ -44,11 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn eval``."""
     from ..engine import evaluate_checkpoint
+    from ..engine.dense_inference import checkpoint_task
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if checkpoint_task(args.checkpoint, args.which) != 'classification':
+        return _run_dense(args)
     result = evaluate_checkpoint(
         args.checkpoint, which=args.which, model=args.model, data=args.data, data_dir=args.data_dir,
         batch_size=args.batch_size, device=args.device, amp=args.amp, channels_last=args.channels_last,
@@ -63,4 +67,30 @@ def run(args: argparse.Namespace) -> int:
     print(f'top-1       {result["top1"]:.2f} %')
     print(f'top-5       {result["top5"]:.2f} %')
     print(f'loss        {result["test_loss"]:.4f}')
+    return 0
+
+
+def _run_dense(args: argparse.Namespace) -> int:
+    """``plugattn eval`` of a detection or segmentation checkpoint."""
+    from ..engine.dense_inference import evaluate_dense_checkpoint
+    from ..engine.errors import EngineError
+
+    if args.model is not None:
+        raise EngineError('--model applies to classification checkpoints', 'drop --model')
+    result = evaluate_dense_checkpoint(args.checkpoint, which=args.which, data=args.data, data_dir=args.data_dir,
+                                       batch_size=args.batch_size, device=args.device, amp=args.amp,
+                                       progress=stdout_is_tty() and not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f'checkpoint  {result["checkpoint"]} ({result["weights"]} weights, epoch {result["epoch"]})')
+    print(f'model       {result["model"]} ({result["task"]}, backbone {result["backbone"] or "its own"}, attention '
+          f'{result["attn"] or "none"})')
+    print(f'data        {result["data"]} validation split ({result["images"]} images)')
+    keys = (('map', 'AP'), ('map_50', 'AP50'), ('map_75', 'AP75'), ('map_small', 'AP small'),
+            ('map_medium', 'AP medium'), ('map_large', 'AP large'), ('mar_100', 'AR100')) \
+        if result['task'] == 'detection' else (('miou', 'mIoU'), ('pixel_acc', 'pixel acc'), ('test_loss', 'loss'))
+    for key, label in keys:
+        if key in result:
+            print(f'{label:<12}{result[key]:.4f}')
     return 0

@@ -15,10 +15,18 @@ HELP = ('train a model from a recipe (no arguments: BAv2-ResNet-20 on Fashion-MN
 
 # flag -> (config key, argparse options)
 _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    '--task': ('task', {'choices': ('classification', 'detection', 'segmentation'),
+                        'help': 'what to train; without --recipe, detection and segmentation use the '
+                                'scenes-detection / scenes-segmentation recipe'}),
     '--model': ('model.name', {'metavar': 'NAME', 'help': 'model name (plugattn list-models), or tv:NAME '
-                                                          '(torchvision) / timm:NAME (timm) with --attn'}),
+                                                          '(torchvision) / timm:NAME (timm) with --attn; detection: '
+                                                          'fasterrcnn, retinanet, fcos, maskrcnn, ssdlite320; '
+                                                          'segmentation: deeplabv3, fcn, lraspp'}),
+    '--backbone': ('model.backbone', {'metavar': 'NAME', 'help': 'detection/segmentation: the classification '
+                                                                 'backbone (plugattn, tv:NAME or timm:NAME name)'}),
     '--data': ('data.name', {'metavar': 'NAME', 'help': 'dataset: fashion-mnist, digits, cifar10, cifar100, '
-                                                        'imagefolder'}),
+                                                        'imagefolder; detection/segmentation: scenes (generated), '
+                                                        'coco, voc (with --data-dir)'}),
     '--data-dir': ('data.data_dir', {'metavar': 'DIR', 'help': 'folder searched first for the dataset files '
                                                                '(the root of an imagefolder dataset)'}),
     '--epochs': ('train.epochs', {'type': int, 'metavar': 'N', 'help': 'number of epochs'}),
@@ -122,6 +130,9 @@ def _epilog(cfg: dict[str, Any], recipes: list[tuple[str, str]]) -> str:
         f'  {PROG} train --model tv:resnet50 --attn bav2 --warm-start --init-checkpoint resnet50.pth',
         f'  {PROG} train --model resnet20 --attn bav2 --warm-start --init-checkpoint RUN/best.safetensors',
         f'  {PROG} train --recipe dia-cifar --data-dir ~/data',
+        f'  {PROG} train --task detection --attn ca          # FCOS on ResNet-18 with CA, generated scenes',
+        f'  {PROG} train --task segmentation --set model.output_stride=8',
+        f'  {PROG} train --recipe ssdlite320-coco --data-dir /data/coco --attn ca',
         f'  {PROG} train --resume runs/fashion-mnist-bav2_resnet20-20250101-120000 --epochs 4',
         '  torchrun --standalone --nproc_per_node=4 -m plugattn train --recipe bav2-imagenet-300ep \\',
         '      --data-dir /data/imagenet --batch-size 256          # 256 per process = 1024 global',
@@ -145,6 +156,9 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     for flag, (key, opts) in _FLAGS.items():
         default_shown = _lookup(cfg, key) if cfg else '?'
         default_shown = None if key.startswith('model.kwargs.') and default_shown == '?' else default_shown
+        if key == 'task':
+            parser.add_argument(flag, dest='task', default=None, **opts)
+            continue
         shown = 'null' if default_shown is None else default_shown
         parser.add_argument(flag, dest=key.replace('.', '__'), default=None,
                             **{**opts, 'help': f'{opts["help"]} (default: from the recipe; fashion-mnist: {shown})'})
@@ -190,7 +204,7 @@ def _check_paths(cfg: dict[str, Any]) -> None:
     init = cfg['model'].get('init_checkpoint')
     if init and not Path(init).expanduser().exists():
         raise EngineError(f'weights file {init} does not exist', 'pass a .safetensors, .pth or .bin state_dict file')
-    if canonical_name(cfg['data']['name']) == 'imagefolder':
+    if cfg['task'] == 'classification' and canonical_name(cfg['data']['name']) == 'imagefolder':
         scan_imagefolder(cfg['data'].get('data_dir'))  # the root, train/ and val/ with class folders
 
 
@@ -198,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn train``."""
     from ..engine import dump_config, format_summary, load_resume_config, resolve_config, train
     from ..engine.builder import check_config
+    from ..engine.config import TASK_RECIPES
     from ..engine.errors import EngineError
 
     overrides = _overrides(args)
@@ -207,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
                               'drop --recipe')
         cfg = load_resume_config(args.resume, overrides)
     else:
-        cfg = resolve_config(args.recipe, overrides)
+        cfg = resolve_config(args.recipe if args.recipe is not None or args.task is None else TASK_RECIPES[args.task],
+                             overrides)
     if args.reschedule and args.resume is None:
         raise EngineError('--reschedule only applies to --resume', 'drop --reschedule')
     if args.print_config:

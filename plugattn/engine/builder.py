@@ -44,6 +44,11 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     """
     from ..data.info import IMAGEFOLDER_DEFAULT_SIZE, canonical_name, get_dataset_info
 
+    if cfg.get('task', 'classification') != 'classification':
+        from .tasks import check_dense_config
+
+        check_dense_config(cfg)
+        return
     data = canonical_name(cfg['data']['name'])
     info = None if data == 'imagefolder' else get_dataset_info(data)  # imagefolder classes: counted when loading
     in_chans = info.in_chans if info else 3

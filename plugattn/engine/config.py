@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 DEFAULT_RECIPE = 'fashion-mnist'
+TASK_RECIPES = {'classification': DEFAULT_RECIPE, 'detection': 'scenes-detection',
+                'segmentation': 'scenes-segmentation'}
+"""The recipe ``plugattn train --task TASK`` uses without ``--recipe``."""
 CONFIG_VERSION = 1  # revision of the schema itself; recipes carry their own ``version``
 
 
@@ -76,8 +79,16 @@ SCHEMA: dict[str, Any] = {
     'version': F('int', 1, 'revision of the recipe', min=1),
     'name': F('str', 'custom', 'recipe name'),
     'description': F('str', '', 'what the recipe reproduces'),
+    'task': F('str', 'classification', 'what the model learns', choices=('classification', 'detection',
+                                                                          'segmentation'), flag='--task'),
     'model': {
-        'name': F('str', 'bav2_resnet20', 'registered model name (plugattn list-models)', flag='--model'),
+        'name': F('str', 'bav2_resnet20', 'registered model name (plugattn list-models); detection: fasterrcnn, '
+                  'retinanet, fcos, maskrcnn, ssdlite320; segmentation: deeplabv3, fcn, lraspp (or torchvision '
+                  'builder names)', flag='--model'),
+        'backbone': F('str', None, 'detection/segmentation: classification backbone (plugattn, tv:NAME or '
+                      "timm:NAME; null: the torchvision model's own)", nullable=True, flag='--backbone'),
+        'output_stride': F('int', None, 'segmentation: output stride 8 or 16 of the --backbone (dilated stages)',
+                           nullable=True, min=8, max=32),
         'kwargs': F('dict', {}, 'extra keyword arguments of create_model (num_classes/in_chans come from the data)'),
         'init_checkpoint': F('str', None, 'initial weights (.safetensors) of the same architecture', nullable=True,
                              flag='--init-checkpoint'),
@@ -90,6 +101,20 @@ SCHEMA: dict[str, Any] = {
         'download': F('bool', True, 'allow downloading a missing built-in dataset'),
         'preflight': F('bool', True, 'imagefolder: decode every image once before training and name the bad ones '
                                      '(cached by folder state)', flag='--preflight'),
+    },
+    'dense': {
+        'min_size': F('int', None, 'detection training: random shorter side (multi-scale); segmentation: the '
+                      'shorter side (evaluation) and base of the random scale (training); null: unchanged',
+                      nullable=True, min=1),
+        'max_size': F('int', None, 'detection training: longest longer side after the resize', nullable=True, min=1),
+        'crop_size': F('int', None, 'segmentation training: square crop side (padded with ignore)', nullable=True,
+                       min=1),
+        'scale_range': F('list[float]', [0.5, 2.0], 'segmentation training: random scale range', length=2, min=0.0,
+                         min_exclusive=True),
+        'hflip': F('float', 0.5, 'probability of the horizontal flip in training', min=0.0, max=1.0),
+        'scenes_train': F('int', 1000, 'scenes: generated training images', min=1),
+        'scenes_val': F('int', 200, 'scenes: generated validation images', min=1),
+        'scenes_size': F('int', 128, 'scenes: canvas side in pixels', min=32),
     },
     'aug': {},  # derived from AugConfig below
     'mixup': {},  # derived from MixupConfig below
@@ -138,6 +163,8 @@ SCHEMA: dict[str, Any] = {
                        choices=('auto', 'bfloat16', 'float16')),
         'channels_last': F('bool', False, 'channels_last memory format', flag='--channels-last'),
         'compile': F('bool', False, 'torch.compile the model', flag='--compile'),
+        'find_unused_parameters': F('bool', False, "DDP's find_unused_parameters, for detection/segmentation "
+                                    'models with parts a step may not use'),
         'sync_bn': F('bool', False, 'synchronise BatchNorm statistics across processes', flag='--sync-bn'),
         'grad_clip': F('float', None, 'clip the global gradient norm (null: off)', nullable=True, min=0.0,
                        min_exclusive=True),
@@ -440,6 +467,12 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     if device not in ('auto', 'cpu', 'cuda') and not (device.startswith('cuda:') and device[5:].isdigit()):
         raise EngineError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}",
                           'e.g. --device cpu')
+    if cfg['task'] != 'classification':
+        if cfg['task'] == 'segmentation' and cfg['dense']['crop_size'] is None:
+            raise EngineError('segmentation training needs dense.crop_size', 'e.g. --set dense.crop_size=128')
+        if cfg['model']['output_stride'] not in (None, 8, 16, 32):
+            raise EngineError(f'model.output_stride must be 8, 16 or 32, got {cfg["model"]["output_stride"]}',
+                              'e.g. --set model.output_stride=16')
     for key in ('num_classes', 'in_chans'):
         if key in cfg['model']['kwargs']:
             raise EngineError(f'model.kwargs.{key} is set by the dataset', f'remove model.kwargs.{key}')

@@ -104,6 +104,10 @@ def load_checkpoint_model(path: str | Path, which: str = 'best') -> tuple[nn.Mod
     file = resolve_checkpoint(path, which)
     state, meta = read_weights(file)
     name = meta['model']
+    if meta.get('task') not in (None, 'classification'):
+        raise EngineError(f'checkpoint {file} holds a {meta["task"]} model ({name}), not a classification model',
+                          'use it with plugattn eval or plugattn predict, which read detection and segmentation '
+                          'checkpoints')
     kwargs = dict(meta.get('model_kwargs') or {})
     data = meta.get('data') or {}
     # checkpoints record num_classes/in_chans in model_kwargs; the data entry is the fallback for older ones

@@ -41,9 +41,11 @@ class RunLogger:
         title: Title of the plots.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, plots: bool = True, title: str = '') -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, plots: bool = True, title: str = '',
+                 task: str = 'classification') -> None:
         self.run_dir = Path(run_dir)
         self.title = title
+        self.task = task
         self.plots = plots and importlib.util.find_spec('matplotlib') is not None
         self._tb = None
         self._tb_wanted = tensorboard and importlib.util.find_spec('tensorboard') is not None
@@ -66,12 +68,17 @@ class RunLogger:
     def log_epoch(self, history: Sequence[dict[str, Any]]) -> None:
         """Rewrite ``summary.csv``/``metrics.jsonl``/``curves.png`` from ``history`` and add its last record to
         TensorBoard."""
-        extra = [k for k in ('ema_top1', 'ema_top5', 'ema_test_loss') if any(k in r for r in history)]
+        from .taskinfo import task_columns
+
+        columns = task_columns(self.task)
+        extra = [f'ema_{k}' for k in columns[2:-2] if any(f'ema_{k}' in r for r in history)]
+        if self.task == 'classification':
+            extra = [k for k in ('ema_top1', 'ema_top5', 'ema_test_loss') if any(k in r for r in history)]
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator='\n')
-        writer.writerow([*CSV_COLUMNS, *extra])
+        writer.writerow([*columns, *extra])
         for rec in history:
-            writer.writerow([_fmt(rec.get(k)) for k in (*CSV_COLUMNS, *extra)])
+            writer.writerow([_fmt(rec.get(k)) for k in (*columns, *extra)])
         atomic_write_text(self.run_dir / 'summary.csv', buf.getvalue())
         atomic_write_text(self.run_dir / 'metrics.jsonl', ''.join(json.dumps(r) + '\n' for r in history))
         if history:
@@ -84,7 +91,7 @@ class RunLogger:
                 tb.flush()
         if self.plots:
             try:
-                atomic_write_bytes(self.run_dir / 'curves.png', plot_curves(history, self.title))
+                atomic_write_bytes(self.run_dir / 'curves.png', plot_curves(history, self.title, self.task))
             except Exception:  # plotting is a convenience; never fail a run over it
                 self.plots = False
 
@@ -95,8 +102,9 @@ class RunLogger:
             self._tb = None
 
 
-def plot_curves(history: Sequence[dict[str, Any]], title: str = '') -> bytes:
-    """PNG bytes of loss and top-1 accuracy vs epoch (needs matplotlib)."""
+def plot_curves(history: Sequence[dict[str, Any]], title: str = '', task: str = 'classification') -> bytes:
+    """PNG bytes of loss and the test metrics vs epoch (needs matplotlib): top-1/top-5 accuracy, COCO AP/AP50/AP75
+    or mIoU/pixel accuracy."""
     import matplotlib
 
     matplotlib.use('Agg', force=False)
@@ -117,16 +125,24 @@ def plot_curves(history: Sequence[dict[str, Any]], title: str = '') -> bytes:
             ax_loss.plot(xs, ys, marker='s', label=label)
     ax_loss.set_title('Loss')
     ax_loss.set_xlabel('epoch')
-    ax_loss.set_ylabel('cross-entropy loss (nats)')
+    ax_loss.set_ylabel('cross-entropy loss (nats)' if task != 'detection' else "the detector's summed losses")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
-    for key, label in (('top1', 'test top-1'), ('top5', 'test top-5'), ('ema_top1', 'test top-1 (EMA)')):
+    curves, heading, unit = {
+        'classification': ((('top1', 'test top-1'), ('top5', 'test top-5'), ('ema_top1', 'test top-1 (EMA)')),
+                           'Test accuracy', 'accuracy (%)'),
+        'detection': ((('map', 'AP'), ('map_50', 'AP50'), ('map_75', 'AP75'), ('ema_map', 'AP (EMA)')),
+                      'Test COCO AP', 'AP (pycocotools, 0-1)'),
+        'segmentation': ((('miou', 'mIoU'), ('pixel_acc', 'pixel accuracy'), ('ema_miou', 'mIoU (EMA)')),
+                         'Test mIoU', 'fraction (0-1)'),
+    }[task]
+    for key, label in curves:
         xs, ys = series(key)
         if xs:
             ax_acc.plot(xs, ys, marker='o', label=label)
-    ax_acc.set_title('Test accuracy')
+    ax_acc.set_title(heading)
     ax_acc.set_xlabel('epoch')
-    ax_acc.set_ylabel('accuracy (%)')
+    ax_acc.set_ylabel(unit)
     ax_acc.legend()
     ax_acc.grid(alpha=0.3)
     for ax in (ax_loss, ax_acc):

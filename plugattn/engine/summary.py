@@ -17,7 +17,8 @@ class TrainResult:
         run_dir: The run directory (``None`` on ranks other than 0, and when a signal stopped the run before it was
             created).
         history: One record per finished epoch.
-        best_top1: Best test top-1 (model or EMA) in percent.
+        best_top1: Best test top-1 (model or EMA) in percent; for detection and segmentation the best of their
+            primary metric (COCO AP or mIoU, 0-1).
         best_epoch: Epoch (1-based) of ``best_top1``.
         params: Parameter count.
         macs: MACs at batch 1 (conv/linear/matmul only).
@@ -74,7 +75,19 @@ def format_summary(result: TrainResult, cfg: Mapping[str, Any]) -> str:
         f'(recipe {cfg["name"]} v{cfg["version"]})',
     ]
     label = '{:<32}'.format
-    if last:
+    task = cfg.get('task', 'classification')
+    if task != 'classification':
+        from .taskinfo import metric_label, primary_metric, task_columns
+
+        keys = task_columns(task)[2:-2]
+        last = next((r for r in reversed(result.history) if r.get(keys[-1]) is not None), {})
+        if last:
+            shown = ', '.join(f'{metric_label(k)} {last[k]:.4f}' for k in keys if last.get(k) is not None)
+            lines.append(f'  {label("final")}{shown}  (epoch {last["epoch"]})')
+            primary = primary_metric(task)
+            lines.append(f'  {label("best " + metric_label(primary))}{result.best_top1:.4f}  '
+                         f'(epoch {result.best_epoch})')
+    elif last:
         lines.append(f'  {label("final top-1")}{last["top1"]:.2f} %  (top-5 {last["top5"]:.2f} %, test loss '
                      f'{last["test_loss"]:.4f}, epoch {last["epoch"]})')
         if last.get('ema_top1') is not None:

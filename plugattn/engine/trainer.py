@@ -64,6 +64,8 @@ from .provenance import command_line, environment_info
 from .rundir import CONFIG_FILE, RunDirLock, new_run_dir, resume_command, unstarted_run
 from .scheduler import LRSchedule
 from .summary import TrainResult, human_count
+from .taskinfo import format_metrics, primary_metric
+from .tasks import build_task_model, dense_task
 from .threads import busy_cores, choose_threads
 
 __all__ = ['amp_settings', 'seed_everything', 'train']
@@ -167,15 +169,12 @@ class _Trainer:
         self.logger: RunLogger | None = None
         self.lock: RunDirLock | None = None
         self.created = _dt.datetime.now().isoformat(timespec='seconds')
+        self.dense = dense_task(cfg, ctx)  # None for classification
+        self.primary = primary_metric(cfg['task'])  # the metric of best.safetensors (top1, map or miou)
 
     # ----------------------------------------------------------------------------------------- setup
 
     def setup(self) -> None:
-        from ..data import AugConfig, MixupCutmix, build_loader
-        from ..data.images import preflight_imagefolder
-        from ..data.info import canonical_name
-        from ..data.loader import use_timm_pipeline
-
         cfg, ctx, tc = self.cfg, self.ctx, self.cfg['train']
         if tc['threads']:
             torch.set_num_threads(tc['threads'])
@@ -187,6 +186,26 @@ class _Trainer:
         _set_determinism(tc['deterministic'], ctx.device)
         self.amp_enabled, self.amp_dtype, use_scaler = amp_settings(tc, ctx.device)
 
+        if self.dense is not None:
+            model = self._setup_dense()
+        else:
+            model = self._setup_classification()
+        m = cfg['model']
+        if m['init_checkpoint'] and (self.resume_dir is None or self.restart):
+            from .init_checkpoint import load_init_checkpoint
+
+            load_init_checkpoint(model, m['init_checkpoint'], m['name'])
+        self.params = count_params(model)
+        self.macs = self._count_macs(model)
+        self._setup_training(model, use_scaler)
+
+    def _setup_classification(self) -> nn.Module:
+        from ..data import AugConfig, build_loader
+        from ..data.images import preflight_imagefolder
+        from ..data.info import canonical_name
+        from ..data.loader import use_timm_pipeline
+
+        cfg, ctx, tc = self.cfg, self.ctx, self.cfg['train']
         # Data first: a missing dataset is the most likely user error and must come before any output.
         d = cfg['data']
         if d['preflight'] and canonical_name(d['name']) == 'imagefolder':
@@ -224,12 +243,38 @@ class _Trainer:
         except EngineError:  # images other than grey or RGB: no file preprocessing to describe
             self.preprocessing = None
         self.environment = environment_info(ctx.device)
-        if m['init_checkpoint'] and (self.resume_dir is None or self.restart):
-            from .init_checkpoint import load_init_checkpoint
+        return model
 
-            load_init_checkpoint(model, m['init_checkpoint'], m['name'])
-        self.params = count_params(model)
-        self.macs = count_macs(model, self.input_size)
+    def _setup_dense(self) -> nn.Module:
+        """Data and model of a detection or segmentation run."""
+        assert self.dense is not None
+        cfg, tc = self.cfg, self.cfg['train']
+        self.train_loader, self.test_loader, self.info = self.dense.loaders(self.seed)
+        self.input_size = (self.info.in_chans, *self.info.image_size)
+        seed_everything(self.seed)
+        m = cfg['model']
+        self.model_kwargs = self.dense.model_kwargs(self.info.num_classes)
+        model = build_task_model(m['name'], self.model_kwargs)
+        if cfg['task'] == 'segmentation' and tc['batch_size'] == 1:
+            raise EngineError(f'{m["name"]} has BatchNorm layers, which cannot train on a batch of one image',
+                              'use --batch-size 2 or more (per process)')
+        self.classes = list(self.info.classes)
+        self.preprocessing = None
+        self.environment = environment_info(self.ctx.device)
+        return model
+
+    def _count_macs(self, model: nn.Module) -> int:
+        if self.dense is None:
+            return count_macs(model, self.input_size)
+        try:  # detectors take a list of images; a model that cannot be counted is reported as 0
+            return count_macs(model, self.input_size)
+        except Exception:
+            return 0
+
+    def _setup_training(self, model: nn.Module, use_scaler: bool) -> None:
+        from ..data import MixupCutmix
+
+        cfg, ctx, tc = self.cfg, self.ctx, self.cfg['train']
         if tc['sync_bn'] and ctx.distributed:
             model = convert_sync_batchnorm(model, ctx.device)
         model.to(ctx.device)
@@ -244,7 +289,7 @@ class _Trainer:
         self.ema = ModelEma(model, e['decay'], e['warmup']) if e['enabled'] else None
         mx = cfg['mixup']
         self.mixup = None
-        if mx['prob'] > 0 and (mx['mixup_alpha'] > 0 or mx['cutmix_alpha'] > 0):
+        if self.dense is None and mx['prob'] > 0 and (mx['mixup_alpha'] > 0 or mx['cutmix_alpha'] > 0):
             self.mixup = MixupCutmix(mx['mixup_alpha'], mx['cutmix_alpha'], mx['prob'], mx['switch_prob'],
                                      cfg['loss']['label_smoothing'], self.info.num_classes)
 
@@ -258,7 +303,8 @@ class _Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [ctx.device.index] if ctx.device.type == 'cuda' else None
-            self.train_model = DDP(model, device_ids=ids, output_device=ids[0] if ids else None)
+            self.train_model = DDP(model, device_ids=ids, output_device=ids[0] if ids else None,
+                                   find_unused_parameters=self.dense is not None and tc['find_unused_parameters'])
         self.eval_model: nn.Module = model
         if tc['compile']:
             self.train_model = torch.compile(self.train_model)
@@ -390,19 +436,23 @@ class _Trainer:
             self.bar = bar
             for x, y in loader:
                 lr = self.schedule.apply(self.optimizer, self.step)
-                x = x.to(ctx.device, non_blocking=True)
-                y = y.to(ctx.device, non_blocking=True)
-                target = None
-                if self.mixup is not None:
-                    x, target = self.mixup(x, y, gen)
-                if tc['channels_last'] and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
-                    logits = model(x)
-                logits = logits.float()
-                # Mixup/CutMix targets are class probabilities (already smoothed), which F.cross_entropy takes.
-                loss = F.cross_entropy(logits, y if target is None else target,
-                                       label_smoothing=smoothing if target is None else 0.0)
+                if self.dense is not None:
+                    loss, n = self.dense.loss(model, (x, y), self._autocast)
+                else:
+                    x = x.to(ctx.device, non_blocking=True)
+                    y = y.to(ctx.device, non_blocking=True)
+                    n = y.shape[0]
+                    target = None
+                    if self.mixup is not None:
+                        x, target = self.mixup(x, y, gen)
+                    if tc['channels_last'] and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with self._autocast():
+                        logits = model(x)
+                    logits = logits.float()
+                    # Mixup/CutMix targets are class probabilities (already smoothed), which F.cross_entropy takes.
+                    loss = F.cross_entropy(logits, y if target is None else target,
+                                           label_smoothing=smoothing if target is None else 0.0)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if tc['grad_clip'] is not None:
@@ -413,8 +463,8 @@ class _Trainer:
                 if self.ema is not None:
                     self.ema.update(self.model)
                 self.step += 1
-                loss_sum += loss.detach().double() * y.shape[0]
-                seen += y.shape[0]
+                loss_sum += loss.detach().double() * n
+                seen += n
                 show = bar.tty or bar.count + 1 == bar.total or (bar.count + 1) % bar.interval == 0
                 value = loss.item() if show else None
                 if value is not None and not math.isfinite(value):
@@ -498,7 +548,7 @@ class _Trainer:
 
     def _weights_meta(self, epoch: int, record: Mapping[str, Any], weights: str) -> dict[str, Any]:
         cfg = self.cfg
-        return {
+        meta = {
             'model': cfg['model']['name'],
             'model_kwargs': self.model_kwargs,
             'recipe': cfg['name'],
@@ -521,6 +571,10 @@ class _Trainer:
             'params': self.params,
             'macs': self.macs,
         }
+        if self.dense is not None:  # classification checkpoints keep their fields as they were
+            meta.update(task=cfg['task'], backbone=cfg['model']['backbone'],
+                        attn=cfg['model']['kwargs'].get('attn'), primary_metric=self.primary, dense=cfg['dense'])
+        return meta
 
     def _run_info(self, status: str) -> dict[str, Any]:
         cfg = self.cfg
@@ -531,7 +585,8 @@ class _Trainer:
             'data': cfg['data']['name'],
             'epochs': self.epochs,
             'epochs_done': self.history[-1]['epoch'] if self.history else 0,
-            'best_top1': self.best_top1 if self.best_top1 >= 0 else None,
+            f'best_{self.primary}': self.best_top1 if self.best_top1 >= 0 else None,
+            **({'task': cfg['task']} if self.dense is not None else {}),
             'world_size': self.ctx.world_size,
             'threads': torch.get_num_threads() if self.ctx.device.type == 'cpu' else None,
             'created': self.created,
@@ -626,7 +681,7 @@ class _Trainer:
         write_run_info(self.run_dir, self._run_info('running'))
         cfg = self.cfg
         title = f'{cfg["model"]["name"]} on {self.info.name} (recipe {cfg["name"]})'
-        self.logger = RunLogger(self.run_dir, title=title)
+        self.logger = RunLogger(self.run_dir, title=title, task=cfg['task'])
 
     def _banner(self) -> None:
         cfg, ctx, tc = self.cfg, self.ctx, self.cfg['train']
@@ -724,7 +779,12 @@ class _Trainer:
             last_epoch = epoch + 1 == self.epochs
             stop_here = self.stop_after is not None and epoch + 1 >= self.stop_after
             t_eval = time.perf_counter()
-            if (epoch + 1) % tc['eval_every'] == 0 or last_epoch or stop_here:
+            if self.dense is not None:
+                if (epoch + 1) % tc['eval_every'] == 0 or last_epoch or stop_here:
+                    record.update(self._evaluate_dense())
+                else:
+                    record.update({k: None for k in self.dense.columns[2:-2]})
+            elif (epoch + 1) % tc['eval_every'] == 0 or last_epoch or stop_here:
                 amp = (self.amp_enabled, self.amp_dtype)
                 metrics = evaluate(self.eval_model, self.test_loader, ctx, amp=amp,
                                    channels_last=tc['channels_last'], progress=bool(self.bar.tty), desc='test')
@@ -741,10 +801,11 @@ class _Trainer:
                           train_seconds=train_stats['train_seconds'], eval_seconds=eval_s,
                           samples_per_s=train_stats['samples_per_s'], step=self.step)
             improved = None
-            if record.get('top1') is not None:
-                candidates = [('model', record['top1'])]
-                if record.get('ema_top1') is not None:
-                    candidates.append(('ema', record['ema_top1']))
+            key = self.primary
+            if record.get(key) is not None:
+                candidates = [('model', record[key])]
+                if record.get(f'ema_{key}') is not None:
+                    candidates.append(('ema', record[f'ema_{key}']))
                 which, top1 = max(candidates, key=lambda kv: kv[1])
                 if top1 > self.best_top1:
                     self.best_top1, self.best_epoch, improved = top1, epoch + 1, which
@@ -759,11 +820,25 @@ class _Trainer:
                 raise _Stop
         return True
 
+    def _evaluate_dense(self) -> dict[str, Any]:
+        """The dense task's metrics of the model (and of the EMA, prefixed ``ema_``)."""
+        assert self.dense is not None
+        amp = (self.amp_enabled, self.amp_dtype)
+        tty = bool(self.bar.tty)
+        record = self.dense.evaluate(self.eval_model, self.test_loader, amp=amp, progress=tty, desc='test')
+        if self.ema is not None:
+            em = self.dense.evaluate(self.ema.module, self.test_loader, amp=amp, progress=tty, desc='test (EMA)')
+            record.update({f'ema_{k}': v for k, v in em.items() if k in self.dense.columns})
+        return record
+
     def _epoch_line(self, r: Mapping[str, Any]) -> None:
         parts = [f'epoch {r["epoch"]}/{self.epochs}', f'train loss {r["train_loss"]:.4f}']
-        if r.get('top1') is not None:
+        if self.dense is not None:
+            keys = self.dense.columns[2:-2]
+            parts += format_metrics(r, keys) + format_metrics(r, (self.primary,), 'ema_')
+        elif r.get('top1') is not None:
             parts += [f'test loss {r["test_loss"]:.4f}', f'top-1 {r["top1"]:.2f} %', f'top-5 {r["top5"]:.2f} %']
-        if r.get('ema_top1') is not None:
+        if self.dense is None and r.get('ema_top1') is not None:
             parts.append(f'EMA top-1 {r["ema_top1"]:.2f} %')
         parts += [f'lr {r["lr"]:.4g}', f'{r["seconds"]:.1f} s ({r["samples_per_s"]:.0f} img/s)']
         self.echo('  '.join(parts))

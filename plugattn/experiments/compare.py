@@ -29,7 +29,7 @@ import torch
 
 from ..analysis._common import AnalysisError
 
-__all__ = ['CompareResult', 'compare', 'format_markdown', 'read_run_result', 'run_status']
+__all__ = ['CompareResult', 'compare', 'compare_dense', 'format_markdown', 'read_run_result', 'run_status']
 
 STATE_FILE = 'last_state.pt'
 LAST_FILE = 'last.safetensors'
@@ -126,7 +126,10 @@ def read_run_result(run_dir: Path) -> dict[str, Any]:
     metrics = meta.get('metrics') or {}
     history = _history(run_dir)
     train_img_s = [r['samples_per_s'] for r in history if r.get('samples_per_s')]
+    primary = meta.get('primary_metric')
+    extra = {primary: metrics.get(primary), f'best_{primary}': info.get(f'best_{primary}')} if primary else {}
     return dict(
+        **extra,
         top1=metrics.get('top1'), best_top1=info.get('best_top1'), epochs=meta.get('epoch'),
         params=meta.get('params'), macs=meta.get('macs'), input_size=(meta.get('data') or {}).get('input_size'),
         model_kwargs=meta.get('model_kwargs') or {}, num_classes=(meta.get('data') or {}).get('num_classes'),
@@ -362,16 +365,22 @@ def format_markdown(result: CompareResult, title: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _write_outputs(result: CompareResult, out: Path, title: str) -> dict[str, str]:
+def _write_outputs(result: CompareResult, out: Path, title: str, task: str = 'classification') -> dict[str, str]:
     from ..analysis.plots import plot_compare
 
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     md = out / 'results.md'
-    md.write_text(format_markdown(result, title), encoding='utf-8')
+    dense = task != 'classification'
+    md.write_text(format_markdown_dense(result, title, task) if dense else format_markdown(result, title),
+                  encoding='utf-8')
     files['markdown'] = str(md)
     cols = ['model', 'attn', 'seeds', 'epochs', 'top1_mean', 'top1_std', 'best_top1_mean', 'best_top1_std', 'params',
             'attn_params', 'macs', 'train_img_s', 'infer_img_s', 'infer_ratio']
+    if dense:
+        key = _DENSE_PRIMARY[task]
+        cols = ['model', 'attn', 'seeds', 'epochs', *(f'{k}_{s}' for k in _DENSE_KEYS[task] for s in ('mean', 'std')),
+                f'best_{key}_mean', f'best_{key}_std', 'params', 'macs', 'train_img_s', 'minutes']
     path = out / 'results.csv'
     with path.open('w', newline='', encoding='utf-8') as f:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore', lineterminator='\n')
@@ -383,6 +392,220 @@ def _write_outputs(result: CompareResult, out: Path, title: str) -> dict[str, st
                     encoding='utf-8')
     files['json'] = str(path)
     with contextlib.suppress(AnalysisError):  # matplotlib missing: the tables are still written
-        files['figure'] = plot_compare(result.rows, out / 'results.png', title=f'Test top-1: {title}',
-                                       metric='top1', ylabel='test top-1 after the last epoch (%)')
+        if dense:
+            key = _DENSE_PRIMARY[task]
+            label = 'COCO AP (pycocotools)' if task == 'detection' else 'mIoU'
+            percent = [{**r, f'{key}_mean': None if r.get(f'{key}_mean') is None else 100 * r[f'{key}_mean'],
+                        f'{key}_std': None if r.get(f'{key}_std') is None else 100 * r[f'{key}_std']}
+                       for r in result.rows]
+            files['figure'] = plot_compare(percent, out / 'results.png', title=f'{label}: {title}', metric=key,
+                                           ylabel=f'{label} after the last epoch (%)')
+        else:
+            files['figure'] = plot_compare(result.rows, out / 'results.png', title=f'Test top-1: {title}',
+                                           metric='top1', ylabel='test top-1 after the last epoch (%)')
     return files
+
+
+# --------------------------------------------------------------------------------------------- dense tasks
+
+_DENSE_PRIMARY = {'detection': 'map', 'segmentation': 'miou'}
+_DENSE_KEYS = {'detection': ('map', 'map_50', 'map_75'), 'segmentation': ('miou', 'pixel_acc')}
+_DENSE_LABELS = {'map': 'AP', 'map_50': 'AP50', 'map_75': 'AP75', 'miou': 'mIoU', 'pixel_acc': 'pixel acc'}
+
+
+def _split_entry(entry: str) -> tuple[str | None, str | None]:
+    """``'fcos+ca'`` -> ``('fcos', 'ca')``; ``'ca'`` or ``'+ca'`` -> ``(None, 'ca')``; ``'none'`` -> ``(None,
+    None)``."""
+    from ..dense import dense_model_names
+
+    name, _, attn = entry.partition('+')
+    if not attn and name not in dense_model_names():
+        name, attn = '', name
+    attn = None if attn in ('', 'none', 'plain') else attn
+    return name or None, attn
+
+
+def compare_dense(
+        task: str,
+        entries: Sequence[str],
+        seeds: int = 1,
+        *,
+        recipe: str | None = None,
+        data: str | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        output: str | Path = 'compare',
+        data_dir: str | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+        overrides: Sequence[tuple[str, Any]] = (),
+        echo: Callable[[str], None] = print,
+        progress: bool | None = None,
+) -> CompareResult:
+    """Train detection or segmentation models x seeds with one recipe and tabulate AP or mIoU
+    (``plugattn compare --task detection|segmentation``).
+
+    Args:
+        task: ``'detection'`` or ``'segmentation'``.
+        entries: What to compare, each ``MODEL+ATTN``, ``MODEL``, ``ATTN`` or ``none`` (the recipe's model, plain);
+            e.g. ``none se ca`` compares attentions in the recipe's model, ``fcos fcos+ca retinanet+ca`` models.
+        seeds: Seeds ``0 .. seeds-1``.
+        recipe: Engine recipe (default ``scenes-detection`` / ``scenes-segmentation``).
+        data: Data set (default the recipe's).
+        epochs: Epochs per run (default the recipe's).
+        batch_size: Per-process batch size (default the recipe's).
+        output: Runs go to ``OUTPUT/<entry>/seed<k>``, results to ``OUTPUT/results.{md,csv,json,png}``.
+        data_dir: Data folder.
+        device: Engine device.
+        threads: torch CPU threads.
+        overrides: Further ``(dotted key, value)`` overrides.
+        echo: Line printer.
+        progress: Engine progress bar.
+
+    Returns:
+        The :class:`CompareResult`; its rows carry ``<metric>_mean`` / ``_std`` for ``map``, ``map_50``, ``map_75``
+        or ``miou``, ``pixel_acc``, and ``minutes`` (mean training wall time per run).
+    """
+    from ..engine import load_resume_config, resolve_config, train
+    from ..engine.config import TASK_RECIPES
+
+    if task not in _DENSE_PRIMARY:
+        raise AnalysisError(f'unknown dense task {task!r}', 'use --task detection or segmentation')
+    if not entries:
+        raise AnalysisError('nothing to compare', 'pass --models none se ca ... (attentions) or fcos fcos+ca ...')
+    if seeds < 1:
+        raise AnalysisError(f'--seeds must be >= 1, got {seeds}')
+    entries = list(dict.fromkeys(entries))
+    out = Path(output).expanduser()
+    base: list[tuple[str, Any]] = [('task', task)]
+    for key, value in (('data.name', data), ('data.data_dir', data_dir), ('train.epochs', epochs),
+                       ('train.batch_size', batch_size), ('train.device', device), ('train.threads', threads)):
+        if value is not None:
+            base.append((key, str(value) if key == 'data.data_dir' else value))
+    reserved = {'train.seed', 'output.dir', 'output.name', 'task'}
+    bad = [k for k, _ in overrides if k in reserved]
+    if bad:
+        raise AnalysisError(f'{bad[0]} is set by compare itself', 'drop it from --set')
+    plan = []
+    for entry in entries:
+        name, attn = _split_entry(entry)
+        chosen = [('model.name', name)] if name else []
+        for seed in range(seeds):
+            cfg = resolve_config(recipe or TASK_RECIPES[task], [
+                *base, *overrides, *chosen, ('model.kwargs.attn', attn), ('train.seed', seed),
+                ('output.dir', str(out / entry)), ('output.name', f'seed{seed}')])
+            plan.append((entry, seed, out / entry / f'seed{seed}', cfg))
+        _check_buildable(cfg)  # an attention the backbone cannot hold fails before any run trains
+
+    runs: list[dict[str, Any]] = []
+    trained = 0
+    for i, (entry, seed, run_dir, cfg) in enumerate(plan, 1):
+        status = run_status(run_dir)
+        head = f'[compare {i}/{len(plan)}] {entry} seed {seed}'
+        if status == 'finished':
+            _check_same_config(run_dir, cfg)
+            echo(f'{head}: finished earlier, skipped ({run_dir})')
+            runs.append(dict(model=entry, seed=seed, run_dir=str(run_dir), action='skipped'))
+            continue
+        if status == 'resumable':
+            _check_same_config(run_dir, cfg)
+            echo(f'{head}: resuming {run_dir}')
+            mutable = [(k, v) for k, v in [*base, *overrides] if k in ('train.epochs', 'data.data_dir',
+                                                                      'train.device', 'train.threads')]
+            outcome = train(load_resume_config(run_dir, mutable), resume_dir=run_dir, echo=echo, progress=progress)
+            action = 'resumed'
+        else:
+            if status == 'empty':
+                shutil.rmtree(run_dir)
+            echo(f'{head}: training into {run_dir}')
+            outcome = train(cfg, echo=echo, progress=progress)
+            action = 'trained'
+        if outcome.stop_signal is not None:
+            runs.append(dict(model=entry, seed=seed, run_dir=str(run_dir), action='stopped'))
+            return CompareResult(rows=[], runs=runs, trained=trained + 1, stop_signal=outcome.stop_signal)
+        trained += 1
+        runs.append(dict(model=entry, seed=seed, run_dir=str(run_dir), action=action))
+
+    key = _DENSE_PRIMARY[task]
+    for r in runs:
+        info = read_run_result(Path(r['run_dir']))
+        meta_metrics = _last_metrics(Path(r['run_dir']))
+        r.update({k: meta_metrics.get(k) for k in _DENSE_KEYS[task]}, epochs=info['epochs'],
+                 **{f'best_{key}': info.get(f'best_{key}')},
+                 minutes=sum(h.get('seconds') or 0.0 for h in _history(Path(r['run_dir']))) / 60.0)
+    rows = []
+    for entry in entries:
+        mine = [r for r in runs if r['model'] == entry]
+        info = read_run_result(Path(mine[0]['run_dir']))
+        kwargs = info['model_kwargs']
+        row = dict(model=entry, attn=kwargs.get('attn') or 'none', seeds=len(mine), epochs=info['epochs'],
+                   backbone=kwargs.get('backbone'), params=info['params'], macs=info['macs'],
+                   train_img_s=_mean_std([read_run_result(Path(r['run_dir']))['train_img_s'] for r in mine])[0],
+                   minutes=_mean_std([r['minutes'] for r in mine])[0])
+        for k in (*_DENSE_KEYS[task], f'best_{key}'):
+            row[f'{k}_mean'], row[f'{k}_std'] = _mean_std([r.get(k) for r in mine])
+        rows.append(row)
+    result = CompareResult(rows=rows, runs=runs, trained=trained)
+    first = plan[0][3]
+    n_epochs = first['train']['epochs']
+    title = (f'{first["data"]["name"]}, {first["model"]["name"]}'
+             f'{" on " + first["model"]["backbone"] if first["model"]["backbone"] else ""}, recipe {first["name"]}, '
+             f'{n_epochs} epoch{"" if n_epochs == 1 else "s"}')
+    result.files = _write_outputs(result, out, title, task)
+    return result
+
+
+def _check_buildable(cfg: Mapping[str, Any]) -> None:
+    """Build a dense config's model on the meta device (no memory, no weights): unknown names, a model of the other
+    task or an attention the backbone cannot hold fail here, in one line."""
+    from ..engine.builder import check_config
+    from ..engine.tasks import build_task_model
+
+    check_config(cfg)
+    m = cfg['model']
+    with torch.device('meta'):
+        build_task_model(m['name'], {'num_classes': 2, 'backbone': m['backbone'], 'output_stride': m['output_stride'],
+                                     **m['kwargs']}, pretrained=False)
+
+
+def _last_metrics(run_dir: Path) -> dict[str, Any]:
+    """The metrics of the last evaluated epoch of a run (from ``metrics.jsonl``)."""
+    history = [r for r in _history(run_dir) if r.get('map') is not None or r.get('miou') is not None]
+    return history[-1] if history else {}
+
+
+def format_markdown_dense(result: CompareResult, title: str, task: str) -> str:
+    """The results table of a detection or segmentation comparison as Markdown."""
+    keys = _DENSE_KEYS[task]
+    key = _DENSE_PRIMARY[task]
+    heads = ' | '.join(f'{_DENSE_LABELS[k]} (%)' for k in keys)
+    lines = [
+        f'# Comparison: {title}',
+        '',
+        f'| model | attention | seeds | {heads} | best {_DENSE_LABELS[key]} (%) | params (M) | GMACs | '
+        'train img/s | minutes per run |',
+        '|:---|:---|---:|' + '---:|' * (len(keys) + 5),
+    ]
+
+    def pct(row: Mapping[str, Any], k: str) -> str:
+        mean, std = row.get(f'{k}_mean'), row.get(f'{k}_std')
+        if mean is None:
+            return '-'
+        return f'{100 * mean:.2f} ± {100 * (std or 0.0):.2f}'
+
+    for r in result.rows:
+        cells = ' | '.join(pct(r, k) for k in keys)
+        macs = r['macs'] / 1e9 if r.get('macs') else None
+        lines.append(f'| {r["model"]} | {r["attn"]} | {r["seeds"]} | {cells} | {pct(r, "best_" + key)} | '
+                     f'{_fmt(r["params"] / 1e6, ".3f")} | {_fmt(macs, ".3f")} | {_fmt(r["train_img_s"], ".1f")} | '
+                     f'{_fmt(r["minutes"], ".2f")} |')
+    metric = ('COCO box AP, AP50 and AP75 from pycocotools on the validation split' if task == 'detection'
+              else 'mean IoU over the classes present (background included) and pixel accuracy, 255 ignored')
+    lines += [
+        '',
+        f'{metric}, after the last epoch (and the best epoch\'s primary metric), in percent, mean ± sample standard '
+        'deviation over seeds 0..N-1. GMACs per image at the recipe\'s input size (conv/linear/matmul; 0 when the '
+        'model could not be counted). train img/s and minutes: measured during training, so they depend on what '
+        'else ran on the machine.',
+    ]
+    return '\n'.join(lines) + '\n'

@@ -34,10 +34,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .errors import PlugattnError
-from .hub import create_model
-from .layers.base import BlockAttention, GateAttention, StageAttention
-from .layers.norms import freeze_bn
+from ..errors import PlugattnError
+from ..hub import create_model
+from ..layers.base import BlockAttention, GateAttention, StageAttention
+from ..layers.norms import freeze_bn
 
 __all__ = ['FeatureDict', 'fpn_backbone', 'segmentation_backbone']
 
@@ -78,10 +78,12 @@ def _qualified(features: nn.Module, module: str) -> str:
     raise PlugattnError(f'cannot find the feature module {module!r} in this {type(features).__name__}')
 
 
-def _freeze_layers(features: nn.Module, modules: list[str], trainable_layers: int) -> None:
+def _freeze_layers(features: nn.Module, modules: list[str], trainable_layers: int | None) -> None:
     """Freeze all but the last ``trainable_layers`` of [stem, stage 1, ..., stage N] (torchvision's rule, with the
-    stages found by the parameters' registration order: a stage ends at its feature module's last parameter)."""
+    stages found by the parameters' registration order: a stage ends at its feature module's last parameter);
+    ``None`` trains all of them."""
     num = len(modules) + 1
+    trainable_layers = num if trainable_layers is None else trainable_layers
     if not 0 <= trainable_layers <= num:
         raise PlugattnError(f'trainable_layers must be in 0..{num} for this backbone, got {trainable_layers}')
     params = [p for _, p in features.named_parameters()]
@@ -113,7 +115,7 @@ def fpn_backbone(
         *,
         pretrained: bool = False,
         returned_layers: Sequence[int] | None = None,
-        trainable_layers: int = 3,
+        trainable_layers: int | None = 3,
         out_channels: int = 256,
         extra_blocks: nn.Module | None = None,
         frozen_bn: bool = True,
@@ -129,8 +131,8 @@ def fpn_backbone(
         returned_layers: stages fed to the FPN, 1-based over the stages of stride 4, 8, 16, 32 (torchvision's
             ``layer1..4``); default all of them.
         trainable_layers: how many of [stem, stage 1, ..., stage N] of the host train, counted from the last
-            (torchvision's rule: 3 trains the last three stages, 0 freezes the host backbone); the attention
-            modules always train (they start from scratch, also inside frozen stages).
+            (torchvision's rule: 3 trains the last three stages, 0 freezes the host backbone, ``None`` trains all);
+            the attention modules always train (they start from scratch, also inside frozen stages).
         out_channels: channels of the FPN outputs.
         extra_blocks: torchvision's FPN extra block (default ``LastLevelMaxPool``, the ``'pool'`` level).
         frozen_bn: freeze every BatchNorm of the backbone (:func:`plugattn.freeze_bn`), as torchvision does for
