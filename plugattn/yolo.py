@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,21 @@ def import_ultralytics() -> Any:
         import ultralytics
     except ImportError as err:
         raise PlugattnError(f'the YOLO commands need ultralytics, which is not installed ({err})', INSTALL) from None
+    _unpatch_pil_open()
     return ultralytics
+
+
+def _unpatch_pil_open() -> None:
+    """Undo ultralytics' process-wide ``PIL.Image.open`` patch: on any file Pillow cannot identify it tries to install
+    and import pi-heif (a download, or a ModuleNotFoundError offline) instead of raising Pillow's error, which turns
+    every unreadable image in the process, plugattn's own data checks included, into an installer call. HEIC/HEIF
+    sources then need ``pi_heif.register_heif_opener()`` called by the user."""
+    from PIL import Image
+
+    patches = sys.modules.get('ultralytics.utils.patches')
+    original = getattr(patches, '_image_open', None)
+    if original is not None and Image.open is not original:
+        Image.open = original
 
 
 def _local_font(font: str = 'Arial.ttf') -> Path | str | None:

@@ -24,6 +24,8 @@ ultralytics = pytest.importorskip('ultralytics', reason="ultralytics is not inst
 import plugattn  # noqa: E402
 from plugattn import yolo  # noqa: E402
 
+yolo.import_ultralytics()  # the way plugattn imports it (offline, Pillow's own Image.open kept)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -338,3 +340,15 @@ def test_safe_load_refusal_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, 'SAFE_LOAD', True)  # as ULTRALYTICS_SAFE_LOAD=1 at import
     with pytest.raises(PlugattnError, match='unset ULTRALYTICS_SAFE_LOAD to load a file you trust'):
         yolo.load(tmp_path / 'se.pt')
+
+
+def test_importing_ultralytics_through_plugattn_keeps_pillows_errors(tmp_path):
+    """ultralytics patches PIL.Image.open to install pi-heif on any unidentified file; plugattn undoes that, so an
+    unreadable image stays Pillow's error (plugattn's data checks name it) and nothing is installed."""
+    from PIL import Image, UnidentifiedImageError
+
+    yolo.import_ultralytics()
+    (tmp_path / 'notes.jpg').write_text('not an image')
+    assert Image.open.__module__ == 'PIL.Image'
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(tmp_path / 'notes.jpg')
