@@ -33,9 +33,12 @@ def render(run_dir: Path, machine: str) -> str:
         lines.append(f'| {r["epoch"]} | {r["top1"]:.2f} % | {r["top5"]:.2f} % | {r["seconds"]:.1f} '
                      f'({r["train_seconds"]:.1f} + {r["eval_seconds"]:.1f}) | {r["samples_per_s"]:.0f} img/s |')
     threads = info.get('threads')
+    done, planned = info.get('epochs_done'), info.get('epochs')
+    stopped = f', stopped after epoch {done} of {planned}' if done is not None and done < planned else ''
     env = info.get('environment', {})
+    plural = '' if threads == 1 else 's'
     lines += ['', f'*`{info["command"]}`: {info["model"]} with the `{info["recipe"]}` recipe on {info["data"]}, '
-                  f'{threads} CPU thread{"" if threads == 1 else "s"}, torch {env.get("torch", "?")}, {machine}. '
+                  f'{threads} CPU thread{plural}, torch {env.get("torch", "?")}, {machine}{stopped}. '
                   'Written by `scripts/quickstart_table.py` from the run\'s `metrics.jsonl` and `run.json`.*']
     return '\n'.join(lines)
 
