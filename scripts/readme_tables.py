@@ -48,7 +48,9 @@ def modules_table() -> str:
         rows.append((order[level], names[0], '<br>'.join(f'`{n}`' for n in names), level, paper,
                      f'[{arxiv}](https://arxiv.org/abs/{arxiv})' if arxiv else '-',
                      f'[{repo}]({info.repo})' if info.repo else 'none published'))
-    rows.sort(key=lambda r: (r[0], r[1]))
+    # the baselines first, then the papers' modules, as the model tables order them; a new module after its level's
+    known = ('se', 'eca', 'cbam', 'ca', 'ela_t', 'bav1', 'bav2', 'dia')
+    rows.sort(key=lambda r: (r[0], known.index(r[1]) if r[1] in known else len(known), r[1]))
     lines = ['| name | level | paper | arXiv | official code |', '|:---|:---|:---|:---|:---|']
     lines += [f'| {names} | {level} | {paper} | {arxiv} | {repo} |' for _, _, names, level, paper, arxiv, repo in rows]
     return '\n'.join(lines)
