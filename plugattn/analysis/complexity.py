@@ -27,6 +27,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -640,4 +641,7 @@ def format_records(records: Sequence[BenchRecord], fmt: str = 'table') -> str:
         lines.append(MACS_NOTE)
         if any(r.infer_mem_mb is not None for r in records):
             lines.append(MEMORY_NOTE)
+    if fmt == 'table':  # the notes wrapped for a terminal, like the table above them
+        table_end = len(rows) + 2
+        lines[table_end:] = [textwrap.fill(line, 100) if line else line for line in lines[table_end:]]
     return '\n'.join(lines)
