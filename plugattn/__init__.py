@@ -7,7 +7,7 @@ to plug any of them into torchvision and timm models.
     >>> import plugattn
     >>> model = plugattn.create_model('bav2_resnet50', num_classes=1000)
     >>> plugattn.list_models('bav2*')[:3]
-    ['bav2_preresnet164', 'bav2_resnet101', 'bav2_resnet110']
+    ['bav2_cswin_b', 'bav2_cswin_l', 'bav2_cswin_s']
     >>> names = plugattn.register_timm()  # timm.create_model('bav2_resnet50') from now on (timm is optional)
 """
 from . import attach

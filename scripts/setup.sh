@@ -2,12 +2,12 @@
 # Set up plugattn in ./.venv: pinned torch/torchvision, the package (editable) and its extras, and, where apt-get
 # is available and we are root, Debian's Fashion-MNIST package (the offline default dataset).
 #   bash scripts/setup.sh          runtime + data, viz and tensorboard extras
-#   bash scripts/setup.sh --dev    also the test tools and every optional extra the tests exercise
+#   bash scripts/setup.sh --dev    also the test tools and every optional extra the tests exercise (docs included)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="data,viz,tensorboard"
-[[ "${1:-}" == "--dev" ]] && extras="dev,data,viz,tensorboard,onnx,timm"
+[[ "${1:-}" == "--dev" ]] && extras="dev,data,viz,tensorboard,onnx,timm,docs"
 
 PYTHON="${PYTHON:-python3}"
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv

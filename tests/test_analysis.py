@@ -103,8 +103,11 @@ def test_bench_timing_is_interleaved_and_reported(monkeypatch):
     rows = json.loads(format_records(recs, 'json'))
     for key in ('model', 'params', 'attn_params', 'macs', 'infer_ms', 'infer_ratio', 'train_ms', 'train_ratio'):
         assert key in rows[0] and rows[0][key] is not None
-    table = format_records(recs, 'table')
+    table = format_records(recs, 'markdown')
     assert 'MACs' in table and 'not counted' in table and 'bav2_resnet20' in table
+    narrow = format_records(recs, 'table')  # the terminal's: one short line per model, no Markdown pipes
+    assert 'bav2_resnet20' in narrow and '|' not in narrow and 'min-max (ms)' not in narrow
+    assert max(len(line) for line in narrow.splitlines()) <= 100
 
 
 def test_median_interval_order_statistics():
@@ -127,7 +130,7 @@ def test_bench_reports_spread_load_layout_and_torchvision():
         assert r.infer_ms_min <= r.infer_ms <= r.infer_ms_max and r.train_ms_min <= r.train_ms <= r.train_ms_max
         assert r.threads == 1 and r.channels_last and r.clock == 'process CPU time' and r.reps == 2
     assert ours.train_mem_ratio == 1.0 and tv.train_mem_ratio == pytest.approx(tv.train_mem_mb / ours.train_mem_mb)
-    table = format_records(recs, 'table')
+    table = format_records(recs, 'markdown')
     assert 'min-max' in table and 'channels_last' in table and '1 thread,' in table
     assert ('Load average' in table) == (recs[0].load_before is not None)
 

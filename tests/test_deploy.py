@@ -1,5 +1,5 @@
 """From a trained run to a deployed model: self-describing checkpoints, ``plugattn predict``, class checks in
-``eval``, export metadata and named axes, the README's onnxruntime example, and ``cam``'s labelled composite.
+``eval``, export metadata and named axes, the onnxruntime example of docs/export.md, and ``cam``'s labelled composite.
 
 The data is a tiny ImageFolder made from scikit-image's sample photos (astronaut, chelsea the cat, coffee), cropped
 and flipped at random and saved small, so one epoch of a CIFAR ResNet-20 takes a few seconds.
@@ -30,7 +30,7 @@ needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason='needs the optional onnx an
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:FutureWarning')
 
 CLASSES = ['astronaut', 'cat', 'coffee']
-README = Path(__file__).resolve().parents[1] / 'README.md'
+EXPORT_DOC = Path(__file__).resolve().parents[1] / 'docs' / 'export.md'
 
 
 def _photos() -> dict[str, np.ndarray]:
@@ -363,8 +363,8 @@ def test_export_defaults_to_native_training_size(tmp_path, capsys):
 
 
 def _readme_onnx_example() -> str:
-    text = README.read_text(encoding='utf-8')
-    start = text.index('Running the ONNX file with onnxruntime')
+    text = EXPORT_DOC.read_text(encoding='utf-8')
+    start = text.index('## Running the ONNX file without plugattn')
     block = text[text.index('```python', start) + len('```python'):]
     return textwrap.dedent(block[:block.index('```')])
 
@@ -379,7 +379,7 @@ def test_readme_onnx_example_matches_predict(setup, tmp_path, monkeypatch, capsy
     capsys.readouterr()
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(_readme_onnx_example(), 'README.md', 'exec'), scope)  # the README's own code
+    exec(compile(_readme_onnx_example(), 'docs/export.md', 'exec'), scope)  # the page's own code
     printed = capsys.readouterr().out.strip().splitlines()
     (result,) = list(predict(setup['run'], [tmp_path / 'photo.jpg'], topk=3))
     assert printed == [f'{t["class"]}: {t["prob"]:.3f}' for t in result.topk]

@@ -1,5 +1,5 @@
 """The package's layering: every import of a plugattn module (function-local ones included) goes down the order
-README states, never up and never sideways into another package of the same layer."""
+docs/developing.md states, never up and never sideways into another package of the same layer."""
 from __future__ import annotations
 
 import ast
@@ -26,7 +26,7 @@ ORDER = (
 LAYER = {pkg: i for i, layer in enumerate(ORDER) for pkg in layer}
 TOP = len(ORDER)  # plugattn/__init__.py (imports everything): no package may import it
 FREE = ('plugattn/__init__.py', 'plugattn/__main__.py')  # the entry points may import anything
-README_ORDER = ' < '.join(', '.join(f'`{p}`' for p in layer) for layer in ORDER).replace('`errors`, ', '`errors`/')
+DOC_ORDER = ' < '.join(', '.join(f'`{p}`' for p in layer) for layer in ORDER).replace('`errors`, ', '`errors`/')
 
 
 def _module_name(path: Path) -> str:
@@ -68,7 +68,7 @@ def climbing_imports(path: Path, source: str) -> list[str]:
     module = _module_name(path)
     own = _package_of(module)
     if own not in LAYER:
-        return [f'{rel}: package {own!r} is not in the layer order; add it to ORDER and README']
+        return [f'{rel}: package {own!r} is not in the layer order; add it to ORDER and docs/developing.md']
     problems = []
     for node in ast.walk(ast.parse(source, filename=rel)):
         for target in _targets(node, module, path.name == '__init__.py'):
@@ -120,7 +120,7 @@ def test_checker_accepts_downward_imports(rel, source):
 
 def test_new_package_must_be_placed():
     assert climbing_imports(PACKAGE / 'serving' / 'x.py', '') == [
-        "plugattn/serving/x.py: package 'serving' is not in the layer order; add it to ORDER and README"]
+        "plugattn/serving/x.py: package 'serving' is not in the layer order; add it to ORDER and docs/developing.md"]
 
 
 def test_every_package_is_in_the_order():
@@ -129,10 +129,10 @@ def test_every_package_is_in_the_order():
     assert found == set(LAYER)
 
 
-def test_readme_states_the_order():
-    assert README_ORDER == ('`errors`/`version` < `layers` < `models`, `data` < `attach` < `hub` < `dense` < '
-                            '`engine`, `yolo` < `analysis`, `export`, `demos` < `experiments` < `cli`')
-    assert README_ORDER in ' '.join((ROOT / 'README.md').read_text(encoding='utf-8').split())
+def test_developing_page_states_the_order():
+    assert DOC_ORDER == ('`errors`/`version` < `layers` < `models`, `data` < `attach` < `hub` < `dense` < '
+                         '`engine`, `yolo` < `analysis`, `export`, `demos` < `experiments` < `cli`')
+    assert DOC_ORDER in ' '.join((ROOT / 'docs' / 'developing.md').read_text(encoding='utf-8').split())
 
 
 def test_hub_is_the_one_entry_point():

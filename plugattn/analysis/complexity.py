@@ -27,6 +27,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -536,6 +537,21 @@ _COLUMNS = [
 ]
 
 
+# The terminal table's columns and their short headers: medians and ratios to the backbone; the ranges, intervals,
+# throughput and absolute memory are in the Markdown table (--format markdown), CSV and JSON.
+_NARROW = {
+    'model': 'model',
+    'params': 'params(M)',
+    'macs': 'GMACs',
+    'infer_ms': 'infer ms',
+    'infer_ratio': 'xbb',
+    'train_ms': 'train ms',
+    'train_ratio': 'xbb',
+    'train_mem_mb': 'train MiB',
+    'train_mem_ratio': 'xbb',
+}
+
+
 def _pair_keys(key: str) -> tuple[str, str] | None:
     """The two record fields a two-value column shows (``*_range``: fastest / slowest round; ``*_ci``: interval)."""
     if key.endswith('_range'):
@@ -566,9 +582,10 @@ def _measured(key: str, rows: list[dict[str, Any]]) -> bool:
 
 
 def format_records(records: Sequence[BenchRecord], fmt: str = 'table') -> str:
-    """Render records as a Markdown table (``'table'``), CSV or JSON (a list of objects).
+    """Render records as a narrow text table for a terminal (``'table'``), the full Markdown table
+    (``'markdown'``: ranges, intervals, throughput and peak memory, for files), CSV or JSON (a list of objects).
 
-    The table leaves out columns that were not measured and ends with the MACs and memory notes.
+    Both tables leave out columns that were not measured and end with the measurement, MACs and memory notes.
     """
     import csv
     import io
@@ -583,16 +600,25 @@ def format_records(records: Sequence[BenchRecord], fmt: str = 'table') -> str:
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
-    if fmt != 'table':
-        raise AnalysisError(f'unknown format {fmt!r}', 'use table, csv or json')
-    cols = [c for c in _COLUMNS if _measured(c[0], rows)]
+    if fmt not in ('table', 'markdown'):
+        raise AnalysisError(f'unknown format {fmt!r}', 'use table, markdown, csv or json')
+    columns = _COLUMNS if fmt == 'markdown' else [c for c in _COLUMNS if c[0] in _NARROW]
+    cols = [c for c in columns if _measured(c[0], rows)]
     if len({(r.img_size, r.batch_size) for r in records}) > 1:
         cols[1:1] = [('img_size', 'input', '{}'), ('batch_size', 'batch', '{}')]
-    header = '| ' + ' | '.join(h for _, h, _ in cols) + ' |'
-    align = '|' + '|'.join(':---' if k == 'model' else '---:' for k, _, _ in cols) + '|'
-    lines = [header, align]
-    for row in rows:
-        lines.append('| ' + ' | '.join(_cell(k, f, row) for k, _, f in cols) + ' |')
+    cells = [[_cell(k, f, row) for k, _, f in cols] for row in rows]
+    if fmt == 'markdown':
+        lines = ['| ' + ' | '.join(h for _, h, _ in cols) + ' |',
+                 '|' + '|'.join(':---' if k == 'model' else '---:' for k, _, _ in cols) + '|']
+        lines += ['| ' + ' | '.join(line) + ' |' for line in cells]
+    else:  # aligned columns, model name left, numbers right
+        heads = [_NARROW.get(k, h) for k, h, _ in cols]
+        widths = [max(len(x) for x in (h, *(line[i] for line in cells))) for i, h in enumerate(heads)]
+
+        def fit(values: list[str]) -> str:
+            return '  '.join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
+        lines = [fit(heads), '  '.join('-' * w for w in widths)] + [fit(line) for line in cells]
     r0 = records[0] if records else None
     if r0 is not None:
         lines.append('')
@@ -603,7 +629,8 @@ def format_records(records: Sequence[BenchRecord], fmt: str = 'table') -> str:
                          f'{r0.threads} thread{"" if r0.threads == 1 else "s"}, {layout}; times are {r0.clock} per '
                          f'batch, medians (and min-max) of {r0.reps} interleaved rounds; xbb = median over the rounds '
                          "of the model's time / the plain backbone's in the same round, CI = its "
-                         f'{100 * r0.ratio_confidence:.1f} % distribution-free confidence interval.')
+                         f'{100 * r0.ratio_confidence:.1f} % distribution-free confidence interval.'
+                         + ('' if fmt == 'markdown' else ' Ranges, intervals and throughput: --format markdown.'))
             loads = [r.load_before for r in records if r.load_before is not None]
             loads += [r.load_after for r in records if r.load_after is not None]
             if loads:
@@ -614,4 +641,7 @@ def format_records(records: Sequence[BenchRecord], fmt: str = 'table') -> str:
         lines.append(MACS_NOTE)
         if any(r.infer_mem_mb is not None for r in records):
             lines.append(MEMORY_NOTE)
+    if fmt == 'table':  # the notes wrapped for a terminal, like the table above them
+        table_end = len(rows) + 2
+        lines[table_end:] = [textwrap.fill(line, 100) if line else line for line in lines[table_end:]]
     return '\n'.join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import ArgumentParser, add_command, non_negative_int, positive_int
+from ._common import ArgumentParser, add_command, non_negative_int, positive_int, stdout_is_tty
 
 NAME = 'bench'
 HELP = 'measure parameters, MACs, inference/training time and peak memory of models against their plain backbones'
@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
         epilog='examples:\n'
                '  plugattn bench se_resnet20 bav2_resnet20 dia_resnet20\n'
                '  plugattn bench "*_resnet50" --batch-size 8 --threads 4 --format csv > r50.csv\n'
+               '  plugattn bench se_resnet50 bav2_resnet50 --markdown > results.md\n'
                '  plugattn bench torchvision:resnet50 se_resnet50 --batch-size 8\n'
                '  plugattn bench bav2_resnet50 --macs-only',
     )
@@ -50,7 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> ArgumentParser:
     parser.add_argument('--no-train', action='store_true', help='skip the training-step measurement')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
     parser.add_argument('--macs-only', action='store_true', help='only parameters and MACs (no timing)')
-    parser.add_argument('--format', choices=('table', 'csv', 'json'), default='table', help='output format')
+    parser.add_argument('--format', choices=('table', 'markdown', 'csv', 'json'), default=None,
+                        help='output format: "table" is a narrow table for a terminal (medians and ratios to the '
+                             'backbone), "markdown" the full table with ranges, intervals, throughput and memory '
+                             '(default: table on a terminal, markdown when the output goes to a file or pipe)')
+    parser.add_argument('--markdown', dest='format', action='store_const', const='markdown',
+                        help='the same as --format markdown')
     parser.set_defaults(func=run)
     return parser
 
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``plugattn bench``."""
     from ..analysis.complexity import benchmark, format_records
 
+    fmt = args.format or ('table' if stdout_is_tty() else 'markdown')
     names = _expand(args.models)
     _report_load(args.device, args.threads)
     records = benchmark(
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         warmup=args.warmup, min_time=args.min_time, device=args.device, timing=not args.macs_only,
         train=not args.no_train, memory=not (args.no_memory or args.macs_only),
-        progress=(lambda msg: print(msg, file=sys.stderr, flush=True)) if args.format == 'table' else None,
+        progress=(lambda msg: print(msg, file=sys.stderr, flush=True)) if fmt in ('table', 'markdown') else None,
     )
-    print(format_records(records, args.format))
+    print(format_records(records, fmt))
     return 0

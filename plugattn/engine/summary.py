@@ -72,7 +72,7 @@ def format_summary(result: TrainResult, cfg: Mapping[str, Any]) -> str:
     lines = [
         rule,
         f'plugattn train: {"finished" if result.finished else "stopped"} - {result.model_name} on {result.data_name} '
-        f'(recipe {cfg["name"]} v{cfg["version"]})',
+        f'(recipe: {cfg["name"]} v{cfg["version"]})',
     ]
     label = '{:<32}'.format
     task = cfg.get('task', 'classification')

@@ -680,7 +680,7 @@ class _Trainer:
             atomic_write_text(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         write_run_info(self.run_dir, self._run_info('running'))
         cfg = self.cfg
-        title = f'{cfg["model"]["name"]} on {self.info.name} (recipe {cfg["name"]})'
+        title = f'{cfg["model"]["name"]} on {self.info.name} (recipe: {cfg["name"]})'  # the recipe's name
         self.logger = RunLogger(self.run_dir, title=title, task=cfg['task'])
 
     def _banner(self) -> None:
@@ -688,9 +688,9 @@ class _Trainer:
         c, h, w = self.input_size
         procs = f'{ctx.world_size} processes ({ctx.backend})' if ctx.distributed else '1 process'
         glob = f', global batch {tc["batch_size"] * ctx.world_size}' if ctx.distributed else ''
-        self.echo(f'plugattn train: recipe {cfg["name"]} v{cfg["version"]}, model {cfg["model"]["name"]} '
-                  f'({self.params:,} params, {human_count(self.macs)} MACs), data {self.info.name} '
-                  f'({self.train_loader.dataset_size} train / {self.test_loader.dataset_size} test, {c}x{h}x{w})')
+        self.echo(f'plugattn train: model {cfg["model"]["name"]} ({self.params:,} params, {human_count(self.macs)} '
+                  f'MACs), data {self.info.name} ({self.train_loader.dataset_size} train / '
+                  f'{self.test_loader.dataset_size} test, {c}x{h}x{w}), recipe: {cfg["name"]} v{cfg["version"]}')
         amp = f', AMP {str(self.amp_dtype).replace("torch.", "")}' if self.amp_enabled else ''
         self.echo(f'  device {ctx.device}, {procs}, {torch.get_num_threads()} threads, batch {tc["batch_size"]}'
                   f'/process{glob}, {self.epochs} epochs x {len(self.train_loader)} steps, '

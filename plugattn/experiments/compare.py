@@ -278,7 +278,8 @@ def compare(
     rows = _summarise(models, runs, bench and bench_opts, echo)
     result = CompareResult(rows=rows, runs=runs, trained=trained)
     n_epochs = plan[0][3]['train']['epochs']
-    title = f'{data}, recipe {plan[0][3]["name"]}, {n_epochs} epoch{"" if n_epochs == 1 else "s"}'
+    recipe = plan[0][3]['name']  # the recipe's name, which may be another data set's (fashion-mnist on digits)
+    title = f'recipe: {recipe} (data: {data}), {n_epochs} epoch{"" if n_epochs == 1 else "s"}'
     result.files = _write_outputs(result, out, title)
     return result
 
