@@ -48,10 +48,13 @@ def import_ultralytics() -> Any:
     """``ultralytics``, imported offline (``YOLO_OFFLINE=1`` unless set); a clear error naming the extra when it is
     not installed."""
     os.environ.setdefault('YOLO_OFFLINE', '1')
+    omp_threads = os.environ.get('OMP_NUM_THREADS')
     try:
         import ultralytics
     except ImportError as err:
         raise PlugattnError(f'the YOLO commands need ultralytics, which is not installed ({err})', INSTALL) from None
+    if omp_threads is None:  # its import sets OMP_NUM_THREADS=1 for the whole process and every child it starts
+        os.environ.pop('OMP_NUM_THREADS', None)
     _unpatch_pil_open()
     return ultralytics
 

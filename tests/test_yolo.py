@@ -15,16 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+import plugattn
+from plugattn import yolo
 from plugattn.data.yolo_format import coco_to_yolo
 from plugattn.errors import PlugattnError
 
-os.environ.setdefault('YOLO_OFFLINE', '1')  # before ultralytics is imported: no online checks
-ultralytics = pytest.importorskip('ultralytics', reason="ultralytics is not installed (pip install 'plugattn[yolo]')")
-
-import plugattn  # noqa: E402
-from plugattn import yolo  # noqa: E402
-
-yolo.import_ultralytics()  # the way plugattn imports it (offline, Pillow's own Image.open kept)
+try:  # the way plugattn imports it: offline, Pillow's Image.open and the thread settings of the process kept
+    ultralytics = yolo.import_ultralytics()
+except PlugattnError:
+    pytest.skip("ultralytics is not installed (pip install 'plugattn[yolo]')", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -342,9 +341,10 @@ def test_safe_load_refusal_names_the_fix(tmp_path, monkeypatch):
         yolo.load(tmp_path / 'se.pt')
 
 
-def test_importing_ultralytics_through_plugattn_keeps_pillows_errors(tmp_path):
-    """ultralytics patches PIL.Image.open to install pi-heif on any unidentified file; plugattn undoes that, so an
-    unreadable image stays Pillow's error (plugattn's data checks name it) and nothing is installed."""
+def test_importing_ultralytics_through_plugattn_keeps_pillow_and_threads(tmp_path):
+    """ultralytics patches PIL.Image.open to install pi-heif on any unidentified file and sets OMP_NUM_THREADS=1 for
+    the process; plugattn undoes both, so an unreadable image stays Pillow's error (plugattn's data checks name it),
+    nothing is installed, and later runs in the process choose their thread count as before."""
     from PIL import Image, UnidentifiedImageError
 
     yolo.import_ultralytics()
@@ -352,3 +352,4 @@ def test_importing_ultralytics_through_plugattn_keeps_pillows_errors(tmp_path):
     assert Image.open.__module__ == 'PIL.Image'
     with pytest.raises(UnidentifiedImageError):
         Image.open(tmp_path / 'notes.jpg')
+    assert 'OMP_NUM_THREADS' not in os.environ  # ultralytics' import sets it to 1; plugattn's runs choose their own
