@@ -1,7 +1,7 @@
 """Detection and segmentation training steps: plugattn's engine against a bare loop over the same model and data.
 
 For each task (the ``scenes-detection`` recipe: FCOS on ResNet-18; ``scenes-segmentation``: DeepLabV3 on
-MobileNetV2 at output stride 16; both on the generated 64 px ``scenes`` set), the script alternates, ``--rounds``
+MobileNetV2 at output stride 8; both on the generated 64 px ``scenes`` set), the script alternates, ``--rounds``
 times:
 
 * **bare**: a ``torch.utils.data.DataLoader`` over :func:`plugattn.data.dense.build_dense_dataset` with the same
