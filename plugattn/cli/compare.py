@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ._common import ArgumentParser, add_command, positive_int, stdout_is_tty
@@ -80,24 +81,11 @@ def run(args: argparse.Namespace) -> int:
         overrides=[parse_set(s) for s in args.overrides], bench=not args.no_bench, bench_batch=args.bench_batch,
         progress=False if args.no_progress else stdout_is_tty() and not args.json, echo=echo,
     )
-    if result.stop_signal is not None:
-        import signal
-
-        name = signal.Signals(result.stop_signal).name
-        print(f'plugattn: compare stopped by {name}; {result.runs[-1]["run_dir"]} saved its resume state; continue '
-              'by running the same plugattn compare command again', file=sys.stderr, flush=True)
-        return 128 + int(result.stop_signal)
-    if args.json:
-        print(json.dumps(dict(rows=result.rows, runs=result.runs, trained=result.trained, files=result.files)))
-        return 0
-    print(format_markdown(result, args.data).split('\n', 2)[2].rstrip())
-    print(f'trained or resumed {result.trained} run(s); files: {", ".join(result.files.values())}')
-    return 0
+    return _report(result, args.json, lambda: format_markdown(result, args.data))
 
 
 def _run_dense(args: argparse.Namespace, echo: Any, parse_set: Any) -> int:
     """``plugattn compare --task detection|segmentation``."""
-    import sys
 
     from ..experiments.compare import compare_dense, format_markdown_dense
 
@@ -107,6 +95,14 @@ def _run_dense(args: argparse.Namespace, echo: Any, parse_set: Any) -> int:
         threads=args.threads, overrides=[parse_set(s) for s in args.overrides],
         progress=False if args.no_progress else stdout_is_tty() and not args.json, echo=echo,
     )
+    return _report(result, args.json, lambda: format_markdown_dense(result, '', args.task))
+
+
+def _report(result: Any, as_json: bool, markdown: Callable[[], str]) -> int:
+    """Print a comparison's outcome (the table, or one JSON object with ``--json``) and return the exit status: 0, or
+    128 + the signal that stopped it (its last run saved its resume state)."""
+    import sys
+
     if result.stop_signal is not None:
         import signal
 
@@ -114,9 +110,9 @@ def _run_dense(args: argparse.Namespace, echo: Any, parse_set: Any) -> int:
         print(f'plugattn: compare stopped by {name}; {result.runs[-1]["run_dir"]} saved its resume state; continue '
               'by running the same plugattn compare command again', file=sys.stderr, flush=True)
         return 128 + int(result.stop_signal)
-    if args.json:
+    if as_json:
         print(json.dumps(dict(rows=result.rows, runs=result.runs, trained=result.trained, files=result.files)))
         return 0
-    print(format_markdown_dense(result, '', args.task).split('\n', 2)[2].rstrip())
+    print(markdown().split('\n', 2)[2].rstrip())
     print(f'trained or resumed {result.trained} run(s); files: {", ".join(result.files.values())}')
     return 0
