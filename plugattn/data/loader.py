@@ -73,6 +73,7 @@ __all__ = [
     "derive_seed",
     "timm_train_transform",
     "use_timm_pipeline",
+    "worker_batches",
 ]
 
 _SPLITS = {"train": "train", "test": "test", "val": "test"}
@@ -564,17 +565,23 @@ class StreamingLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        with _stop_signals_blocked(self.loader.num_workers > 0):
-            it = iter(self.loader)
-        while True:
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            except DataError as exc:
-                # A worker's error arrives as 'Caught DataError in DataLoader worker ...' plus the traceback.
-                raise DataError(_worker_message(exc)) from None
-            yield batch
+        return worker_batches(self.loader)
+
+
+def worker_batches(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    """The batches of ``loader``: its workers start with the stop signals blocked (the main process handles them),
+    and a worker's DataError arrives as the one line it was, not as torch's re-raised traceback."""
+    with _stop_signals_blocked(loader.num_workers > 0):
+        it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except DataError as exc:
+            # A worker's error arrives as 'Caught DataError in DataLoader worker ...' plus the traceback.
+            raise DataError(_worker_message(exc)) from None
+        yield batch
 
 
 Loader = InMemoryLoader | StreamingLoader

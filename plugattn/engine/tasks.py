@@ -168,19 +168,9 @@ class DenseLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        from ..data import DataError
-        from ..data.loader import _stop_signals_blocked, _worker_message
+        from ..data.loader import worker_batches
 
-        with _stop_signals_blocked(self.loader.num_workers > 0):
-            it = iter(self.loader)
-        while True:
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            except DataError as exc:
-                raise DataError(_worker_message(exc)) from None
-            yield batch
+        return worker_batches(self.loader)
 
     def close(self) -> None:
         """Stop persistent workers."""
